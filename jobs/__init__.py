@@ -1,0 +1,1 @@
+"""Job entry points: jobs/spark for spark-submit, jobs/mapreduce for mrjob."""

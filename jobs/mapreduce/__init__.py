@@ -1,0 +1,1 @@
+"""mrjob twins of the Spark jobs."""

