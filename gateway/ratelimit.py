@@ -1,0 +1,194 @@
+"""Per-key rate-limit policy over the limiter mechanisms, the providers' headers,
+and the ledger of what was accepted per key and per window.
+
+OpenAI style: requests, and tokens = input + output, with max_tokens reserved at
+admission and the unused part given back when the answer is done.
+Anthropic style: requests, input tokens, and output tokens counted separately
+(output estimated from max_tokens at admission and adjusted at the end, as
+Anthropic documents for OTPM).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .config import ApiKey, Limits
+from .limiter import Clock, ConcurrencyLimiter, Grant, Limiter, make_limiter
+
+OPENAI, ANTHROPIC = "openai", "anthropic"
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's reset format: '20ms', '1.5s', '6m0s', '1h2m3s'."""
+    seconds = max(0.0, seconds)
+    if seconds < 1.0:
+        return f"{math.ceil(seconds * 1000)}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{secs_text}s"
+    if minutes:
+        return f"{int(minutes)}m{secs_text}s"
+    return f"{secs_text}s"
+
+
+def rfc3339(unix_seconds: float) -> str:
+    """Anthropic's reset format, UTC with milliseconds: 2026-11-27T21:00:01.250Z."""
+    stamp = datetime.fromtimestamp(unix_seconds, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Rejection:
+    """Why a request was refused: which limit, and when to retry (seconds; inf = never)."""
+
+    limit_name: str  # requests | tokens | input_tokens | output_tokens | concurrent
+    limit: int
+    used: int
+    requested: int
+    retry_after: float
+
+
+@dataclass
+class Admission:
+    style: str
+    grants: dict[str, Grant]
+    reserved_output: int
+    settled: bool = False
+
+
+@dataclass
+class WindowCounts:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    rate_limited: int = 0
+
+
+class UsageLedger:
+    """Accepted requests and tokens per window index (floor(t / window)) of one key."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.windows: dict[int, WindowCounts] = defaultdict(WindowCounts)
+
+    def index(self, now: float) -> int:
+        return math.floor(now / self.window)
+
+    def snapshot(self) -> list[dict]:
+        return [
+            {
+                "index": i,
+                "start": rfc3339(i * self.window),
+                "start_unix": i * self.window,
+                "requests": c.requests,
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+                "rate_limited": c.rate_limited,
+            }
+            for i, c in sorted(self.windows.items())
+        ]
+
+
+@dataclass
+class KeyLimits:
+    """All limiters of one key, and its ledger."""
+
+    key: ApiKey
+    clock: Clock
+    limiters: dict[str, Limiter] = field(init=False)
+    concurrency: ConcurrencyLimiter = field(init=False)
+    ledger: UsageLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        lim: Limits = self.key.limits
+        self.limiters = {
+            name: make_limiter(lim.algorithm, getattr(lim, name), lim.window_seconds, self.clock)
+            for name in ("requests", "tokens", "input_tokens", "output_tokens")
+        }
+        self.concurrency = ConcurrencyLimiter(lim.concurrent)
+        self.ledger = UsageLedger(lim.window_seconds)
+
+    def _amounts(self, style: str, input_tokens: int, max_output: int) -> dict[str, int]:
+        if style == OPENAI:
+            return {"requests": 1, "tokens": input_tokens + max_output}
+        return {"requests": 1, "input_tokens": input_tokens, "output_tokens": max_output}
+
+    def admit(self, style: str, input_tokens: int, max_output: int) -> Admission | Rejection:
+        """Take a request slot, a concurrency slot and tokens, all or nothing."""
+        now = self.clock()
+        ledger = self.ledger.windows[self.ledger.index(now)]
+        if not self.concurrency.has_capacity():
+            ledger.rate_limited += 1
+            # No clock says when a slot frees up; one second is what we tell clients.
+            return Rejection("concurrent", self.concurrency.limit, self.concurrency.in_flight, 1, 1.0)
+        amounts = self._amounts(style, input_tokens, max_output)
+        for name, amount in amounts.items():
+            limiter = self.limiters[name]
+            if not limiter.has_capacity(amount):
+                ledger.rate_limited += 1
+                used = limiter.limit - limiter.remaining()
+                return Rejection(name, limiter.limit, used, amount, limiter.retry_after(amount))
+        grants = {name: self.limiters[name].acquire(amount) for name, amount in amounts.items()}
+        self.concurrency.acquire()
+        ledger.requests += 1
+        ledger.input_tokens += input_tokens
+        return Admission(style, grants, max_output)
+
+    def settle(self, admission: Admission, output_tokens: int) -> None:
+        """The answer is done (or abandoned): give back unused reserved output, free the slot."""
+        if admission.settled:
+            return
+        admission.settled = True
+        self.concurrency.release()
+        unused = max(0, admission.reserved_output - output_tokens)
+        name = "tokens" if admission.style == OPENAI else "output_tokens"
+        if unused:
+            self.limiters[name].refund(admission.grants[name], unused)
+        self.ledger.windows[self.ledger.index(self.clock())].output_tokens += output_tokens
+
+    def headers(self, style: str) -> dict[str, str]:
+        now = self.clock()
+        req = self.limiters["requests"]
+        if style == OPENAI:
+            tok = self.limiters["tokens"]
+            return {
+                "x-ratelimit-limit-requests": str(req.limit),
+                "x-ratelimit-remaining-requests": str(req.remaining()),
+                "x-ratelimit-reset-requests": go_duration(req.reset_after()),
+                "x-ratelimit-limit-tokens": str(tok.limit),
+                "x-ratelimit-remaining-tokens": str(tok.remaining()),
+                "x-ratelimit-reset-tokens": go_duration(tok.reset_after()),
+            }
+        out: dict[str, str] = {}
+        for prefix, limiter in (
+            ("requests", req),
+            ("input-tokens", self.limiters["input_tokens"]),
+            ("output-tokens", self.limiters["output_tokens"]),
+        ):
+            out[f"anthropic-ratelimit-{prefix}-limit"] = str(limiter.limit)
+            out[f"anthropic-ratelimit-{prefix}-remaining"] = str(limiter.remaining())
+            out[f"anthropic-ratelimit-{prefix}-reset"] = rfc3339(now + limiter.reset_after())
+        # tokens-*: the most restrictive of the input and output limits right now.
+        tight = min(
+            (self.limiters["input_tokens"], self.limiters["output_tokens"]),
+            key=lambda lim: lim.remaining() / lim.limit,
+        )
+        out["anthropic-ratelimit-tokens-limit"] = str(tight.limit)
+        out["anthropic-ratelimit-tokens-remaining"] = str(tight.remaining())
+        out["anthropic-ratelimit-tokens-reset"] = rfc3339(now + tight.reset_after())
+        return out
+
+
+def retry_headers(retry_after: float) -> dict[str, str]:
+    """retry-after in whole seconds (RFC 9110), plus retry-after-ms which both SDKs prefer."""
+    if math.isinf(retry_after):
+        # The request can never fit this limit: tell the SDKs not to retry.
+        return {"x-should-retry": "false"}
+    return {
+        "retry-after": str(max(1, math.ceil(retry_after))),
+        "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
+    }
