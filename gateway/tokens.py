@@ -42,16 +42,15 @@ class TokenCounter:
         return len(self._tok.encode(text, add_special_tokens=False).ids) if text else 0
 
     def pieces(self, text: str) -> list[str]:
-        """Split text into one string per token, covering all of it (for streaming and max_tokens)."""
+        """Split text into one string per token, covering all of it (for streaming and
+        max_tokens). Whitespace goes with the token after it, as in BPE vocabularies."""
         if not text:
             return []
-        offsets = [start for start, _end in self._tok.encode(text, add_special_tokens=False).offsets]
-        if not offsets:
+        ends = sorted({end for _start, end in self._tok.encode(text, add_special_tokens=False).offsets})
+        if not ends:
             return [text]
-        offsets[0] = 0
-        # Tokens that share a start (sub-pieces of one character) merge into one piece.
-        starts = sorted(set(offsets))
-        return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+        ends[-1] = len(text)
+        return [text[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
     def messages(self, messages: list[tuple[str, str]], system: str = "") -> int:
         """Prompt tokens of a chat: framing per message plus the content's tokens."""
