@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from . import anthropic_api, openai_api
 from .backends import Completion, DeterministicBackend, LlamaBackend, Prompt
-from .config import ApiKey, GatewayConfig, ModelSpec
+from .config import ANTHROPIC_VERSION, ApiKey, GatewayConfig, ModelSpec
 from .errors import ApiError, anthropic_error_body, from_validation, openai_error_body
 from .faults import FaultInjector, LatencySampler
 from .ratelimit import ANTHROPIC, OPENAI, Admission, KeyLimits, Rejection, go_duration, retry_headers
@@ -274,8 +274,8 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 version = request.headers.get("anthropic-version")
                 if not version:
                     raise ApiError("invalid_request", "anthropic-version: header is required", param="anthropic-version")
-                if version not in config.anthropic_versions:
-                    raise ApiError("invalid_request", f"anthropic-version: unknown version {version!r}; known: {', '.join(config.anthropic_versions)}", param="anthropic-version")
+                if not ANTHROPIC_VERSION.fullmatch(version) or version < config.anthropic_min_version:
+                    raise ApiError("invalid_request", f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}", param="anthropic-version")
             data = await read_json(request, config.max_request_bytes, anthropic)
             prompt, stream, include_usage = (parse_anthropic if anthropic else parse_openai)(data)
         except ApiError as err:

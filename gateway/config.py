@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ FAULT_KINDS = (
     "stream_drop",  # 200, then the connection drops mid-stream
 )
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class ConfigError(ValueError):
@@ -113,7 +115,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8787
     max_request_bytes: int = 1_048_576
-    anthropic_versions: tuple[str, ...] = ("2023-06-01", "2023-01-01")
+    anthropic_min_version: str = "2023-01-01"  # anthropic-version must be a YYYY-MM-DD date >= this
     keys: tuple[ApiKey, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     latency: Latency = Latency()
@@ -213,14 +215,16 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     environ = os.environ if environ is None else environ
     _check_keys("gateway.toml", raw, {"server", "limits", "faults", "latency", "keys", "models", "llama"})
     server = dict(raw.get("server", {}))
-    _check_keys("server", server, {"host", "port", "max_request_bytes", "anthropic_versions"})
+    _check_keys("server", server, {"host", "port", "max_request_bytes", "anthropic_min_version"})
     config = GatewayConfig()
     host = server.get("host", config.host)
     if host not in LOOPBACK_HOSTS:
         raise ConfigError(f"server.host: only loopback addresses are allowed ({', '.join(LOOPBACK_HOSTS)})")
     port = _number("server.port", server.get("port", config.port), integer=True)
     max_bytes = _number("server.max_request_bytes", server.get("max_request_bytes", config.max_request_bytes), minimum=1, integer=True)
-    versions = tuple(server.get("anthropic_versions", config.anthropic_versions))
+    min_version = server.get("anthropic_min_version", config.anthropic_min_version)
+    if not isinstance(min_version, str) or not ANTHROPIC_VERSION.fullmatch(min_version):
+        raise ConfigError("server.anthropic_min_version: expected a date string like \"2023-06-01\"")
 
     default_limits = parse_limits("limits", raw.get("limits", {}), Limits())
     default_faults = parse_faults("faults", raw.get("faults", {}), Faults())
@@ -273,7 +277,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         host=host,
         port=port,
         max_request_bytes=max_bytes,
-        anthropic_versions=versions,
+        anthropic_min_version=min_version,
         keys=tuple(keys),
         models=tuple(models),
         latency=latency,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import httpx2
 import jsonschema
 import openai
 import pytest
@@ -198,7 +199,7 @@ def test_dropped_stream_raises_connection_error(gateway):
         model="gpt-4o-mini", messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}], stream=True
     )
     got = []
-    with pytest.raises((httpx.RemoteProtocolError, openai.APIConnectionError)):
+    with pytest.raises((httpx2.RemoteProtocolError, openai.APIConnectionError)):
         for chunk in stream:
             got.append(chunk)
     assert got and not any(ch.choices and ch.choices[0].finish_reason for ch in got)
