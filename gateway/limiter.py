@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 Clock = Callable[[], float]
+EPSILON = 1e-6  # tokens; unix-time floats near 1.8e9 carry about 2e-7 s of rounding
 
 
 @dataclass
@@ -159,12 +160,13 @@ class TokenBucket:
 
     def has_capacity(self, amount: int = 1) -> bool:
         self._refill()
-        return self._tokens >= amount
+        # EPSILON: waiting exactly retry_after() must be enough despite float rounding.
+        return self._tokens + EPSILON >= amount
 
     def acquire(self, amount: int = 1) -> Grant | None:
         if not self.has_capacity(amount):
             return None
-        self._tokens -= amount
+        self._tokens = max(0.0, self._tokens - amount)
         return Grant(amount, self._last)
 
     def refund(self, grant: Grant, amount: int) -> None:
@@ -175,7 +177,7 @@ class TokenBucket:
 
     def remaining(self) -> int:
         self._refill()
-        return int(math.floor(self._tokens))
+        return int(math.floor(self._tokens + EPSILON))
 
     def retry_after(self, amount: int = 1) -> float:
         if amount > self.limit:
