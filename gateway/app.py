@@ -25,7 +25,7 @@ from .config import ANTHROPIC_VERSION, ApiKey, GatewayConfig, ModelSpec
 from .errors import ApiError, anthropic_error_body, from_validation, openai_error_body
 from .faults import FaultInjector, LatencySampler
 from .ratelimit import ANTHROPIC, OPENAI, Admission, KeyLimits, Rejection, go_duration, retry_headers
-from .schema_json import UnsupportedSchema, check_schema
+from .schema_json import UnsupportedSchema, check_schema, instance_for
 from .tokens import TokenCounter, default_counter
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,14 @@ async def hold(request: Request, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def check_output_schema(schema: dict, spec: ModelSpec) -> None:
+    """Refuse, before admission, a schema the model's backend cannot answer."""
+    check_schema(schema)
+    if spec.backend == "deterministic":
+        instance_for(schema, "probe")  # raises UnsupportedSchema naming the keyword
+    # llama.cpp turns the schema into a grammar itself (it supports pattern and more).
+
+
 def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, counter: TokenCounter | None = None) -> FastAPI:
     gw = Gateway(config, clock, counter or default_counter())
 
@@ -229,7 +237,7 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                     raise ApiError("invalid_request", "Missing required parameter: 'response_format.json_schema'.", param="response_format.json_schema", code="missing_required_parameter")
                 schema = req.response_format.json_schema.schema_
                 try:
-                    check_schema(schema)
+                    check_output_schema(schema, spec)
                 except UnsupportedSchema as exc:
                     raise ApiError("invalid_request", f"Invalid schema for response_format 'response_format.json_schema.schema': {exc}", param="response_format.json_schema.schema", code="invalid_value") from None
             json_object = req.response_format.type == "json_object"
@@ -256,7 +264,7 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
         if req.output_config and req.output_config.format:
             schema = req.output_config.format.schema_
             try:
-                check_schema(schema)
+                check_output_schema(schema, spec)
             except UnsupportedSchema as exc:
                 raise ApiError("invalid_request", f"output_config.format.schema: {exc}", param="output_config.format.schema") from None
         input_tokens = gw.counter.messages(messages, system)
