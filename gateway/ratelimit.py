@@ -105,12 +105,23 @@ class KeyLimits:
 
     def __post_init__(self) -> None:
         lim: Limits = self.key.limits
+        self._frozen: float | None = None
         self.limiters = {
-            name: make_limiter(lim.algorithm, getattr(lim, name), lim.window_seconds, self.clock)
+            name: make_limiter(lim.algorithm, getattr(lim, name), lim.window_seconds, self._now)
             for name in ("requests", "tokens", "input_tokens", "output_tokens")
         }
         self.concurrency = ConcurrencyLimiter(lim.concurrent)
         self.ledger = UsageLedger(lim.window_seconds)
+
+    def _now(self) -> float:
+        # One decision reads the clock once, so the ledger's window and the
+        # limiters' stamps can never disagree about which side of a boundary it fell.
+        return self.clock() if self._frozen is None else self._frozen
+
+    def _freeze(self) -> float:
+        self._frozen = None
+        self._frozen = self.clock()
+        return self._frozen
 
     def _amounts(self, style: str, input_tokens: int, max_output: int) -> dict[str, int]:
         if style == OPENAI:
@@ -119,7 +130,12 @@ class KeyLimits:
 
     def admit(self, style: str, input_tokens: int, max_output: int) -> Admission | Rejection:
         """Take a request slot, a concurrency slot and tokens, all or nothing."""
-        now = self.clock()
+        try:
+            return self._admit(self._freeze(), style, input_tokens, max_output)
+        finally:
+            self._frozen = None
+
+    def _admit(self, now: float, style: str, input_tokens: int, max_output: int) -> Admission | Rejection:
         ledger = self.ledger.windows[self.ledger.index(now)]
         if not self.concurrency.has_capacity():
             ledger.rate_limited += 1
@@ -146,12 +162,21 @@ class KeyLimits:
         self.concurrency.release()
         unused = max(0, admission.reserved_output - output_tokens)
         name = "tokens" if admission.style == OPENAI else "output_tokens"
-        if unused:
-            self.limiters[name].refund(admission.grants[name], unused)
-        self.ledger.windows[self.ledger.index(self.clock())].output_tokens += output_tokens
+        try:
+            now = self._freeze()
+            if unused:
+                self.limiters[name].refund(admission.grants[name], unused)
+            self.ledger.windows[self.ledger.index(now)].output_tokens += output_tokens
+        finally:
+            self._frozen = None
 
     def headers(self, style: str) -> dict[str, str]:
-        now = self.clock()
+        try:
+            return self._headers(self._freeze(), style)
+        finally:
+            self._frozen = None
+
+    def _headers(self, now: float, style: str) -> dict[str, str]:
         req = self.limiters["requests"]
         if style == OPENAI:
             tok = self.limiters["tokens"]

@@ -1,0 +1,61 @@
+"""Offered load of 1.5x the limit on loopback, bounded in count and time: the
+server's own per-window counts never exceed the limit, reach at least limit - 1
+in every full window, and the server keeps answering. (Rates and latencies are
+measured by bench/bench_gateway.py, not asserted here.)"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import make_raw_config, run_gateway
+
+LIMIT = 20  # requests per window
+WINDOW = 1.0  # seconds
+OFFERED = 1.5 * LIMIT / WINDOW  # requests per second
+DURATION = 4.5  # seconds of offered load per key
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "load"}], "max_tokens": 8}
+
+
+async def offer(base_url: str, key: str, t0: float) -> tuple[list[int], float, float]:
+    """Open-loop load: request i leaves at t0 + i/OFFERED whatever the answers."""
+    count = int(OFFERED * DURATION)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
+        async def one(i: int) -> int:
+            await asyncio.sleep(max(0.0, t0 + i / OFFERED - time.time()))
+            return (await http.post("/v1/chat/completions", json=BODY)).status_code
+
+        first = time.time()
+        codes = await asyncio.gather(*[one(i) for i in range(count)])
+        return codes, first, time.time()
+
+
+def test_per_window_counts_under_one_and_a_half_times_the_limit():
+    keys = [{"name": "main", "admin": True}]
+    for algorithm in ("fixed_window", "sliding_window"):
+        keys.append({"name": algorithm, "limits": {"algorithm": algorithm, "window_seconds": WINDOW, "requests": LIMIT}})
+    with run_gateway(make_raw_config(keys)) as gw:
+
+        async def both():
+            t0 = time.time() + 0.2
+            return await asyncio.wait_for(
+                asyncio.gather(*[offer(gw.base_url, gw.key(name), t0) for name in ("fixed_window", "sliding_window")]),
+                timeout=30,
+            )
+
+        results = asyncio.run(both())
+        assert httpx.get(f"{gw.base_url}/health").status_code == 200
+        usage = httpx.get(f"{gw.base_url}/v1/admin/usage", headers={"x-api-key": gw.key()}).json()
+
+    for name, (codes, first, last) in zip(("fixed_window", "sliding_window"), results):
+        assert set(codes) <= {200, 429}, f"{name}: the server stopped answering properly"
+        assert codes.count(429) > 0
+        windows = usage["keys"][name]["windows"]
+        assert sum(w["requests"] for w in windows) == codes.count(200)
+        assert sum(w["rate_limited"] for w in windows) == codes.count(429)
+        assert max(w["requests"] for w in windows) <= LIMIT, f"{name}: {windows}"
+        full = [w for w in windows if w["start_unix"] >= first and w["start_unix"] + WINDOW <= last]
+        assert len(full) >= 3
+        assert all(w["requests"] >= LIMIT - 1 for w in full), f"{name}: {[w['requests'] for w in full]}"
