@@ -19,7 +19,7 @@ class ContentBlock(BaseModel):
     text: str | None = None
 
 
-class Message(BaseModel):
+class InputMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["user", "assistant"]
     content: str | list[ContentBlock]
@@ -39,7 +39,7 @@ class OutputConfig(BaseModel):
 class MessagesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    messages: list[Message] = Field(min_length=1)
+    messages: list[InputMessage] = Field(min_length=1)
     max_tokens: int = Field(ge=1)
     system: str | list[ContentBlock] | None = None
     temperature: float | None = Field(None, ge=0, le=1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -40,6 +41,7 @@ class Caller:
     key: ApiKey
     limits: KeyLimits
     faults: FaultInjector
+    latency: LatencySampler
 
 
 class Gateway:
@@ -47,10 +49,9 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, clock: Callable[[], float], counter: TokenCounter) -> None:
         self.config, self.clock, self.counter = config, clock, counter
-        self.callers = [Caller(k, KeyLimits(k, clock), FaultInjector(k.faults, k.name)) for k in config.keys]
-        self.latency = LatencySampler(config.latency)
+        self.callers = [Caller(k, KeyLimits(k, clock), FaultInjector(k.faults, k.name), LatencySampler(k.latency)) for k in config.keys]
         self.backends = {
-            "deterministic": DeterministicBackend(counter, self.latency),
+            "deterministic": DeterministicBackend(counter),
             "llama": LlamaBackend(config.llama, counter),
         }
 
@@ -137,6 +138,15 @@ async def hold(request: Request, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def request_body(model: type) -> dict:
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, by_alias=True)
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def check_output_schema(schema: dict, spec: ModelSpec) -> None:
     """Refuse, before admission, a schema the model's backend cannot answer."""
     check_schema(schema)
@@ -202,13 +212,26 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             }
         return JSONResponse({"now": clock(), "keys": keys})
 
-    @app.post("/v1/chat/completions")
+    # The routes read the raw body themselves (to answer in each provider's error
+    # shape), so the OpenAPI spec gets the request schemas spelled out here.
+    @app.post("/v1/chat/completions", openapi_extra=request_body(openai_api.ChatRequest), summary="OpenAI Chat Completions")
     async def chat_completions(request: Request) -> Response:
         return await serve(request, anthropic=False)
 
-    @app.post("/v1/messages")
+    @app.post("/v1/messages", openapi_extra=request_body(anthropic_api.MessagesRequest), summary="Anthropic Messages (needs anthropic-version)")
     async def messages(request: Request) -> Response:
         return await serve(request, anthropic=True)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (openai_api.ChatRequest, anthropic_api.MessagesRequest):
+                components.update(model.model_json_schema(ref_template=REF_TEMPLATE, by_alias=True).get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def parse_openai(data: dict) -> tuple[Prompt, bool, bool]:
         try:
@@ -313,7 +336,7 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             return StreamingResponse(body, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
         completion = None
         try:
-            async for item in backend.generate(prompt):
+            async for item in backend.generate(prompt, caller.latency):
                 if isinstance(item, Completion):
                     completion = item
         except Exception:
@@ -347,7 +370,7 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 yield writer.role()
             sent = 0
             completion: Completion | None = None
-            async for item in backend.generate(prompt):
+            async for item in backend.generate(prompt, caller.latency):
                 if isinstance(item, Completion):
                     completion = item
                     break

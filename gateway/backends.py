@@ -60,8 +60,8 @@ class DeterministicBackend:
     'You said: <last user message>', structured requests get JSON built from the
     schema and seeded by the request, so tests can check content exactly."""
 
-    def __init__(self, counter: TokenCounter, latency: LatencySampler) -> None:
-        self.counter, self.latency = counter, latency
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
 
     def answer_text(self, prompt: Prompt) -> str:
         user = last_user_text(prompt)
@@ -86,10 +86,11 @@ class DeterministicBackend:
             text, finish, stop_seq = "".join(pieces), "length", None
         return Completion(text, prompt.input_tokens, self.counter.count(text), finish, stop_seq)
 
-    async def generate(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+    async def generate(self, prompt: Prompt, latency: LatencySampler | None = None) -> AsyncIterator[str | Completion]:
         completion = self.complete_text(prompt)
-        await asyncio.sleep(self.latency.first_token())
-        gap = self.latency.per_chunk()
+        if latency is not None:
+            await asyncio.sleep(latency.first_token())
+        gap = latency.per_chunk() if latency is not None else 0.0
         for i, piece in enumerate(self.counter.pieces(completion.text)):
             if i and gap:
                 await asyncio.sleep(gap)
@@ -159,7 +160,8 @@ class LlamaBackend:
             if isinstance(result, dict) and "error" in result:
                 emit({"error": result["error"]})
 
-    async def generate(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+    async def generate(self, prompt: Prompt, latency: LatencySampler | None = None) -> AsyncIterator[str | Completion]:
+        # The real model's own speed is its latency; the configured distribution does not apply.
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()

@@ -87,6 +87,7 @@ class ApiKey:
     admin: bool = False
     limits: Limits = Limits()
     faults: Faults = Faults()
+    latency: Latency = Latency()
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,13 @@ def parse_faults(where: str, table: Mapping[str, Any], base: Faults) -> Faults:
     return faults
 
 
+def parse_latency(where: str, table: Mapping[str, Any], base: Latency) -> Latency:
+    latency = _dataclass_from(where, Latency, table, base)
+    if latency.distribution not in LATENCY_DISTRIBUTIONS:
+        raise ConfigError(f"{where}.distribution: must be one of {', '.join(LATENCY_DISTRIBUTIONS)}")
+    return latency
+
+
 def _parse_model(where: str, table: Mapping[str, Any]) -> ModelSpec:
     _check_keys(where, table, set(ModelSpec.__dataclass_fields__))
     for name in ("id", "display_name", "owned_by", "created"):
@@ -228,16 +236,14 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
 
     default_limits = parse_limits("limits", raw.get("limits", {}), Limits())
     default_faults = parse_faults("faults", raw.get("faults", {}), Faults())
-    latency = _dataclass_from("latency", Latency, raw.get("latency", {}), Latency())
-    if latency.distribution not in LATENCY_DISTRIBUTIONS:
-        raise ConfigError(f"latency.distribution: must be one of {', '.join(LATENCY_DISTRIBUTIONS)}")
+    latency = parse_latency("latency", raw.get("latency", {}), Latency())
     llama = _dataclass_from("llama", LlamaSettings, raw.get("llama", {}), LlamaSettings())
 
     keys: list[ApiKey] = []
     names: set[str] = set()
     for i, entry in enumerate(raw.get("keys", [])):
         where = f"keys[{i}]"
-        _check_keys(where, entry, {"name", "env", "admin", "limits", "faults"})
+        _check_keys(where, entry, {"name", "env", "admin", "limits", "faults", "latency"})
         for required in ("name", "env"):
             if not isinstance(entry.get(required), str) or not entry.get(required):
                 raise ConfigError(f"{where}.{required}: required string")
@@ -256,6 +262,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
                 admin=bool(entry.get("admin", False)),
                 limits=parse_limits(f"{where}.limits", entry.get("limits", {}), default_limits),
                 faults=parse_faults(f"{where}.faults", entry.get("faults", {}), default_faults),
+                latency=parse_latency(f"{where}.latency", entry.get("latency", {}), latency),
             )
         )
     if not keys:

@@ -2,6 +2,9 @@
 and a message naming the problem; the server keeps serving."""
 from __future__ import annotations
 
+import json
+import re
+
 import httpx
 import pytest
 
@@ -142,3 +145,10 @@ def test_health_and_openapi(gateway):
     assert httpx.get(f"{gateway.base_url}/health").json() == {"status": "ok"}
     spec = httpx.get(f"{gateway.base_url}/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/admin/usage", "/health"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/messages"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "messages", "max_tokens"} <= set(body["required"])
+    ref = body["properties"]["messages"]["items"]["$ref"]
+    assert ref.endswith("/InputMessage")
+    text = json.dumps(spec)
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
+    assert refs and refs <= set(spec["components"]["schemas"])  # every reference resolves
