@@ -388,6 +388,8 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 return
             if fault == "stream_drop":
                 raise StreamDropped("connection dropped mid-stream (injected fault)")
+            if fault == "stream_truncate":
+                return  # the body ends properly, but without finish, usage, [DONE] or message_stop
             assert completion is not None
             output = completion.output_tokens
             if anthropic:

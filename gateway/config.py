@@ -25,6 +25,7 @@ FAULT_KINDS = (
     "malformed_json",  # 200 with a cut-off JSON body (non-streaming requests)
     "stream_error",  # 200, then an error event in the stream
     "stream_drop",  # 200, then the connection drops mid-stream
+    "stream_truncate",  # 200, then the stream ends cleanly mid-answer, without its closing events
 )
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -60,6 +61,7 @@ class Faults:
     malformed_json: float = 0.0
     stream_error: float = 0.0
     stream_drop: float = 0.0
+    stream_truncate: float = 0.0
     timeout_hold_seconds: float = 30.0
     retry_after_seconds: float = 1.0  # what an injected 429 tells the client
 

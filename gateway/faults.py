@@ -11,7 +11,7 @@ import random
 
 from .config import Faults, Latency
 
-STREAM_ONLY = ("stream_error", "stream_drop")
+STREAM_ONLY = ("stream_error", "stream_drop", "stream_truncate")
 PLAIN_ONLY = ("malformed_json",)
 
 

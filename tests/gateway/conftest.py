@@ -110,7 +110,7 @@ def run_gateway(raw: dict, clock: Callable[[], float] | None = None) -> Iterator
         sock.close()
 
 
-FAULT_KINDS = ["rate_limit", "server_error", "unavailable", "overloaded", "timeout", "malformed_json", "stream_error", "stream_drop"]
+FAULT_KINDS = ["rate_limit", "server_error", "unavailable", "overloaded", "timeout", "malformed_json", "stream_error", "stream_drop", "stream_truncate"]
 
 
 @pytest.fixture(scope="session")

@@ -152,3 +152,19 @@ def test_dropped_stream_raises(gateway):
         with c.messages.stream(model="claude-3-5-haiku-latest", max_tokens=200, messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}]) as stream:
             for _ in stream.text_stream:
                 pass
+
+
+def test_truncated_stream_has_no_message_stop(gateway):
+    body = {"model": "claude-3-5-haiku-latest", "max_tokens": 200, "stream": True,
+            "messages": [{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}]}
+    headers = {"x-api-key": gateway.key("fault-stream_truncate"), "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/messages", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        events = [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+    assert events[0] == "message_start" and "content_block_delta" in events
+    assert "message_delta" not in events and "message_stop" not in events
+    c = client(gateway, key="fault-stream_truncate", max_retries=0)
+    with c.messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as stream:
+        texts = list(stream.text_stream)
+        snapshot = stream.current_message_snapshot
+    assert texts and snapshot.stop_reason is None  # the SDK's message never got its ending

@@ -203,3 +203,16 @@ def test_dropped_stream_raises_connection_error(gateway):
         for chunk in stream:
             got.append(chunk)
     assert got and not any(ch.choices and ch.choices[0].finish_reason for ch in got)
+
+
+def test_truncated_stream_ends_without_finish_or_usage(gateway):
+    stream = client(gateway, key="fault-stream_truncate", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)  # the SDK sees a clean end...
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text and "You said: a fairly long sentence so the break lands mid stream".startswith(text)
+    assert len(text) < len("You said: a fairly long sentence so the break lands mid stream")
+    assert not any(ch.choices and ch.choices[0].finish_reason for ch in chunks)  # ...but no finish_reason
+    assert all(ch.usage is None for ch in chunks)  # and no usage chunk
