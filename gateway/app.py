@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -370,16 +370,26 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 yield writer.role()
             sent = 0
             completion: Completion | None = None
-            async for item in backend.generate(prompt, caller.latency):
-                if isinstance(item, Completion):
-                    completion = item
-                    break
-                if fault and sent >= break_at:
-                    break
-                output += gw.counter.count(item)
-                sent += 1
-                for line in writer.delta(item) if anthropic else [writer.delta(item)]:
-                    yield line
+            try:
+                async with aclosing(backend.generate(prompt, caller.latency)) as items:
+                    async for item in items:
+                        if isinstance(item, Completion):
+                            completion = item
+                            break
+                        if fault and sent >= break_at:
+                            break
+                        output += gw.counter.count(item)
+                        sent += 1
+                        for line in writer.delta(item) if anthropic else [writer.delta(item)]:
+                            yield line
+            except Exception:
+                # After the 200 the only way to report a failure is inside the stream.
+                log.exception("backend %s failed mid-stream", prompt.model.backend)
+                if anthropic:
+                    yield anthropic_api.EventWriter.error("api_error", "The backend failed while generating the answer.")
+                else:
+                    yield openai_api.ChunkWriter.error("The backend failed while generating the answer.")
+                return
             if fault == "stream_error":
                 if anthropic:
                     yield anthropic_api.EventWriter.error("overloaded_error", "Overloaded (injected fault).")

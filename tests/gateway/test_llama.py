@@ -28,3 +28,25 @@ def test_smollm2_answers_for_real():
         assert streamed == text
         assert final.usage.output_tokens == resp.usage.completion_tokens
         assert final.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_backend_failure_is_a_500_or_an_error_event_not_a_crash(tmp_path):
+    raw = make_raw_config([{"name": "main"}])
+    raw["llama"] = {"model_path": str(tmp_path / "missing.gguf")}
+    with run_gateway(raw) as gw:
+        oa = openai.OpenAI(api_key=gw.key(), base_url=f"{gw.base_url}/v1", _strict_response_validation=True, max_retries=0)
+        try:
+            oa.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+            raise AssertionError("expected a 500")
+        except openai.InternalServerError as err:
+            assert err.status_code == 500 and "backend failed" in err.message
+        an = anthropic.Anthropic(api_key=gw.key(), base_url=gw.base_url, _strict_response_validation=True, max_retries=0)
+        try:
+            with an.messages.stream(model="smollm2", max_tokens=4, messages=[{"role": "user", "content": "hi"}]) as stream:
+                list(stream.text_stream)
+            raise AssertionError("expected an error event")
+        except anthropic.APIStatusError as err:
+            assert err.body["error"]["type"] == "api_error"
+        # The deterministic models still answer, and the failed requests freed their slots.
+        assert oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "You said: hi"
+        assert gw.state.callers[0].limits.concurrency.in_flight == 0
