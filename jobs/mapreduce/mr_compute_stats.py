@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 from mrjob.job import MRJob
-from mrjob.protocol import JSONProtocol, JSONValueProtocol
+from mrjob.protocol import BytesValueProtocol, JSONProtocol
 from mrjob.step import MRStep
 
 from udfs import terms
@@ -24,8 +24,25 @@ from udfs import terms
 GROUP = "stats"
 
 
+class BadScoredRow(ValueError):
+    """An input line is not a scored row; the message quotes it."""
+
+
+def parse_scored_line(line: bytes) -> dict:
+    """A scored row from one input line. The input is the score job's own
+    output, so a line that is not one means the wrong input: the job stops
+    with the line quoted rather than count it under some label."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict) or "source" not in row or "predicted" not in row:
+        raise BadScoredRow(f"not a scored row (JSON object with source, text, predicted): {line[:200]!r}")
+    return row
+
+
 class MRComputeStats(MRJob):
-    INPUT_PROTOCOL = JSONValueProtocol
+    INPUT_PROTOCOL = BytesValueProtocol
     INTERNAL_PROTOCOL = JSONProtocol
     OUTPUT_PROTOCOL = JSONProtocol
 
@@ -41,7 +58,10 @@ class MRComputeStats(MRJob):
                    jobconf={"mapreduce.job.reduces": "1"}),
         ]
 
-    def mapper_count_terms(self, _, row):
+    def mapper_count_terms(self, _, line: bytes):
+        if not line.strip():
+            return
+        row = parse_scored_line(line)
         self.increment_counter(GROUP, "rows")
         label = terms.label_key(row.get("predicted"))
         yield ["counts", row["source"], label], 1

@@ -216,3 +216,10 @@ def test_score_fails_without_the_shipped_model(tiny_registry):
     with pytest.raises(ShippedModelMissing, match=r"shipped encoder copy ./encoder is missing"):
         run_job(MRScoreWithoutShippedModel, score_args(tiny_registry),
                 stdin=b'{"id": "x", "source": "s", "text": "t"}\n')
+
+
+def test_stats_bad_input_line_is_named():
+    from jobs.mapreduce.mr_compute_stats import BadScoredRow
+
+    with pytest.raises(BadScoredRow, match=r"not a scored row.*b'\{oops'"):
+        run_job(MRComputeStats, INLINE, stdin=json.dumps(SCORED[0]).encode() + b"\n{oops\n")

@@ -1,0 +1,138 @@
+"""The twins on mrjob's `-r local` and `-r hadoop` runners, launched as
+`./submit.sh mr` launches them (jobs/mapreduce/launch.py: a fresh Python
+that imports only the shipped zip). `-r hadoop` runs the real Hadoop
+Streaming jar in Hadoop's LocalJobRunner, reading and writing the test
+run's HDFS. One good and one bad case per job and runner."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from udfs import records as R
+from udfs.dedupe import split_rows
+
+from .test_mr_inline import GOOD_AND_BAD, SCORED
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+RUNNERS = ["local", "hadoop"]
+pytestmark = pytest.mark.slow
+
+
+class Runner:
+    """Runs a twin on one runner; inputs and outputs live on the local disk
+    (local) or on the test run's HDFS (hadoop)."""
+
+    def __init__(self, name, hdfs, webhdfs, tmp_path):
+        self.name, self.hdfs, self.webhdfs, self.tmp = name, hdfs, webhdfs, tmp_path
+        self.base = f"/user/{hdfs.user}/mr-{uuid.uuid4().hex[:8]}"
+
+    def put(self, name: str, data: bytes) -> str:
+        if self.name == "hadoop":
+            self.webhdfs.write(f"{self.base}/{name}", data=data, overwrite=True)
+            return f"{self.hdfs.hdfs_url}{self.base}/{name}"
+        path = self.tmp / name
+        path.write_bytes(data)
+        return str(path)
+
+    def out(self, name: str) -> str:
+        if self.name == "hadoop":
+            return f"{self.hdfs.hdfs_url}{self.base}/{name}"
+        return str(self.tmp / name)
+
+    def read(self, out: str) -> bytes:
+        if self.name == "hadoop":
+            path = out[len(self.hdfs.hdfs_url):]
+            data = b""
+            for part in sorted(p for p in self.webhdfs.list(path) if p.startswith("part-")):
+                with self.webhdfs.read(f"{path}/{part}") as reader:
+                    data += reader.read()
+            return data
+        return b"".join(p.read_bytes() for p in sorted(Path(out).glob("part-*")))
+
+    def run(self, job: str, *args: str) -> subprocess.CompletedProcess:
+        env = self.hdfs.env()
+        return subprocess.run(
+            [sys.executable, "-m", "jobs.mapreduce.launch", job, "-r", self.name, *args],
+            cwd=ROOT, env=env, capture_output=True, timeout=600,
+        )
+
+
+@pytest.fixture(params=RUNNERS)
+def runner(request, hdfs, webhdfs, tmp_path):
+    return Runner(request.param, hdfs, webhdfs, tmp_path)
+
+
+def lines_of(data: bytes) -> list[dict]:
+    # Hadoop's TextOutputFormat ends a key-only line with a tab: JSON whitespace.
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def test_ingest_good_and_bad_rows(runner):
+    src = runner.put("in.jsonl", b"\n".join(GOOD_AND_BAD) + b"\n")
+    out = runner.out("records")
+    proc = runner.run("ingest", "--source", "t", "--rating-field", "sentiment", src, "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    records, rejects = split_rows(lines_of(runner.read(out)))
+    assert len(records) == 3 and len(rejects) == 8
+    assert {r["id"] for r in records} == {R.record_id("t", GOOD_AND_BAD[i]) for i in range(3)}
+    assert sorted(r["reason"] for r in rejects) == sorted([
+        "malformed_json", "not_a_json_object", "duplicate_record", "missing_text",
+        "wrong_type:text", "empty_text", "wrong_type:rating", "invalid_utf8"])
+    assert b"good=3" in proc.stderr and b"rejected=8" in proc.stderr
+
+
+def test_score_good_rows(runner, tiny_registry, movie_lines):
+    from udfs.predict import ScoreSettings, score_texts
+
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    header = R.parse_header("tsv", movie_lines[0])
+    rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:31]]
+    src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    out = runner.out("scored")
+    proc = runner.run("score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@1",
+                      src, "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    scored = {r["id"]: r for r in lines_of(runner.read(out))}
+    head = tiny_registry.load("sentiment@1")
+    direct = score_texts([r["text"] for r in rows], ScoreSettings(head_arrays=dict(head.arrays)))
+    assert set(scored) == {r["id"] for r in rows}
+    for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"]):
+        assert scored[row["id"]]["predicted"] == predicted
+        assert abs(scored[row["id"]]["probability"] - probability) < 1e-5
+    if runner.name == "hadoop":  # the Hadoop job id is the run id
+        assert next(iter(scored.values()))["run_id"].startswith("job_local")
+
+
+def test_score_unknown_model_fails_before_the_job(runner, tiny_registry):
+    src = runner.put("records.jsonl", b'{"id": "x", "source": "s", "text": "fine"}\n')
+    proc = runner.run("score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@9",
+                      src, "--output-dir", runner.out("scored"))
+    assert proc.returncode == 2
+    assert b"unknown model 'sentiment@9'" in proc.stderr and b"known: sentiment@1" in proc.stderr
+
+
+def test_stats_tables(runner):
+    src = runner.put("scored.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in SCORED))
+    out = runner.out("stats")
+    proc = runner.run("stats", "--top-k", "2", src, "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    tables: dict[str, list] = {}
+    for line in runner.read(out).splitlines():
+        table, row = line.split(b"\t", 1)
+        tables.setdefault(json.loads(table), []).append(json.loads(row))
+    assert [t["term"] for t in tables["top_terms"]] == ["bad", "film", "good", "film"]
+    assert tables["counts"][2] == {"source": "s2", "label": "", "count": 1}
+    assert sum(t["count"] for t in tables["term_freq"]) == 8
+
+
+def test_stats_bad_line_fails_naming_it(runner):
+    src = runner.put("scored.jsonl", json.dumps(SCORED[0]).encode() + b"\nnot a row\n")
+    proc = runner.run("stats", src, "--output-dir", runner.out("stats"))
+    assert proc.returncode != 0
+    # -r local relays the task's traceback; -r hadoop leaves it in the task log mrjob scans.
+    assert b"not a scored row" in proc.stderr or b"BadScoredRow" in proc.stderr, proc.stderr.decode()[-3000:]
