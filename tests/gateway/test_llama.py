@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anthropic
 import openai
+import pytest
 
 from tests.gateway.conftest import make_raw_config, run_gateway
 
@@ -35,18 +36,14 @@ def test_backend_failure_is_a_500_or_an_error_event_not_a_crash(tmp_path):
     raw["llama"] = {"model_path": str(tmp_path / "missing.gguf")}
     with run_gateway(raw) as gw:
         oa = openai.OpenAI(api_key=gw.key(), base_url=f"{gw.base_url}/v1", _strict_response_validation=True, max_retries=0)
-        try:
+        with pytest.raises(openai.InternalServerError) as err:
             oa.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-            raise AssertionError("expected a 500")
-        except openai.InternalServerError as err:
-            assert err.status_code == 500 and "backend failed" in err.message
+        assert err.value.status_code == 500 and "backend failed" in err.value.message
         an = anthropic.Anthropic(api_key=gw.key(), base_url=gw.base_url, _strict_response_validation=True, max_retries=0)
-        try:
+        with pytest.raises(anthropic.APIStatusError) as event:
             with an.messages.stream(model="smollm2", max_tokens=4, messages=[{"role": "user", "content": "hi"}]) as stream:
                 list(stream.text_stream)
-            raise AssertionError("expected an error event")
-        except anthropic.APIStatusError as err:
-            assert err.body["error"]["type"] == "api_error"
+        assert event.value.body["error"]["type"] == "api_error"
         # The deterministic models still answer, and the failed requests freed their slots.
         assert oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "You said: hi"
         assert gw.state.callers[0].limits.concurrency.in_flight == 0

@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import httpx
-import pytest
 
 from tests.gateway.conftest import make_raw_config, run_gateway
 
