@@ -50,6 +50,13 @@ class MessagesRequest(BaseModel):
     output_config: OutputConfig | None = None
 
 
+class CountTokensRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[InputMessage] = Field(min_length=1)
+    system: str | list[ContentBlock] | None = None
+
+
 def text_of(content: str | list[ContentBlock] | None, where: str) -> str:
     from .errors import ApiError
 

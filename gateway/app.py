@@ -222,11 +222,35 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
     async def messages(request: Request) -> Response:
         return await serve(request, anthropic=True)
 
+    @app.post("/v1/messages/count_tokens", openapi_extra=request_body(anthropic_api.CountTokensRequest), summary="Anthropic token counting")
+    async def count_tokens(request: Request) -> Response:
+        try:
+            gw.authenticate(request)
+            check_anthropic_version(request)
+            data = await read_json(request, config.max_request_bytes, True)
+            try:
+                req = anthropic_api.CountTokensRequest.model_validate(data)
+            except ValidationError as exc:
+                raise from_validation(exc, anthropic=True) from None
+            gw.model(req.model, anthropic=True)
+            messages = [(m.role, anthropic_api.text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)]
+            tokens = gw.counter.messages(messages, anthropic_api.text_of(req.system, "system"))
+        except ApiError as err:
+            return error_response(err, True)
+        return JSONResponse({"input_tokens": tokens})
+
+    def check_anthropic_version(request: Request) -> None:
+        version = request.headers.get("anthropic-version")
+        if not version:
+            raise ApiError("invalid_request", "anthropic-version: header is required", param="anthropic-version")
+        if not ANTHROPIC_VERSION.fullmatch(version) or version < config.anthropic_min_version:
+            raise ApiError("invalid_request", f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}", param="anthropic-version")
+
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (openai_api.ChatRequest, anthropic_api.MessagesRequest):
+            for model in (openai_api.ChatRequest, anthropic_api.MessagesRequest, anthropic_api.CountTokensRequest):
                 components.update(model.model_json_schema(ref_template=REF_TEMPLATE, by_alias=True).get("$defs", {}))
             app.openapi_schema = schema
         return app.openapi_schema
@@ -302,11 +326,7 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
         try:
             caller = gw.authenticate(request)
             if anthropic:
-                version = request.headers.get("anthropic-version")
-                if not version:
-                    raise ApiError("invalid_request", "anthropic-version: header is required", param="anthropic-version")
-                if not ANTHROPIC_VERSION.fullmatch(version) or version < config.anthropic_min_version:
-                    raise ApiError("invalid_request", f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}", param="anthropic-version")
+                check_anthropic_version(request)
             data = await read_json(request, config.max_request_bytes, anthropic)
             prompt, stream, include_usage = (parse_anthropic if anthropic else parse_openai)(data)
         except ApiError as err:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Literal
 
 import anthropic
 import httpx
 import httpx2
 import jsonschema
 import pytest
+from pydantic import BaseModel
 
 from gateway.tokens import default_counter
 from tests.gateway.test_openai_sdk import SENTIMENT_SCHEMA
@@ -168,3 +170,23 @@ def test_truncated_stream_has_no_message_stop(gateway):
         texts = list(stream.text_stream)
         snapshot = stream.current_message_snapshot
     assert texts and snapshot.stop_reason is None  # the SDK's message never got its ending
+
+
+class Aspect(BaseModel):
+    name: str
+    polarity: Literal["pos", "neg"]
+
+
+class Review(BaseModel):
+    label: Literal["positive", "negative", "neutral"]
+    aspects: list[Aspect]
+
+
+def test_parse_helper_and_count_tokens(gateway):
+    c = client(gateway)
+    parsed = c.messages.parse(model="claude-3-5-haiku-latest", max_tokens=300, messages=[{"role": "user", "content": "nice phone"}], output_format=Review)
+    assert isinstance(parsed.parsed_output, Review) and parsed.parsed_output.label in ("positive", "negative", "neutral")
+    count = c.messages.count_tokens(model="claude-3-5-haiku-latest", system="Be brief.", messages=[{"role": "user", "content": "Hello Claude"}])
+    assert count.input_tokens == default_counter().messages([("user", "Hello Claude")], "Be brief.")
+    with pytest.raises(anthropic.NotFoundError):
+        c.messages.count_tokens(model="claude-0", messages=[{"role": "user", "content": "x"}])

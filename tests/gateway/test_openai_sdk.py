@@ -216,3 +216,11 @@ def test_truncated_stream_ends_without_finish_or_usage(gateway):
     assert len(text) < len("You said: a fairly long sentence so the break lands mid stream")
     assert not any(ch.choices and ch.choices[0].finish_reason for ch in chunks)  # ...but no finish_reason
     assert all(ch.usage is None for ch in chunks)  # and no usage chunk
+
+
+def test_parse_helper_returns_a_pydantic_object(gateway):
+    from tests.gateway.test_anthropic_sdk import Review
+
+    resp = client(gateway).chat.completions.parse(model="gpt-4o-mini", messages=[{"role": "user", "content": "nice phone"}], response_format=Review, max_tokens=400)
+    review = resp.choices[0].message.parsed
+    assert isinstance(review, Review) and review.aspects
