@@ -81,3 +81,23 @@ def test_faults_are_reproducible_per_seed_and_key():
     assert all(counts.values()) and draws[0] == seq_a[0]
     plain = FaultInjector(faults, "k")
     assert "stream_error" not in [plain.draw(stream=False) for _ in range(200)]  # stream-only faults skip plain requests
+
+
+def test_key_tables_override_the_global_ones_field_by_field():
+    raw = make_raw_config([{"name": "main", "faults": {"server_error": 0.5}, "limits": {"requests": 7}, "latency": {"fixed_ms": 5}}])
+    raw["faults"] = {"seed": 5, "timeout": 0.25}
+    raw["latency"] = {"distribution": "fixed", "fixed_ms": 50}
+    key = parse_config(raw, env_for(raw)).keys[0]
+    assert (key.faults.seed, key.faults.timeout, key.faults.server_error) == (5, 0.25, 0.5)
+    assert key.limits.requests == 7 and key.limits.tokens == raw["limits"]["tokens"]
+    assert (key.latency.distribution, key.latency.fixed_ms) == ("fixed", 5.0)
+
+
+def test_commented_example_key_in_the_shipped_config_parses(tmp_path):
+    text = (REPO / "conf" / "gateway.toml").read_text()
+    start = text.index("# [[keys]]")
+    example = "\n".join(line[2:] for line in text[start:].splitlines() if line.startswith("# "))
+    (tmp_path / "g.toml").write_text(text[:start] + example + "\n" + text[start:].split("\n\n", 1)[1])
+    config = load_config(tmp_path / "g.toml", environ={"AIBATCH_GATEWAY_KEY": "a", "AIBATCH_GATEWAY_FLAKY_KEY": "b"})
+    flaky = config.keys[1]
+    assert flaky.name == "flaky-batch" and flaky.limits.algorithm == "token_bucket" and flaky.faults.overloaded == 0.05
