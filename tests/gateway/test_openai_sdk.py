@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from gateway.tokens import default_counter
+from tests.gateway.conftest import MODELS
 
 
 def client(gw, key: str = "main", **kw) -> openai.OpenAI:
@@ -126,7 +127,7 @@ def test_models_list_and_retrieve(gateway):
     c = client(gateway)
     models = c.models.list()
     ids = [m.id for m in models]
-    assert ids == [m["id"] for m in __import__("tests.gateway.conftest", fromlist=["MODELS"]).MODELS]
+    assert ids == [m["id"] for m in MODELS]
     assert all(isinstance(m, openai.types.Model) and m.object == "model" for m in models)
     got = c.models.retrieve("gpt-4o-mini")
     assert got.id == "gpt-4o-mini-2024-07-18" and got.owned_by == "openai"
