@@ -75,10 +75,10 @@ class IngestConfig(_Strict):
 class TrainConfig(_Strict):
     name: str = Field("sentiment", pattern=r"^[a-z][a-z0-9_-]*$")
     test_percent: int = Field(20, ge=1, le=99)
-    hidden: int = Field(128, ge=0)
-    epochs: int = Field(300, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    hidden: int = Field(64, ge=0)
+    epochs: int = Field(150, ge=1)
+    learning_rate: float = Field(0.005, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
 
 class ScoreConfig(_Strict):

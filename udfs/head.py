@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    hidden: int = 128
-    epochs: int = 300
-    learning_rate: float = 0.01
-    weight_decay: float = 1e-4
+    # Chosen on a 15 % sample of the default data (test accuracy 0.78 against
+    # 0.76-0.78 for wider, longer-trained or linear heads); see docs/spark_jobs.md.
+    hidden: int = 64
+    epochs: int = 150
+    learning_rate: float = 0.005
+    weight_decay: float = 0.01
     seed: int = 0
 
 
@@ -73,12 +75,12 @@ def train_head(embeddings: np.ndarray, labels: Sequence[str], settings: TrainSet
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
-    for epoch in range(settings.epochs):
+    for _ in range(settings.epochs):
         opt.zero_grad()
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-    log.info("trained head %s on %d rows: final loss %.4f", dims, len(y), float(loss))
+    log.info("trained head %s on %d rows: final loss %.4f", dims, len(y), loss.item())
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     arrays = {}
     for i, lin in enumerate(linears):

@@ -259,8 +259,9 @@ def row_to_raw(row: Mapping) -> bytes:
     return json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
 
 
-def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, dict]]:
-    """Every record and reject of one CSV/TSV/JSON Lines file's bytes."""
+def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, dict, bytes]]:
+    """(kind, row, raw) for every raw record of one CSV/TSV/JSON Lines file's
+    bytes; kind is 'record' or 'reject'."""
     records = split_records(spec.format, decompress(name, data))
     header = None
     if spec.format in ("csv", "tsv"):
@@ -274,14 +275,31 @@ def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, 
         if spec.text_field not in header:
             raise ValueError(f"{name}: header {header} has no text field {spec.text_field!r}")
     for raw in records:
-        yield parse_record(spec, raw, header)
+        yield (*parse_record(spec, raw, header), raw)
 
 
-def parse_rows(spec: SourceSpec, rows: Iterable[Mapping]) -> Iterator[tuple[str, dict]]:
-    """Every record and reject of Parquet rows (as mappings)."""
+def parse_rows(spec: SourceSpec, rows: Iterable[Mapping]) -> Iterator[tuple[str, dict, bytes]]:
+    """(kind, row, raw) for Parquet rows (as mappings)."""
     json_spec = dataclasses.replace(spec, format="jsonl")
     for row in rows:
-        yield parse_record(json_spec, row_to_raw(row))
+        raw = row_to_raw(row)
+        yield (*parse_record(json_spec, raw), raw)
+
+
+def resolve_id_group(items: Iterable[tuple[str, dict, bytes]]) -> Iterator[tuple[str, dict]]:
+    """The output rows of all parsed raw records that share one id (group by
+    id, then call this): identical raw records of one source parse alike, so
+    the first record is kept and each further copy becomes a reject with
+    reason `duplicate_record`; rejects all stay rejects."""
+    kept = False
+    for kind, row, raw in items:
+        if kind == "reject":
+            yield kind, row
+        elif not kept:
+            kept = True
+            yield kind, row
+        else:
+            yield "reject", {"id": row["id"], "source": row["source"], "reason": DUPLICATE, "raw": raw_to_str(raw)}
 
 
 # ----- deterministic sampling and splits by id -------------------------------

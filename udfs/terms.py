@@ -63,6 +63,15 @@ def counts_sort_key(source: str, label: str, count: int) -> tuple:
     return (source, label)
 
 
-def top_terms_rows(label: str, ranked: list[tuple[str, int]]) -> Iterator[str]:
-    for rank, (term, count) in enumerate(ranked, start=1):
-        yield json.dumps({"label": label, "rank": rank, "term": term, "count": count}, ensure_ascii=False)
+def top_terms_row(label: str, rank: int, term: str, count: int) -> str:
+    return json.dumps({"label": label, "rank": rank, "term": term, "count": count}, ensure_ascii=False)
+
+
+def top_terms_sort_key(label: str, rank: int, term: str, count: int) -> tuple:
+    return (label, rank)
+
+
+def ranked_top_terms(label: str, counts: Iterable[tuple[str, int]], k: int) -> Iterator[tuple[str, int, str, int]]:
+    """(label, rank, term, count) of one label's top k terms, rank from 1."""
+    for rank, (term, count) in enumerate(top_terms(counts, k), start=1):
+        yield label, rank, term, count

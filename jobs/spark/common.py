@@ -25,10 +25,18 @@ def home() -> Path:
     return Path(os.environ.get("AIBATCH_HOME") or os.getcwd())
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def default_config() -> str:
+    """$AIBATCH_CONFIG (submit.sh --config sets it), else conf/pipeline.toml."""
+    return os.environ.get("AIBATCH_CONFIG") or str(home() / "conf" / "pipeline.toml")
+
+
+def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A job's parser; its description is the first paragraph of the job's
+    docstring, on one line."""
+    description = " ".join(doc.strip().split("\n\n")[0].split())
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", default=str(home() / "conf" / "pipeline.toml"),
-                        help="pipeline settings file (default conf/pipeline.toml)")
+    parser.add_argument("--config", default=default_config(),
+                        help="pipeline settings file (default $AIBATCH_CONFIG, else conf/pipeline.toml)")
     return parser
 
 

@@ -46,44 +46,26 @@ class IngestResult:
     rejects: DataFrame
 
 
-def _keep_first(group) -> Iterable[tuple[str, dict]]:
-    # Identical raw records of one source share an id and a record: keep one,
-    # reject the copies. Which copy is kept cannot show: they are equal.
-    rid, items = group
-    items = list(items)
-    yield "record", items[0][0]
-    for rec, raw in items[1:]:
-        yield "reject", {"id": rid, "source": rec["source"], "reason": R.DUPLICATE, "raw": raw}
+def parse_files(files: DataFrame, spec: R.SourceSpec):
+    """RDD of (kind, row, raw) for a DataFrame of files (path, content) of
+    one CSV/TSV/JSON Lines source; kind is 'record' or 'reject'."""
+    return files.rdd.flatMap(lambda row: R.parse_file(spec, row.path, bytes(row.content)))
 
 
-def parse_files(files: DataFrame, spec: R.SourceSpec, partitions: int | None = None):
-    """RDD of (kind, row) for a DataFrame of files (path, content) of one
-    CSV/TSV/JSON Lines source; kind is 'record' or 'reject'."""
-
-    def parse(row):
-        for kind, rec in R.parse_file(spec, row.path, bytes(row.content)):
-            yield kind, rec
-
-    parsed = files.rdd.flatMap(parse)
-    return _dedupe(parsed, partitions)
+def parse_table(table: DataFrame, spec: R.SourceSpec):
+    """RDD of (kind, row, raw) for the rows of a Parquet (or any) table."""
+    return table.rdd.mapPartitions(lambda rows: R.parse_rows(spec, (r.asDict(recursive=True) for r in rows)))
 
 
-def parse_table(table: DataFrame, spec: R.SourceSpec, partitions: int | None = None):
-    """RDD of (kind, row) for the rows of a Parquet (or any) table."""
-    parsed = table.rdd.mapPartitions(lambda rows: R.parse_rows(spec, (r.asDict(recursive=True) for r in rows)))
-    return _dedupe(parsed, partitions)
-
-
-def _dedupe(parsed, partitions):
-    if partitions:
-        parsed = parsed.repartition(partitions)
-    rejects = parsed.filter(lambda kr: kr[0] == "reject")
-    # The raw text rides along so that a duplicate's reject can show it.
-    keyed = parsed.filter(lambda kr: kr[0] == "record").map(
-        lambda kr: (kr[1]["id"], (kr[1], kr[1]["text"]))
-    )
+def resolve_duplicates(parsed, partitions: int | None = None):
+    """RDD of (kind, row): every parsed raw record grouped by id, copies of a
+    record rejected as duplicates (udfs.records.resolve_id_group)."""
+    # One shuffle for records and rejects alike: its output is all the next
+    # stage reads (a union of HDFS-read and shuffled partitions left Spark's
+    # delay scheduling waiting for a host that never came, on one node).
+    keyed = parsed.map(lambda krr: (krr[1]["id"], krr))
     grouped = keyed.groupByKey(numPartitions=partitions) if partitions else keyed.groupByKey()
-    return rejects.union(grouped.flatMap(_keep_first))
+    return grouped.flatMap(lambda kv: R.resolve_id_group(kv[1]))
 
 
 def to_frames(spark: SparkSession, parsed) -> IngestResult:
@@ -99,10 +81,20 @@ def read_files(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("binaryFile").load(path).select("path", "content")
 
 
-def ingest_source(spark: SparkSession, path: str, spec: R.SourceSpec, partitions: int | None = None):
+def ingest_source(spark: SparkSession, path: str, spec: R.SourceSpec):
+    """RDD of (kind, row, raw) of one source."""
     if spec.format == "parquet":
-        return parse_table(spark.read.parquet(path), spec, partitions)
-    return parse_files(read_files(spark, path), spec, partitions)
+        return parse_table(spark.read.parquet(path), spec)
+    return parse_files(read_files(spark, path), spec)
+
+
+def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partitions: int | None = None) -> IngestResult:
+    """The records and rejects of (path, spec) sources."""
+    parsed = None
+    for path, spec in sources:
+        one = ingest_source(spark, path, spec)
+        parsed = one if parsed is None else parsed.union(one)
+    return to_frames(spark, resolve_duplicates(parsed, partitions))
 
 
 def main(spark: SparkSession, args) -> dict:
@@ -117,19 +109,14 @@ def main(spark: SparkSession, args) -> dict:
         names = args.sources.split(",") if args.sources else [s.name for s in cfg.ingest.sources]
         chosen = [cfg.source(n) for n in names]
         specs = [(args.input.rstrip("/") + "/" + s.file, cfg.ingest.spec(s)) for s in chosen]
-    parsed = None
-    for path, spec in specs:
-        one = ingest_source(spark, path, spec, args.partitions)
-        parsed = one if parsed is None else parsed.union(one)
-    parsed = parsed.cache()
-    result = to_frames(spark, parsed)
+    result = ingest(spark, specs, args.partitions)
     common.write_table(result.records, args.output, args.output_format)
     common.write_table(result.rejects, args.rejects, args.output_format)
     good = common.read_table(spark, args.output, args.output_format, RECORD_SCHEMA).count()
     rejected_rows = common.read_table(spark, args.rejects, args.output_format, REJECT_SCHEMA)
     rejected = rejected_rows.count()
-    total = parsed.count()
-    parsed.unpersist()
+    # Input rows counted independently of the outputs: every raw record parsed.
+    total = sum(ingest_source(spark, path, spec).count() for path, spec in specs)
     reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
     if total != good + rejected:
         raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
@@ -140,7 +127,7 @@ def main(spark: SparkSession, args) -> dict:
 
 
 def parser():
-    p = common.base_parser("ingest", __doc__.splitlines()[0])
+    p = common.base_parser("ingest", __doc__)
     p.add_argument("--input", required=True, help="dir holding the configured sources' files, or (with --format) a file or dir")
     p.add_argument("--output", required=True, help="records output dir (overwritten)")
     p.add_argument("--rejects", required=True, help="rejects output dir (overwritten)")

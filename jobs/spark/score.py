@@ -1,0 +1,120 @@
+"""Score records with all-MiniLM-L6-v2 + the sentiment head through an
+iterator pandas UDF (model loaded once per Python worker, batches sorted by
+length), keeping every input column and id, adding the predicted label, its
+probability, optionally the embedding, and lineage (encoder and version,
+head and version, run id, time).
+
+Run with:
+    ./submit.sh score --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
+        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/scored [--model sentiment@1] [--sample-percent 25]
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.spark import common
+from udfs import model as M
+from udfs.predict import ScoreSettings
+from udfs.registry import Registry, RegistryError
+from udfs.spark import in_sample_udf, score_udf
+
+log = logging.getLogger(__name__)
+
+LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id", "scored_at")
+
+
+def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool = False) -> DataFrame:
+    """records' columns + predicted, probability[, embedding] + lineage."""
+    scored = records.withColumn("_score", scorer(F.col("text")))
+    extra: list[Column] = [F.col("_score.predicted").alias("predicted"),
+                           F.col("_score.probability").alias("probability")]
+    if with_embedding:
+        extra.append(F.col("_score.embedding").alias("embedding"))
+    extra += [F.lit(lineage[c]).alias(c) for c in LINEAGE_COLUMNS]
+    return scored.select(*[F.col(c) for c in records.columns], *extra)
+
+
+def resolve_model(cfg, ref: str | None):
+    """The head version named by --model or the config; RegistryError (listing
+    the known versions) before any Spark work when it is unknown."""
+    registry = Registry(cfg.registry_path(common.home()))
+    return registry.load(ref or cfg.score.model)
+
+
+def main(spark: SparkSession, args, head=None) -> dict:
+    cfg = common.settings(args.config)
+    head = head or resolve_model(cfg, args.model)
+    enc = cfg.encoder
+    model_dir = enc.model_dir or None
+    precision = M.effective_precision(args.precision or enc.precision)
+    if precision != head.meta["encoder"]["precision"]:
+        log.warning("scoring in %s; %s was trained on %s embeddings", precision, head.ref, head.meta["encoder"]["precision"])
+    settings = ScoreSettings(head_arrays=dict(head.arrays), model_dir=model_dir, precision=precision,
+                             batch_size=enc.batch_size, max_length=enc.max_length, torch_threads=enc.torch_threads)
+    encoder_version = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
+    lineage = {"encoder": M.ENCODER_NAME, "encoder_version": encoder_version, "head": head.ref,
+               "head_version": head.weights_sha256[:12], "run_id": common.new_run_id(),
+               "scored_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)}
+    records = common.read_table(spark, args.input, args.input_format)
+    if args.sample_percent < 100:
+        records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
+    with_embedding = args.with_embedding or cfg.score.with_embedding
+    scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
+    started = time.perf_counter()
+    common.write_table(scored, args.output, args.output_format)
+    seconds = time.perf_counter() - started
+    out = common.read_table(spark, args.output, args.output_format)
+    rows = out.count()
+    by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
+    labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
+    n_lab = labelled.count()
+    correct = labelled.where(F.col("label") == F.col("predicted")).count()
+    summary = {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1) if seconds else None,
+               "by_label": by_label, "labelled": n_lab, "agreement": (correct / n_lab) if n_lab else None,
+               "model": head.ref, "precision": precision, "output": args.output, **{k: str(v) for k, v in lineage.items()}}
+    log.info("score: %s", summary)
+    return summary
+
+
+def parser():
+    p = common.base_parser("score", __doc__)
+    p.add_argument("--input", required=True, help="ingested records (Parquet or JSON Lines dir)")
+    p.add_argument("--output", required=True, help="scored output dir (overwritten)")
+    p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
+    p.add_argument("--precision", choices=M.PRECISIONS, help="override encoder.precision")
+    p.add_argument("--with-embedding", action="store_true", help="also write the 384-d embedding")
+    p.add_argument("--sample-percent", type=float, default=100.0,
+                   help="score the subset of records whose id hashes below this per cent (default 100)")
+    return p
+
+
+def cli(argv=None) -> int:
+    common.setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        cfg = common.settings(args.config)
+        head = resolve_model(cfg, args.model)  # fails here, before Spark starts
+    except (common.ConfigError, RegistryError) as exc:
+        return common.fail(str(exc))
+    out = {}
+    common.run("score", lambda spark, a: out.update(main(spark, a, head)), args)
+    print(f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
+          f"({out['rows_per_s']} rows/s, Spark start-up excluded)")
+    print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
+    if out["agreement"] is not None:
+        print(f"  agreement with the {out['labelled']} labelled rows: {out['agreement']:.4f} (train and test rows together)")
+    print(f"  run {out['run_id']}, encoder {out['encoder']}@{out['encoder_version']}, head {out['head']}@{out['head_version']}")
+    print(f"scored: {out['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

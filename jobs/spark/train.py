@@ -1,0 +1,110 @@
+"""Train the sentiment head: embed the labelled records (pandas UDF over the
+encoder), split train/test by a hash of the id, fit a small torch head on the
+driver, report its test accuracy next to the majority-class baseline, and
+register it as a new immutable version (name@N) in the model registry.
+
+Run with:
+    ./submit.sh train --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records [--sample-percent 25]
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.spark import common
+from udfs import head as H
+from udfs import model as M
+from udfs.registry import Registry
+from udfs.spark import embed_udf, in_sample_udf, split_udf
+
+log = logging.getLogger(__name__)
+
+
+def labelled_rows(records: DataFrame, test_percent: int, sample_percent: float = 100.0) -> DataFrame:
+    """id, text, label, split of the labelled records in the sample."""
+    rows = records.where(F.col("label").isNotNull() & F.col("text").isNotNull())
+    if sample_percent < 100:
+        rows = rows.where(in_sample_udf(sample_percent)(F.col("id")))
+    return rows.select("id", "text", "label", split_udf(test_percent)(F.col("id")).alias("split"))
+
+
+def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settings) -> tuple[dict, dict]:
+    """Train on the train split, evaluate on the test split: (arrays, report)."""
+    splits = np.asarray(splits)
+    labels = np.asarray(labels, dtype=object)
+    tr, te = splits == "train", splits == "test"
+    if not tr.any() or not te.any():
+        raise ValueError(f"need labelled rows in both splits, got train {int(tr.sum())}, test {int(te.sum())}")
+    settings = H.TrainSettings(hidden=cfg.hidden, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                               weight_decay=cfg.weight_decay, seed=cfg.seed)
+    arrays = H.train_head(embeddings[tr], list(labels[tr]), settings)
+    predicted, _ = H.predict_labels(arrays, embeddings[te])
+    acc = H.accuracy(predicted, list(labels[te]))
+    majority, base = H.majority_baseline(list(labels[tr]), list(labels[te]))
+    report = {
+        "train_rows": int(tr.sum()), "test_rows": int(te.sum()),
+        "test_accuracy": round(acc, 6), "majority_label": majority, "majority_baseline": round(base, 6),
+        "train_settings": settings.__dict__, "encoder": encoder_settings,
+    }
+    return arrays, report
+
+
+def main(spark: SparkSession, args) -> dict:
+    cfg = common.settings(args.config)
+    enc = cfg.encoder
+    model_dir = enc.model_dir or None
+    records = common.read_table(spark, args.input, args.input_format)
+    rows = labelled_rows(records, cfg.train.test_percent, args.sample_percent)
+    embedder = embed_udf(model_dir, enc.precision, enc.batch_size, enc.max_length, enc.torch_threads)
+    collected = rows.select("id", "label", "split", embedder(F.col("text")).alias("embedding")).collect()
+    collected.sort(key=lambda r: r["id"])  # training order independent of partitioning
+    if not collected:
+        raise ValueError(f"no labelled rows in {args.input}")
+    embeddings = np.asarray([r["embedding"] for r in collected], dtype=np.float32)
+    resolved = M.load_encoder(model_dir)  # on the driver: its version for the metadata
+    encoder_settings = {"name": M.ENCODER_NAME, "version": resolved.version,
+                        "precision": M.effective_precision(enc.precision), "max_length": enc.max_length}
+    arrays, report = fit_and_evaluate([r["label"] for r in collected],
+                                      [r["split"] for r in collected], embeddings, cfg.train, encoder_settings)
+    meta = dict(report, trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                input=args.input, sample_percent=args.sample_percent, labels=list(H.LABELS),
+                run_id=common.new_run_id())
+    registry = Registry(cfg.registry_path(common.home()))
+    version = registry.register(cfg.train.name, arrays, meta)
+    return dict(report, model=version.ref, weights_sha256=version.weights_sha256, registry=str(registry.root))
+
+
+def parser():
+    p = common.base_parser("train", __doc__)
+    p.add_argument("--input", required=True, help="ingested records (Parquet or JSON Lines dir)")
+    p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--sample-percent", type=float, default=100.0,
+                   help="train on the subset of records whose id hashes below this per cent (default 100)")
+    return p
+
+
+def cli(argv=None) -> int:
+    common.setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        common.settings(args.config)
+    except common.ConfigError as exc:
+        return common.fail(str(exc))
+    out = {}
+    common.run("train", lambda spark, a: out.update(main(spark, a)), args)
+    print(f"train: registered {out['model']} (weights {out['weights_sha256'][:12]}) in {out['registry']}")
+    print(f"  rows: train {out['train_rows']}, test {out['test_rows']}")
+    print(f"  test accuracy {out['test_accuracy']:.4f} vs majority baseline "
+          f"{out['majority_baseline']:.4f} (always '{out['majority_label']}')")
+    print("  " + json.dumps({k: out[k] for k in ("model", "test_accuracy", "majority_baseline")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

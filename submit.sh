@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The one door to the jobs:
+#   ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
+#   ./submit.sh --help            lists the jobs and their arguments
+#   ./submit.sh <job> --help      one job's arguments
+# Runs .venv/bin/spark-submit with conf/spark-defaults.conf, shipping the
+# project code (udfs/, jobs/) as a zip for --py-files; local mode unless
+# --master names a cluster whose workers have the project's Python
+# environment at the same path (or PYSPARK_PYTHON names theirs).
+# Environment: PYSPARK_PYTHON (workers' Python, default .venv/bin/python),
+# SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR (where the zip is
+# built, default var/build).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$root/.venv"
+python="$venv/bin/python"
+
+die() { printf 'submit.sh: %s\n' "$*" >&2; exit 2; }
+[[ -x "$python" ]] || die "no virtual environment at $venv: run ./scripts/setup.sh first"
+
+master=""
+spark_conf="$root/conf/spark-defaults.conf"
+config="$root/conf/pipeline.toml"
+
+usage() {
+  cat <<USAGE
+usage: ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
+
+  --master URL       Spark master (default: spark.master in the Spark conf, local[*])
+  --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
+  --config FILE      pipeline settings (default conf/pipeline.toml)
+
+USAGE
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --master) [[ $# -ge 2 ]] || die "--master needs a URL"; master="$2"; shift 2 ;;
+    --master=*) master="${1#*=}"; shift ;;
+    --spark-conf) [[ $# -ge 2 ]] || die "--spark-conf needs a file"; spark_conf="$2"; shift 2 ;;
+    --spark-conf=*) spark_conf="${1#*=}"; shift ;;
+    --config) [[ $# -ge 2 ]] || die "--config needs a file"; config="$2"; shift 2 ;;
+    --config=*) config="${1#*=}"; shift ;;
+    -h|--help|help) job="help"; shift; break ;;
+    -*) die "unknown option $1 (see ./submit.sh --help)" ;;
+    *) break ;;
+  esac
+done
+job="${job:-${1:-}}"
+[[ "$job" == "help" || $# -eq 0 ]] || shift
+[[ -n "$job" ]] || { usage >&2; die "name a job (./submit.sh --help lists them)"; }
+[[ -f "$spark_conf" ]] || die "no Spark properties file $spark_conf"
+[[ -f "$config" ]] || die "no pipeline settings file $config"
+spark_conf="$(cd "$(dirname "$spark_conf")" && pwd)/$(basename "$spark_conf")"
+config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
+
+# The jobs import only the code shipped in the zip, never the checkout.
+unset PYTHONPATH
+export AIBATCH_HOME="$root" AIBATCH_CONFIG="$config"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$python}"
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export SPARK_HOME="${SPARK_HOME:-$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}"
+# Offline model loading, no progress bars on stderr (see udfs/model.py).
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+
+build_zip() {
+  local dir="${AIBATCH_BUILD_DIR:-$root/var/build}"
+  mkdir -p "$dir"
+  "$python" - "$root" "$dir/aibatch-pyfiles.zip" <<'PY'
+import os, sys, zipfile
+root, target = sys.argv[1:3]
+tmp = target + f".{os.getpid()}"
+with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+    for package in ("udfs", "jobs"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, package)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    z.write(path, os.path.relpath(path, root))
+os.replace(tmp, target)
+print(target)
+PY
+}
+
+run_spark() {
+  local name="$1"; shift
+  local main="$root/jobs/spark/$name.py"
+  [[ "$name" =~ ^[a-z_]+$ && -f "$main" && "$name" != "common" && "$name" != "catalog" ]] \
+    || die "unknown job '$name' (./submit.sh --help lists the jobs)"
+  local zip; zip="$(build_zip)"
+  local args=(--properties-file "$spark_conf" --py-files "$zip"
+              --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
+  [[ -n "$master" ]] && args+=(--master "$master")
+  exec "$venv/bin/spark-submit" "${args[@]}" "$main" "$@"
+}
+
+show_help() {
+  usage
+  local zip; zip="$(build_zip)"
+  PYTHONPATH="$zip" "$python" -m jobs.spark.catalog "$@"
+}
+
+# Dispatch: one case per engine. Spark jobs are the default; another engine
+# (the mrjob twins: ./submit.sh mr <job> ...) gets its own case here.
+case "$job" in
+  help) show_help "$@" ;;
+  # The mrjob twins: ./submit.sh mr ingest|score|stats -r inline|local|hadoop ...
+  mr) PYTHONPATH="$root" exec "$python" -m jobs.mapreduce.launch "$@" ;;
+  *) run_spark "$job" "$@" ;;
+esac
