@@ -78,10 +78,8 @@ def main(spark: SparkSession, args) -> dict:
         frame = spark.createDataFrame(lines.map(lambda line: (line,)), "value string")
         frame.coalesce(1).write.mode("overwrite").text(path)
         sizes[name] = spark.read.text(path).count()
-    summary = {"output": args.output, **sizes,
-               "counts": [r for r in tables["counts"].collect()],
-               "top": tables["top_terms"].take(2 * min(top_k, 5))}
-    log.info("stats: %s", {k: v for k, v in summary.items() if k != "top"})
+    summary = {"output": args.output, "rows": sizes, "counts": tables["counts"].collect()}
+    log.info("stats: %s", sizes)
     return summary
 
 
@@ -103,8 +101,9 @@ def cli(argv=None) -> int:
         return common.fail(str(exc))
     out = {}
     common.run("stats", lambda spark, a: out.update(main(spark, a)), args)
-    print(f"stats: {out['term_freq']} term counts, {out['counts']} source/label counts, "
-          f"{out['top_terms']} top-term rows")
+    rows = out["rows"]
+    print(f"stats: {rows['term_freq']} term counts, {rows['counts']} source/label counts, "
+          f"{rows['top_terms']} top-term rows")
     for line in out["counts"]:
         print(f"  {line}")
     print(f"stats: {out['output']}")

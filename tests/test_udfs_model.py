@@ -1,0 +1,75 @@
+"""The encoder and head in plain Python (udfs/model.py, udfs/head.py,
+udfs/predict.py) on real text."""
+import logging
+
+import numpy as np
+import pytest
+
+from udfs import head as H
+from udfs import model as M
+from udfs.predict import ScoreSettings, score_texts
+
+TEXTS = [
+    "A wonderful, moving film with brilliant performances.",
+    "Dull.",
+    "The plot makes no sense and the acting is painfully bad from start to finish.",
+    "I loved every minute of it",
+    "An utterly boring waste of two hours.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return M.load_encoder()
+
+
+def test_embeddings_are_normalised_and_independent_of_batching(encoder):
+    full = M.embed(encoder, TEXTS, batch_size=64)
+    assert full.shape == (5, 384) and full.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.vstack([M.embed(encoder, [t]) for t in TEXTS])
+    np.testing.assert_allclose(full, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(M.embed(encoder, TEXTS, batch_size=2), full, atol=1e-5)
+    assert M.embed(encoder, []).shape == (0, 384)
+
+
+def test_similar_sentences_are_closer(encoder):
+    e = M.embed(encoder, ["a great movie", "an excellent film", "the stock market fell"])
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_loader_is_cached_and_versioned(encoder):
+    assert M.load_encoder() is encoder
+    assert len(encoder.version) == 12 and encoder.version == M.weights_version(encoder.model_dir)
+
+
+def test_length_order_is_stable():
+    assert M.length_order([3, 1, 3, 2]).tolist() == [1, 3, 0, 2]
+
+
+def test_bf16_falls_back_to_fp32_where_unsupported(monkeypatch, caplog):
+    monkeypatch.setattr(M, "bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="udfs.model"):
+        assert M.effective_precision("bf16") == "fp32"
+    assert "using fp32" in caplog.text
+    monkeypatch.setattr(M, "bf16_supported", lambda: True)
+    assert M.effective_precision("bf16") == "bf16"
+    with pytest.raises(ValueError):
+        M.effective_precision("int8")
+
+
+def test_head_trains_and_predicts_on_real_embeddings(encoder):
+    pos = ["great fun", "a delight", "superb acting", "I loved it", "brilliant and moving", "wonderful"]
+    neg = ["awful", "a bore", "terrible acting", "I hated it", "dull and lifeless", "dreadful"]
+    x = M.embed(encoder, pos + neg)
+    arrays = H.train_head(x, ["positive"] * 6 + ["negative"] * 6, H.TrainSettings(hidden=8, epochs=100, seed=1))
+    labels, probs = H.predict_labels(arrays, M.embed(encoder, ["what a lovely film", "boring and bad"]))
+    assert labels == ["positive", "negative"] and (probs > 0.5).all()
+    p = H.predict_proba(arrays, x)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert H.majority_baseline(["positive", "positive", "negative"], ["negative", "positive"]) == ("positive", 0.5)
+
+    out = score_texts(["lovely", None, "", "awful"], ScoreSettings(head_arrays=arrays), with_embedding=True)
+    assert list(out.columns) == ["predicted", "probability", "embedding"]
+    assert out["predicted"].tolist()[1:3] == [None, None] and np.isnan(out["probability"][1])
+    assert out["embedding"][1] is None and len(out["embedding"][0]) == 384
