@@ -66,3 +66,74 @@ def spark():
         yield session
     finally:
         session.stop()
+
+
+# ----- Spark jobs (issue 3): settings, a real data sample, a trained head -----
+
+SAMPLE_RECORDS_PER_SOURCE = 60
+
+
+@pytest.fixture(scope="session")
+def pipeline_config(tmp_path_factory) -> Path:
+    """conf/pipeline.toml with the model registry in a private temp dir."""
+    base = tmp_path_factory.mktemp("pipeline")
+    text = (REPO_ROOT / "conf" / "pipeline.toml").read_text()
+    assert 'registry_dir = "var/models"' in text
+    text = text.replace('registry_dir = "var/models"', f'registry_dir = "{base / "models"}"')
+    path = base / "pipeline.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory, pipeline_config) -> Path:
+    """The first SAMPLE_RECORDS_PER_SOURCE raw records of every default source
+    file, in the file's own format and compression (real data, small)."""
+    import bz2
+    import gzip
+
+    from udfs.config import load_config
+    from udfs.datasets import package_file
+    from udfs.records import decompress, split_records
+
+    out = tmp_path_factory.mktemp("sample")
+    for source in load_config(pipeline_config).ingest.sources:
+        path = package_file(source.package_file)
+        raws = list(split_records(source.format, decompress(path.name, path.read_bytes())))
+        data = b"\n".join(raws[: SAMPLE_RECORDS_PER_SOURCE + 1]) + b"\n"  # + the header
+        if path.name.endswith(".gz"):
+            data = gzip.compress(data)
+        elif path.name.endswith(".bz2"):
+            data = bz2.compress(data)
+        (out / source.file).write_bytes(data)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hdfs_sample(hdfs, webhdfs, sample_dir) -> str:
+    """sample_dir copied into HDFS; its hdfs:// URL."""
+    dest = f"/user/{hdfs.user}/tests/sample/raw"
+    webhdfs.makedirs(dest)
+    for f in sorted(sample_dir.iterdir()):
+        webhdfs.upload(f"{dest}/{f.name}", str(f), overwrite=True)
+    return f"{hdfs.hdfs_url}{dest}"
+
+
+@pytest.fixture(scope="session")
+def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
+    """The real sample ingested into HDFS and a tiny head trained on it with
+    the train job: {'records', 'model', 'summary', 'config'}."""
+    from jobs.spark import ingest, train
+
+    base = hdfs_sample.rsplit("/raw", 1)[0]
+    records = f"{base}/records"
+    ingest.main(spark, ingest.parser().parse_args([
+        "--config", str(pipeline_config), "--input", hdfs_sample,
+        "--output", records, "--rejects", f"{base}/rejects"]))
+    summary = train.main(spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records]))
+    return {"records": records, "model": summary["model"], "summary": summary, "config": str(pipeline_config)}
+
+
+# Spark's Python workers import udfs/ and jobs/ from the checkout in tests
+# (submit.sh ships them as a zip instead, and unsets PYTHONPATH).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
