@@ -1,10 +1,10 @@
 """mrjob twin of the Spark ingest job for line-based input (JSON Lines, TSV
 with --header): each raw line becomes a record (id, source, text, label,
 rating) or a reject (id, source, reason, raw), by the same rules
-(udfs.records) and the same duplicate rule (udfs.dedupe).
+(udfs.records) and the same duplicate rule (udfs.ingest_rows).
 
 Output: one JSON object a line; records have `text`, rejects have `reason`
-(udfs.dedupe.is_reject_row tells them apart). Counters (group `ingest`):
+(udfs.ingest_rows.is_reject_row tells them apart). Counters (group `ingest`):
 input, good, rejected, and one per reject reason.
 
 Run with:
@@ -20,7 +20,6 @@ from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
 from mrjob.step import MRStep
 
 from udfs import records as R
-from udfs.dedupe import keep_first
 
 GROUP = "ingest"
 
@@ -63,17 +62,14 @@ class MRIngestRecords(MRJob):
             return  # the file's own header line
         kind, row = R.parse_record(self.spec, raw, self.header)
         self.increment_counter(GROUP, "input")
-        # The raw text rides along so that a duplicate's reject can show it.
+        # The raw line rides along so that a duplicate's reject can show it.
+        # As JSON text: a record's raw line is valid UTF-8 (invalid bytes make
+        # a reject, whose row already holds its raw), so it round-trips.
         yield row["id"], [kind, row, R.raw_to_str(raw)]
 
     def reducer_keep_first(self, rid, items):
-        records = []
-        for kind, row, raw in items:
-            if kind == "reject":
-                yield from self._emit("reject", row)
-            else:
-                records.append((row, raw))
-        for kind, row in keep_first(rid, records):
+        parsed = ((kind, row, raw.encode("utf-8")) for kind, row, raw in items)
+        for kind, row in R.resolve_id_group(parsed):
             yield from self._emit(kind, row)
 
     def _emit(self, kind, row):

@@ -30,7 +30,7 @@ from mrjob.protocol import JSONValueProtocol, RawValueProtocol
 from mrjob.step import MRStep
 
 from udfs import lineage as L
-from udfs.dedupe import is_reject_row
+from udfs.ingest_rows import is_reject_row
 
 GROUP = "score"
 ENCODER_NAME = "encoder"

@@ -13,7 +13,7 @@ from jobs.mapreduce.mr_compute_stats import MRComputeStats
 from jobs.mapreduce.mr_ingest_records import MRIngestRecords
 from jobs.mapreduce.mr_score_records import MRScoreRecords, ShippedModelMissing
 from udfs import records as R
-from udfs.dedupe import split_rows
+from udfs.ingest_rows import split_rows
 from udfs.registry import RegistryError
 
 from .conftest import json_lines, run_job

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from udfs import records as R
-from udfs.dedupe import split_rows
+from udfs.ingest_rows import split_rows
 
 from .test_mr_inline import GOOD_AND_BAD, SCORED
 

@@ -1,0 +1,117 @@
+"""Benchmark of the mrjob score twin against the model in plain Python, on
+the same real rows and the same 2 cores: (a) plain Python, the limit: one
+process, torch on all cores, the same length-sorted batching; (b) mrjob
+-r inline (one process, one torch thread); (c) -r local (map tasks in
+parallel, one torch thread each); (d) -r hadoop: the real Hadoop Streaming
+jar in the LocalJobRunner, input and output on HDFS (started if needed).
+Prints rows/s and each ratio to the limit, all measured in this one run.
+
+Run with: .venv/bin/python bench/bench_mapreduce.py [--rows 20000] [--runners inline,local,hadoop]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rows import ROOT, real_records
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def plain_python(rows, registry, ref, threads: int) -> float:
+    from udfs.predict import ScoreSettings, score_texts
+    from udfs import model as M
+
+    head = registry.load(ref)
+    settings = ScoreSettings(head_arrays=dict(head.arrays), torch_threads=threads)
+    M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
+    start = time.perf_counter()
+    for i in range(0, len(rows), 1024):  # the twin's flush size: same batching
+        score_texts([r["text"] for r in rows[i:i + 1024]], settings)
+    return time.perf_counter() - start
+
+
+def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env: dict, split_bytes: int) -> float:
+    cmd = [sys.executable, "-m", "jobs.mapreduce.launch", "score", "-r", runner,
+           "--registry-dir", str(registry_root), "--model", ref, src, "--output-dir", out]
+    if runner == "hadoop":
+        # One input split per map task slot: the LocalJobRunner would put a
+        # file smaller than a block into a single map task (one core).
+        cmd += ["--jobconf", f"mapreduce.input.fileinputformat.split.maxsize={split_bytes}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"-r {runner} failed:\n{proc.stderr.decode()[-3000:]}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--runners", default="inline,local,hadoop")
+    parser.add_argument("--model", default="sentiment@latest", help="head version in the registry (default registry var/models)")
+    parser.add_argument("--registry-dir", default=str(ROOT / "var" / "models"))
+    args = parser.parse_args()
+    runners = [r for r in args.runners.split(",") if r]
+
+    from udfs.registry import Registry
+
+    registry = Registry(args.registry_dir)
+    ref = registry.resolve(args.model)
+    rows = real_records(args.rows)
+    cores = os.cpu_count()
+    print(f"{len(rows)} real rows, {cores} cores, head {ref}")
+
+    results = {}
+    seconds = plain_python(rows, registry, ref, threads=cores)
+    results["plain Python (limit)"] = seconds
+    print(f"  plain Python, {cores} torch threads: {len(rows) / seconds:8.1f} rows/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "records.jsonl"
+        src.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+        split_bytes = src.stat().st_size // cores + 1
+        env = dict(os.environ)
+        node = None
+        if "hadoop" in runners:
+            from hdfs import InsecureClient
+
+            from infra.hdfs import LocalHDFS
+            from infra.settings import load_settings
+
+            node = LocalHDFS(load_settings())
+            started = node.start()
+            env.update(node.env())
+            client = InsecureClient(node.webhdfs_url, user=node.user)
+            base = f"/user/{node.user}/bench-mapreduce"
+            client.delete(base, recursive=True)
+            client.upload(f"{base}/records.jsonl", str(src))
+        try:
+            for runner in runners:
+                if runner == "hadoop":
+                    s = run_twin(runner, f"{node.hdfs_url}{base}/records.jsonl", f"{node.hdfs_url}{base}/scored",
+                                 registry.root, ref, env, split_bytes)
+                else:
+                    s = run_twin(runner, str(src), str(Path(tmp) / f"out-{runner}"), registry.root, ref, env, split_bytes)
+                results[f"mrjob -r {runner}"] = s
+                print(f"  mrjob -r {runner:6s} (end to end): {len(rows) / s:8.1f} rows/s", flush=True)
+        finally:
+            if node is not None and started:
+                node.stop()
+
+    limit = results["plain Python (limit)"]
+    print("\nrows/s and ratio to the limit (end to end for the twins: job start, model load, scoring, output):")
+    for name, s in results.items():
+        print(f"  {name:24s} {len(rows) / s:8.1f} rows/s   ratio {limit / s:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
