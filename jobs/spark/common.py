@@ -71,7 +71,10 @@ def write_table(df: DataFrame, path: str, fmt: str = "parquet") -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    """Log to stderr at $AIBATCH_LOG_LEVEL (default WARNING). Under
+    spark-submit the Python driver's stderr joins its stdout."""
+    level = os.environ.get("AIBATCH_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
