@@ -110,7 +110,8 @@ def _load_encoder(model_dir: str, precision: str) -> Encoder:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    # fp32 explicitly: transformers 5 would otherwise keep a checkpoint's own dtype.
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
     model.eval()
     if precision == "bf16":
         model = model.to(torch.bfloat16)
@@ -146,7 +147,6 @@ def embed(
     tok = encoder.tokenizer
     encoded = tok(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     order = length_order([len(ids) for ids in encoded])
-    dtype = torch.bfloat16 if encoder.precision == "bf16" else torch.float32
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
@@ -158,5 +158,4 @@ def embed(
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
             out[idx] = pooled.numpy()
-    del dtype
     return out
