@@ -3,8 +3,8 @@
 # sets + Rotten Tomatoes snippets, ~37.6k rows) into it, ingest it, train the
 # sentiment head, score, compute the statistics, and print a short summary.
 # By default train and score use the documented subset (the records whose id
-# hashes below 25 %, about 9.4k rows; a few minutes on 2 cores); --full uses
-# every row (~37.6k; about 10-15 minutes on 2 cores).
+# hashes below 25 %, about 9.4k rows; about 4 minutes on 2 cores); --full uses
+# every row (~37.6k; about 8 minutes on 2 cores).
 # Run with: ./scripts/demo.sh [--full | --sample-percent P]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --full) sample=100; shift ;;
     --sample-percent) sample="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
