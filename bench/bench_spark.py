@@ -68,7 +68,6 @@ def plain_python(texts: list[str], settings: ScoreSettings) -> tuple[float, pd.D
 
 def spark_runs(frame: pd.DataFrame, settings: ScoreSettings, row_udf_rows: int) -> dict:
     from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
     from pyspark.sql.functions import udf
 
     from udfs.spark import score_udf

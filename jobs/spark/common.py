@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
-from udfs.config import ConfigError, PipelineConfig, load_config
+from udfs.config import ConfigError, PipelineConfig, load_config  # noqa: F401 (ConfigError: for the jobs)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def setup_logging() -> None:
 
 
 def run(app: str, main, args) -> int:
-    """Start a session, run main(spark, args), stop the session; settings
-    errors (raised before any Spark work) end with exit status 2."""
+    """Start a session, run main(spark, args), stop the session (also when
+    main fails). Jobs validate settings before calling this (see fail())."""
     spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     try:
@@ -93,8 +93,7 @@ def run(app: str, main, args) -> int:
 
 
 def fail(message: str) -> int:
+    """Report a settings or model-name error found before Spark starts; exit status 2."""
     sys.stderr.write(f"error: {message}\n")
     return 2
 
-
-__all__ = ["ConfigError", "base_parser", "settings", "read_table", "write_table", "run", "fail", "home", "new_run_id"]

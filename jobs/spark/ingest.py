@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from typing import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T

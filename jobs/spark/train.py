@@ -67,8 +67,8 @@ def main(spark: SparkSession, args) -> dict:
     if not collected:
         raise ValueError(f"no labelled rows in {args.input}")
     embeddings = np.asarray([r["embedding"] for r in collected], dtype=np.float32)
-    resolved = M.load_encoder(model_dir)  # on the driver: its version for the metadata
-    encoder_settings = {"name": M.ENCODER_NAME, "version": resolved.version,
+    version_id = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
+    encoder_settings = {"name": M.ENCODER_NAME, "version": version_id,
                         "precision": M.effective_precision(enc.precision), "max_length": enc.max_length}
     arrays, report = fit_and_evaluate([r["label"] for r in collected],
                                       [r["split"] for r in collected], embeddings, cfg.train, encoder_settings)
