@@ -93,3 +93,13 @@ def test_unknown_model_fails_before_spark_starts(trained, monkeypatch, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown model 'sentiment@99'" in err and "known: sentiment@1" in err
+
+
+def test_head_trained_on_other_encoder_weights_fails(spark, tmp_path, trained, head):
+    import dataclasses
+
+    other = dataclasses.replace(head, meta={**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}})
+    args = score.parser().parse_args(["--config", trained["config"], "--input", trained["records"],
+                                      "--output", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="trained on encoder weights 000000000000"):
+        score.main(spark, args, other)

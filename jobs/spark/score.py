@@ -58,6 +58,9 @@ def main(spark: SparkSession, args, head=None) -> dict:
     settings = ScoreSettings(head_arrays=dict(head.arrays), model_dir=model_dir, precision=precision,
                              batch_size=enc.batch_size, max_length=enc.max_length, torch_threads=enc.torch_threads)
     encoder_version = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
+    if head.meta["encoder"]["version"] != encoder_version:
+        raise ValueError(f"{head.ref} was trained on encoder weights {head.meta['encoder']['version']}, "
+                         f"but {M.resolve_model_dir(model_dir)} holds {encoder_version}")
     lineage = {"encoder": M.ENCODER_NAME, "encoder_version": encoder_version, "head": head.ref,
                "head_version": head.weights_sha256[:12], "run_id": common.new_run_id(),
                "scored_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)}
