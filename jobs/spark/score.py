@@ -10,7 +10,6 @@ Run with:
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
 import time
@@ -19,6 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.spark import common
+from udfs import lineage as L
 from udfs import model as M
 from udfs.predict import ScoreSettings
 from udfs.registry import Registry, RegistryError
@@ -26,7 +26,7 @@ from udfs.spark import in_sample_udf, score_udf
 
 log = logging.getLogger(__name__)
 
-LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id", "scored_at")
+LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 
 
 def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool = False) -> DataFrame:
@@ -61,9 +61,7 @@ def main(spark: SparkSession, args, head=None) -> dict:
     if head.meta["encoder"]["version"] != encoder_version:
         raise ValueError(f"{head.ref} was trained on encoder weights {head.meta['encoder']['version']}, "
                          f"but {M.resolve_model_dir(model_dir)} holds {encoder_version}")
-    lineage = {"encoder": M.ENCODER_NAME, "encoder_version": encoder_version, "head": head.ref,
-               "head_version": head.weights_sha256[:12], "run_id": common.new_run_id(),
-               "scored_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)}
+    lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, common.new_run_id())
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
         records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
