@@ -34,3 +34,16 @@ def scored_row_json(record: Mapping, predicted, probability, lineage_values: Map
         value = lineage_values[key]
         row[key] = value.isoformat().replace("+00:00", "Z") if isinstance(value, dt.datetime) else value
     return json.dumps(row, ensure_ascii=False)
+
+
+class EncoderMismatch(ValueError):
+    """A head applied to embeddings of other encoder weights than it was trained on."""
+
+
+def check_head_encoder(head_ref: str, head_meta: Mapping, encoder_version: str, encoder_dir) -> None:
+    """Refuse a head trained on other encoder weights: its probabilities
+    would be meaningless. Both engines call this before scoring."""
+    trained_on = head_meta.get("encoder", {}).get("version")
+    if trained_on != encoder_version:
+        raise EncoderMismatch(f"{head_ref} was trained on encoder weights {trained_on}, "
+                              f"but {encoder_dir} holds {encoder_version}")

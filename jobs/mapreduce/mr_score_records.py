@@ -101,8 +101,10 @@ class MRScoreRecords(MRJob):
                                       torch_threads=1)
         M.load_encoder(self.settings.model_dir, precision)  # load once per task, before the first row
         run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
-        self.lineage = L.lineage(M.ENCODER_NAME, M.weights_version(str(encoder_dir.resolve())),
-                                 f"{meta['name']}@{meta['version']}", meta["weights_sha256"], run_id,
+        head_ref = f"{meta['name']}@{meta['version']}"
+        encoder_version = M.weights_version(str(encoder_dir.resolve()))
+        L.check_head_encoder(head_ref, meta, encoder_version, encoder_dir.resolve())
+        self.lineage = L.lineage(M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id,
                                  dt.datetime.now(dt.timezone.utc))
         self.buffer = []
 

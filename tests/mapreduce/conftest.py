@@ -53,5 +53,9 @@ def tiny_registry(tmp_path_factory, movie_lines):
     emb = embed_texts([r["text"] for r in rows])
     arrays = H.train_head(emb, [r["label"] for r in rows], H.TrainSettings(hidden=16, epochs=60))
     registry = Registry(tmp_path_factory.mktemp("models"))
-    registry.register("sentiment", arrays, {"encoder": {"precision": "fp32"}, "trained_on": len(rows)})
+    from udfs import model as M
+
+    version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
+    registry.register("sentiment", arrays, {"encoder": {"name": M.ENCODER_NAME, "version": version,
+                                                        "precision": "fp32"}, "trained_on": len(rows)})
     return registry

@@ -223,3 +223,15 @@ def test_stats_bad_input_line_is_named():
 
     with pytest.raises(BadScoredRow, match=r"not a scored row.*b'\{oops'"):
         run_job(MRComputeStats, INLINE, stdin=json.dumps(SCORED[0]).encode() + b"\n{oops\n")
+
+
+def test_score_refuses_a_head_trained_on_other_encoder_weights(tiny_registry, tmp_path):
+    from udfs.lineage import EncoderMismatch
+    from udfs.registry import Registry
+
+    head = tiny_registry.load("sentiment@1")
+    other = Registry(tmp_path / "models")
+    other.register("sentiment", dict(head.arrays), {**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}})
+    with pytest.raises(EncoderMismatch, match="trained on encoder weights 000000000000"):
+        run_job(MRScoreRecords, [*INLINE, "--registry-dir", str(other.root), "--model", "sentiment@1"],
+                stdin=b'{"id": "x", "source": "s", "text": "t"}\n')
