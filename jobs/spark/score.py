@@ -58,9 +58,7 @@ def main(spark: SparkSession, args, head=None) -> dict:
     settings = ScoreSettings(head_arrays=dict(head.arrays), model_dir=model_dir, precision=precision,
                              batch_size=enc.batch_size, max_length=enc.max_length, torch_threads=enc.torch_threads)
     encoder_version = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
-    if head.meta["encoder"]["version"] != encoder_version:
-        raise ValueError(f"{head.ref} was trained on encoder weights {head.meta['encoder']['version']}, "
-                         f"but {M.resolve_model_dir(model_dir)} holds {encoder_version}")
+    L.check_head_encoder(head.ref, head.meta, encoder_version, M.resolve_model_dir(model_dir))
     lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, common.new_run_id())
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
