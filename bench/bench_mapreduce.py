@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rows import ROOT, real_records
+from bench_spark import default_rows  # the same real rows as the Spark benchmark
+from udfs.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -65,7 +68,9 @@ def main() -> int:
 
     registry = Registry(args.registry_dir)
     ref = registry.resolve(args.model)
-    rows = real_records(args.rows)
+    rows = default_rows(load_config(ROOT / "conf" / "pipeline.toml"), args.rows).to_dict("records")
+    if len(rows) < args.rows:
+        raise SystemExit(f"--rows {args.rows}: the default data has only {len(rows)} records")
     cores = os.cpu_count()
     print(f"{len(rows)} real rows, {cores} cores, head {ref}")
 
