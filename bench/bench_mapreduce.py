@@ -40,13 +40,9 @@ def plain_python(rows, registry, ref, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env: dict, split_bytes: int) -> float:
+def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env: dict) -> float:
     cmd = [sys.executable, "-m", "jobs.mapreduce.launch", "score", "-r", runner,
            "--registry-dir", str(registry_root), "--model", ref, src, "--output-dir", out]
-    if runner == "hadoop":
-        # One input split per map task slot: the LocalJobRunner would put a
-        # file smaller than a block into a single map task (one core).
-        cmd += ["--jobconf", f"mapreduce.input.fileinputformat.split.maxsize={split_bytes}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
     seconds = time.perf_counter() - start
@@ -82,7 +78,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "records.jsonl"
         src.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
-        split_bytes = src.stat().st_size // cores + 1
+        # Hadoop's LocalJobRunner forces mapreduce.job.maps=1, so streaming's
+        # (old-API) TextInputFormat makes one split per HDFS block: a file
+        # under one block would be one map task on one core. Upload it with
+        # a block size that gives one block per core (whole MiB, HDFS's minimum).
+        mib = 1 << 20
+        block_size = max(mib, -(-src.stat().st_size // cores // mib) * mib)
         env = dict(os.environ)
         node = None
         if "hadoop" in runners:
@@ -97,14 +98,14 @@ def main() -> int:
             client = InsecureClient(node.webhdfs_url, user=node.user)
             base = f"/user/{node.user}/bench-mapreduce"
             client.delete(base, recursive=True)
-            client.upload(f"{base}/records.jsonl", str(src))
+            client.upload(f"{base}/records.jsonl", str(src), blocksize=block_size)
         try:
             for runner in runners:
                 if runner == "hadoop":
                     s = run_twin(runner, f"{node.hdfs_url}{base}/records.jsonl", f"{node.hdfs_url}{base}/scored",
-                                 registry.root, ref, env, split_bytes)
+                                 registry.root, ref, env)
                 else:
-                    s = run_twin(runner, str(src), str(Path(tmp) / f"out-{runner}"), registry.root, ref, env, split_bytes)
+                    s = run_twin(runner, str(src), str(Path(tmp) / f"out-{runner}"), registry.root, ref, env)
                 results[f"mrjob -r {runner}"] = s
                 print(f"  mrjob -r {runner:6s} (end to end): {len(rows) / s:8.1f} rows/s", flush=True)
         finally:
