@@ -67,22 +67,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLE
 
 build_zip() {
   local dir="${AIBATCH_BUILD_DIR:-$root/var/build}"
-  mkdir -p "$dir"
-  "$python" - "$root" "$dir/aibatch-pyfiles.zip" <<'PY'
-import os, sys, zipfile
-root, target = sys.argv[1:3]
-tmp = target + f".{os.getpid()}"
-with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-    for package in ("udfs", "jobs"):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, package)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(filenames):
-                if name.endswith(".py"):
-                    path = os.path.join(dirpath, name)
-                    z.write(path, os.path.relpath(path, root))
-os.replace(tmp, target)
-print(target)
-PY
+  PYTHONPATH="$root" "$python" -m jobs.pyfiles "$dir/aibatch-pyfiles.zip"
 }
 
 run_spark() {

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
+
+from jobs.pyfiles import build_zip
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 JOBS = {
@@ -22,19 +23,6 @@ JOBS = {
     "score": "mr_score_records.py",
     "stats": "mr_compute_stats.py",
 }
-
-
-def build_zip(target: Path) -> Path:
-    """udfs/ and jobs/ (Python files only) as a zip for the tasks' PYTHONPATH."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for package in ("udfs", "jobs"):
-            for path in sorted((ROOT / package).rglob("*.py")):
-                if "__pycache__" not in path.parts:
-                    z.write(path, path.relative_to(ROOT))
-    os.replace(tmp, target)
-    return target
 
 
 def _has(args: list[str], *flags: str) -> bool:
@@ -50,7 +38,7 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
     config = Path(config_path or os.environ.get("AIBATCH_CONFIG") or ROOT / "conf" / "pipeline.toml")
     cfg = load_config(config)
     python = os.environ.get("AIBATCH_PYTHON") or sys.executable
-    zip_path = build_zip(Path(os.environ.get("AIBATCH_BUILD_DIR") or ROOT / "var" / "build") / "aibatch-mrjob.zip")
+    zip_path = build_zip(Path(os.environ.get("AIBATCH_BUILD_DIR") or ROOT / "var" / "build") / "aibatch-pyfiles.zip")
     extra: list[str] = []
     if not _has(args, "--conf-path", "-c", "--no-conf"):
         extra += ["--conf-path", str(ROOT / "conf" / "mrjob.conf")]
