@@ -8,6 +8,7 @@ Prints rows/s and each ratio to the limit, all measured in this one run.
 
 Run with: .venv/bin/python bench/bench_mapreduce.py [--rows 20000] [--runners inline,local,hadoop]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,26 @@ def plain_python(rows, registry, ref, threads: int) -> float:
     M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):  # the twin's flush size: same batching
-        score_texts([r["text"] for r in rows[i:i + 1024]], settings)
+        score_texts([r["text"] for r in rows[i : i + 1024]], settings)
     return time.perf_counter() - start
 
 
 def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env: dict) -> float:
-    cmd = [sys.executable, "-m", "jobs.mapreduce.launch", "score", "-r", runner,
-           "--registry-dir", str(registry_root), "--model", ref, src, "--output-dir", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.mapreduce.launch",
+        "score",
+        "-r",
+        runner,
+        "--registry-dir",
+        str(registry_root),
+        "--model",
+        ref,
+        src,
+        "--output-dir",
+        out,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
     seconds = time.perf_counter() - start
@@ -55,7 +69,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--runners", default="inline,local,hadoop")
-    parser.add_argument("--model", default="sentiment@latest", help="head version in the registry (default registry var/models)")
+    parser.add_argument(
+        "--model", default="sentiment@latest", help="head version in the registry (default registry var/models)"
+    )
     parser.add_argument("--registry-dir", default=str(ROOT / "var" / "models"))
     args = parser.parse_args()
     runners = [r for r in args.runners.split(",") if r]
@@ -102,8 +118,14 @@ def main() -> int:
         try:
             for runner in runners:
                 if runner == "hadoop":
-                    s = run_twin(runner, f"{node.hdfs_url}{base}/records.jsonl", f"{node.hdfs_url}{base}/scored",
-                                 registry.root, ref, env)
+                    s = run_twin(
+                        runner,
+                        f"{node.hdfs_url}{base}/records.jsonl",
+                        f"{node.hdfs_url}{base}/scored",
+                        registry.root,
+                        ref,
+                        env,
+                    )
                 else:
                     s = run_twin(runner, str(src), str(Path(tmp) / f"out-{runner}"), registry.root, ref, env)
                 results[f"mrjob -r {runner}"] = s

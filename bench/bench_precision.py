@@ -9,6 +9,7 @@ Run with: .venv/bin/python bench/bench_precision.py --rows-json ROWS.json [--mod
           [--head var/models/sentiment/1] [--threads 2] [--force-bf16]
 (bench/bench_spark.py runs the same measurement on its rows.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
     t = time.perf_counter()
     e32 = M.embed(fp32, texts, batch_size)
     s32 = time.perf_counter() - t
-    res = {"rows": len(texts), "threads": threads, "fp32_rows_per_s": len(texts) / s32,
-           "bf16_supported": M.bf16_supported()}
+    res = {
+        "rows": len(texts),
+        "threads": threads,
+        "fp32_rows_per_s": len(texts) / s32,
+        "bf16_supported": M.bf16_supported(),
+    }
     if res["bf16_supported"] or force_bf16:
         bf16 = M._load_encoder(fp32.model_dir, "bf16")  # forced where unsupported: emulated, for the record
         M.embed(bf16, texts[:64], batch_size)
@@ -45,20 +50,29 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
         cos = (e32 * e16).sum(axis=1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
         lab = np.array([x is not None for x in labels], dtype=bool)
         truth = [x for x in labels if x is not None]
-        res.update(bf16_rows_per_s=len(texts) / s16, speedup=s32 / s16, min_cosine=float(cos.min()),
-                   accuracy_fp32=H.accuracy(H.predict_labels(arrays, e32[lab])[0], truth),
-                   accuracy_bf16=H.accuracy(H.predict_labels(arrays, e16[lab])[0], truth), labelled=len(truth),
-                   bf16_mode="native" if res["bf16_supported"] else "emulated (forced)")
+        res.update(
+            bf16_rows_per_s=len(texts) / s16,
+            speedup=s32 / s16,
+            min_cosine=float(cos.min()),
+            accuracy_fp32=H.accuracy(H.predict_labels(arrays, e32[lab])[0], truth),
+            accuracy_bf16=H.accuracy(H.predict_labels(arrays, e16[lab])[0], truth),
+            labelled=len(truth),
+            bf16_mode="native" if res["bf16_supported"] else "emulated (forced)",
+        )
     return res
 
 
 def report(res: dict) -> list[str]:
-    lines = [f"precision on {res['rows']} rows (plain Python, {res['threads']} threads): "
-             f"fp32 {res['fp32_rows_per_s']:.1f} rows/s"]
+    lines = [
+        f"precision on {res['rows']} rows (plain Python, {res['threads']} threads): "
+        f"fp32 {res['fp32_rows_per_s']:.1f} rows/s"
+    ]
     if "bf16_rows_per_s" in res:
-        lines.append(f"  bf16 ({res['bf16_mode']}): {res['bf16_rows_per_s']:.1f} rows/s, {res['speedup']:.2f}x fp32, "
-                     f"min cosine to fp32 {res['min_cosine']:.5f}; head accuracy on {res['labelled']} labelled rows: "
-                     f"fp32 {res['accuracy_fp32']:.4f}, bf16 {res['accuracy_bf16']:.4f}")
+        lines.append(
+            f"  bf16 ({res['bf16_mode']}): {res['bf16_rows_per_s']:.1f} rows/s, {res['speedup']:.2f}x fp32, "
+            f"min cosine to fp32 {res['min_cosine']:.5f}; head accuracy on {res['labelled']} labelled rows: "
+            f"fp32 {res['accuracy_fp32']:.4f}, bf16 {res['accuracy_bf16']:.4f}"
+        )
     if not res["bf16_supported"]:
         lines.append('  bf16: this CPU has neither AVX512-BF16 nor AMX; precision = "bf16" falls back to fp32 here')
     return lines
@@ -76,8 +90,9 @@ def main(argv=None) -> int:
 
     rows = json.loads(Path(args.rows_json).read_text())
     arrays = load_file(str(Path(args.head) / "head.safetensors"))
-    res = measure([r["text"] for r in rows], [r["label"] for r in rows], arrays, args.model_dir, args.threads,
-                  args.force_bf16)
+    res = measure(
+        [r["text"] for r in rows], [r["label"] for r in rows], arrays, args.model_dir, args.threads, args.force_bf16
+    )
     print("\n".join(report(res)))
     print(json.dumps(res))
     return 0

@@ -8,6 +8,7 @@ Run with: .venv/bin/python bench/bench_spark.py [--rows 20000] [--model sentimen
           [--row-udf-rows N] [--precision-rows 2048] [--force-bf16] [--json out.json]
 (needs a trained head: ./scripts/demo.sh or ./submit.sh train first)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,10 @@ def plain_python(texts: list[str], settings: ScoreSettings) -> tuple[float, pd.D
     chunks of the Arrow batch size so the length sort sees the same groups."""
     set_threads(CORES)
     started = time.perf_counter()
-    parts = [score_texts(texts[i : i + ARROW_BATCH], settings, with_embedding=False)
-             for i in range(0, len(texts), ARROW_BATCH)]
+    parts = [
+        score_texts(texts[i : i + ARROW_BATCH], settings, with_embedding=False)
+        for i in range(0, len(texts), ARROW_BATCH)
+    ]
     return time.perf_counter() - started, pd.concat(parts, ignore_index=True)
 
 
@@ -73,19 +76,25 @@ def spark_runs(frame: pd.DataFrame, settings: ScoreSettings, row_udf_rows: int) 
     from udfs.spark import score_udf
 
     t0 = time.perf_counter()
-    spark = (SparkSession.builder.master(f"local[{CORES}]").appName("aibatch-bench")
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH))
-             .config("spark.python.worker.reuse", "true").getOrCreate())
+    spark = (
+        SparkSession.builder.master(f"local[{CORES}]")
+        .appName("aibatch-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH))
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     try:
         df = spark.createDataFrame(frame[["id", "text"]]).repartition(CORES).cache()
         df.count()
         vectorised = score_udf(settings)
         # Warm-up: each Python worker loads the encoder once (cached).
-        spark.createDataFrame(frame[["id", "text"]].head(64)).repartition(CORES) \
-            .select(vectorised("text").alias("s")).write.format("noop").mode("overwrite").save()
+        spark.createDataFrame(frame[["id", "text"]].head(64)).repartition(CORES).select(
+            vectorised("text").alias("s")
+        ).write.format("noop").mode("overwrite").save()
         t1 = time.perf_counter()
         out = df.select("id", vectorised("text").alias("s")).select("id", "s.predicted", "s.probability")
         out.write.format("noop").mode("overwrite").save()
@@ -105,8 +114,14 @@ def spark_runs(frame: pd.DataFrame, settings: ScoreSettings, row_udf_rows: int) 
         t4 = time.perf_counter()
     finally:
         spark.stop()
-    return {"pandas_udf_s": t2 - t1, "pandas_udf_with_startup_s": t2 - t0, "startup_s": t1 - t0,
-            "row_udf_s": t4 - t3, "row_udf_rows": n_small, "check": check}
+    return {
+        "pandas_udf_s": t2 - t1,
+        "pandas_udf_with_startup_s": t2 - t0,
+        "startup_s": t1 - t0,
+        "row_udf_s": t4 - t3,
+        "row_udf_rows": n_small,
+        "check": check,
+    }
 
 
 def main(argv=None) -> int:
@@ -122,13 +137,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     head = Registry(cfg.registry_path(REPO)).load(args.model)
-    settings = ScoreSettings(head_arrays=dict(head.arrays), batch_size=cfg.encoder.batch_size,
-                             max_length=cfg.encoder.max_length, torch_threads=1)
+    settings = ScoreSettings(
+        head_arrays=dict(head.arrays),
+        batch_size=cfg.encoder.batch_size,
+        max_length=cfg.encoder.max_length,
+        torch_threads=1,
+    )
     frame = default_rows(cfg, args.rows)
     texts = frame["text"].tolist()
     n = len(texts)
-    print(f"bench: {n} real rows of the default data, {CORES} cores, {M.ENCODER_NAME} fp32 + head {head.ref}, "
-          f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}")
+    print(
+        f"bench: {n} real rows of the default data, {CORES} cores, {M.ENCODER_NAME} fp32 + head {head.ref}, "
+        f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"
+    )
 
     M.load_encoder()  # load outside the timing, as the Spark warm-up does
     a_s, a_out = plain_python(texts, ScoreSettings(**{**settings.__dict__, "torch_threads": CORES}))
@@ -143,21 +164,42 @@ def main(argv=None) -> int:
     rc = b["row_udf_rows"] / b["row_udf_s"]
     print(f"(a) plain Python, {CORES} torch threads: {ra:8.1f} rows/s  ({a_s:.1f} s)")
     print(f"(b) Spark pandas UDF, local[{CORES}]:    {rb:8.1f} rows/s  ({b['pandas_udf_s']:.1f} s, start-up excluded)")
-    print(f"    including start-up:              {rb_all:8.1f} rows/s  ({b['pandas_udf_with_startup_s']:.1f} s, "
-          f"of which session + data + model load {b['startup_s']:.1f} s)")
-    print(f"(c) row-at-a-time Python UDF:        {rc:8.1f} rows/s  ({b['row_udf_s']:.1f} s on {b['row_udf_rows']} rows)")
+    print(
+        f"    including start-up:              {rb_all:8.1f} rows/s  ({b['pandas_udf_with_startup_s']:.1f} s, "
+        f"of which session + data + model load {b['startup_s']:.1f} s)"
+    )
+    print(
+        f"(c) row-at-a-time Python UDF:        {rc:8.1f} rows/s  ({b['row_udf_s']:.1f} s on {b['row_udf_rows']} rows)"
+    )
     print(f"ratios: b/a {rb / ra:.2f} (steady state), {rb_all / ra:.2f} (with start-up); c/a {rc / ra:.2f}")
     print(f"check: Spark labels equal plain Python: {same}; max probability difference {max_diff:.2e}")
 
     sub = frame.head(args.precision_rows)
-    prec = precision.measure(sub["text"].tolist(), sub["label"].tolist(), head.arrays, None, CORES,
-                             args.force_bf16, cfg.encoder.batch_size)
+    prec = precision.measure(
+        sub["text"].tolist(), sub["label"].tolist(), head.arrays, None, CORES, args.force_bf16, cfg.encoder.batch_size
+    )
     print("\n".join(precision.report(prec)))
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "rows": n, "a_rows_per_s": ra, "b_rows_per_s": rb, "b_with_startup_rows_per_s": rb_all, "c_rows_per_s": rc,
-            "b_over_a": rb / ra, "b_with_startup_over_a": rb_all / ra, "c_over_a": rc / ra,
-            "labels_equal": same, "max_probability_diff": max_diff, **b, "precision": prec}, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": n,
+                    "a_rows_per_s": ra,
+                    "b_rows_per_s": rb,
+                    "b_with_startup_rows_per_s": rb_all,
+                    "c_rows_per_s": rc,
+                    "b_over_a": rb / ra,
+                    "b_with_startup_over_a": rb_all / ra,
+                    "c_over_a": rc / ra,
+                    "labels_equal": same,
+                    "max_probability_diff": max_diff,
+                    **b,
+                    "precision": prec,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

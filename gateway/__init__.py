@@ -2,6 +2,7 @@
 Anthropic Messages wire formats, enforces provider-style rate limits and injects
 seeded faults. Start it with: .venv/bin/python -m gateway --config conf/gateway.toml
 """
+
 from .app import create_app
 from .config import ConfigError, GatewayConfig, load_config
 

@@ -2,6 +2,7 @@
 
 Run with: AIBATCH_GATEWAY_KEY=sk-local-dev .venv/bin/python -m gateway --config conf/gateway.toml [--port 8787]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = args.host or config.host
     if host not in LOOPBACK_HOSTS:
-        print(f"gateway: --host {host}: only loopback addresses are allowed ({', '.join(LOOPBACK_HOSTS)})", file=sys.stderr)
+        print(
+            f"gateway: --host {host}: only loopback addresses are allowed ({', '.join(LOOPBACK_HOSTS)})",
+            file=sys.stderr,
+        )
         return 2
     port = config.port if args.port is None else args.port
     logging.getLogger(__name__).info("keys loaded: %s", ", ".join(f"{k.name} (from ${k.env})" for k in config.keys))

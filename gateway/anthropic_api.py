@@ -1,5 +1,6 @@
 """The Anthropic Messages wire format: request validation and the message,
 event and SSE shapes."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,11 @@ def text_of(content: str | list[ContentBlock] | None, where: str) -> str:
     parts = []
     for i, block in enumerate(content):
         if block.type != "text" or block.text is None:
-            raise ApiError("invalid_request", f"{where}.{i}.type: only text content blocks are supported", param=f"{where}.{i}.type")
+            raise ApiError(
+                "invalid_request",
+                f"{where}.{i}.type: only text content blocks are supported",
+                param=f"{where}.{i}.type",
+            )
         parts.append(block.text)
     return "".join(parts)
 
@@ -87,7 +92,9 @@ def usage(input_tokens: int, output_tokens: int) -> dict:
     }
 
 
-def message_body(mid: str, model: str, text: str, finish: str, stop_sequence: str | None, input_tokens: int, output_tokens: int) -> dict:
+def message_body(
+    mid: str, model: str, text: str, finish: str, stop_sequence: str | None, input_tokens: int, output_tokens: int
+) -> dict:
     return {
         "id": mid,
         "type": "message",
@@ -124,7 +131,14 @@ class EventWriter:
         }
         return [
             event("message_start", {"type": "message_start", "message": message}),
-            event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "", "citations": None}}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": "", "citations": None},
+                },
+            ),
             self.ping(),
         ]
 
@@ -134,7 +148,12 @@ class EventWriter:
 
     def delta(self, piece: str) -> list[str]:
         self.deltas += 1
-        out = [event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})]
+        out = [
+            event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
+        ]
         if self.deltas % PING_EVERY == 0:
             out.append(self.ping())
         return out
@@ -176,4 +195,9 @@ def model_body(m) -> dict:
 
 def models_body(models) -> dict:
     data = [model_body(m) for m in models]
-    return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -3,6 +3,7 @@
 create_app(config, clock) builds everything from a validated GatewayConfig; the
 clock (unix seconds) is injectable so limit tests can drive time themselves.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,7 +50,10 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, clock: Callable[[], float], counter: TokenCounter) -> None:
         self.config, self.clock, self.counter = config, clock, counter
-        self.callers = [Caller(k, KeyLimits(k, clock), FaultInjector(k.faults, k.name), LatencySampler(k.latency)) for k in config.keys]
+        self.callers = [
+            Caller(k, KeyLimits(k, clock), FaultInjector(k.faults, k.name), LatencySampler(k.latency))
+            for k in config.keys
+        ]
         self.backends = {
             "deterministic": DeterministicBackend(counter),
             "llama": LlamaBackend(config.llama, counter),
@@ -61,7 +65,11 @@ class Gateway:
         if supplied is None and auth.lower().startswith("bearer "):
             supplied = auth[7:].strip()
         if not supplied:
-            raise ApiError("authentication", "No API key provided. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.", code="invalid_api_key")
+            raise ApiError(
+                "authentication",
+                "No API key provided. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                code="invalid_api_key",
+            )
         match = None
         for caller in self.callers:  # compare every key in constant time; never echo the supplied one
             if hmac.compare_digest(caller.key.secret.encode(), supplied.encode()):
@@ -75,7 +83,12 @@ class Gateway:
         if spec is None:
             if anthropic:
                 raise ApiError("not_found", f"model: {name}", param="model")
-            raise ApiError("not_found", f"The model `{name}` does not exist or you do not have access to it.", param="model", code="model_not_found")
+            raise ApiError(
+                "not_found",
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
         return spec
 
 
@@ -100,14 +113,24 @@ async def read_json(request: Request, limit: int, anthropic: bool) -> dict:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError("invalid_request", f"The request body is not valid JSON: {exc.msg} at position {exc.pos}." if isinstance(exc, json.JSONDecodeError) else "The request body is not valid UTF-8 JSON.", param="body")
+        raise ApiError(
+            "invalid_request",
+            f"The request body is not valid JSON: {exc.msg} at position {exc.pos}."
+            if isinstance(exc, json.JSONDecodeError)
+            else "The request body is not valid UTF-8 JSON.",
+            param="body",
+        )
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "The request body must be a JSON object.", param="body")
     return data
 
 
 def rate_limit_error(rej: Rejection, anthropic: bool) -> ApiError:
-    wait = "never (the request alone exceeds the limit)" if rej.retry_after == float("inf") else go_duration(rej.retry_after)
+    wait = (
+        "never (the request alone exceeds the limit)"
+        if rej.retry_after == float("inf")
+        else go_duration(rej.retry_after)
+    )
     if rej.limit_name == "concurrent":
         message = f"Too many concurrent requests: limit {rej.limit}. Please try again in {wait}."
     elif rej.retry_after == float("inf"):
@@ -115,12 +138,23 @@ def rate_limit_error(rej: Rejection, anthropic: bool) -> ApiError:
     else:
         message = f"Rate limit reached for {rej.limit_name}: Limit {rej.limit}, Used {rej.used}, Requested {rej.requested}. Please try again in {wait}."
     openai_type = "tokens" if "tokens" in rej.limit_name else "requests"
-    return ApiError("rate_limit", message, code="rate_limit_exceeded", openai_type=openai_type, headers=retry_headers(rej.retry_after))
+    return ApiError(
+        "rate_limit",
+        message,
+        code="rate_limit_exceeded",
+        openai_type=openai_type,
+        headers=retry_headers(rej.retry_after),
+    )
 
 
 def injected_error(kind: str, caller: Caller, anthropic: bool) -> ApiError:
     if kind == "rate_limit":
-        return ApiError("rate_limit", "Rate limit reached (injected fault). Please retry.", code="rate_limit_exceeded", headers=retry_headers(caller.faults.faults.retry_after_seconds))
+        return ApiError(
+            "rate_limit",
+            "Rate limit reached (injected fault). Please retry.",
+            code="rate_limit_exceeded",
+            headers=retry_headers(caller.faults.faults.retry_after_seconds),
+        )
     if kind == "server_error":
         return ApiError("server", "The server had an error while processing your request (injected fault).")
     if kind == "unavailable":
@@ -155,7 +189,9 @@ def check_output_schema(schema: dict, spec: ModelSpec) -> None:
     # llama.cpp turns the schema into a grammar itself (it supports pattern and more).
 
 
-def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, counter: TokenCounter | None = None) -> FastAPI:
+def create_app(
+    config: GatewayConfig, clock: Callable[[], float] = time.time, counter: TokenCounter | None = None
+) -> FastAPI:
     gw = Gateway(config, clock, counter or default_counter())
 
     @asynccontextmanager
@@ -163,8 +199,12 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
         yield
         gw.backends["llama"].close()
 
-    app = FastAPI(title="aibatch LLM gateway", version="1.0.0", lifespan=lifespan,
-                  description="Local OpenAI- and Anthropic-compatible API with provider-style rate limits and fault injection.")
+    app = FastAPI(
+        title="aibatch LLM gateway",
+        version="1.0.0",
+        lifespan=lifespan,
+        description="Local OpenAI- and Anthropic-compatible API with provider-style rate limits and fault injection.",
+    )
     app.state.gateway = gw
 
     @app.get("/health")
@@ -205,7 +245,13 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             keys[c.key.name] = {
                 "algorithm": lim.algorithm,
                 "window_seconds": lim.window_seconds,
-                "limits": {"requests": lim.requests, "tokens": lim.tokens, "input_tokens": lim.input_tokens, "output_tokens": lim.output_tokens, "concurrent": lim.concurrent},
+                "limits": {
+                    "requests": lim.requests,
+                    "tokens": lim.tokens,
+                    "input_tokens": lim.input_tokens,
+                    "output_tokens": lim.output_tokens,
+                    "concurrent": lim.concurrent,
+                },
                 "in_flight": c.limits.concurrency.in_flight,
                 "peak_concurrent": c.limits.concurrency.peak,
                 "windows": c.limits.ledger.snapshot(),
@@ -214,15 +260,25 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
 
     # The routes read the raw body themselves (to answer in each provider's error
     # shape), so the OpenAPI spec gets the request schemas spelled out here.
-    @app.post("/v1/chat/completions", openapi_extra=request_body(openai_api.ChatRequest), summary="OpenAI Chat Completions")
+    @app.post(
+        "/v1/chat/completions", openapi_extra=request_body(openai_api.ChatRequest), summary="OpenAI Chat Completions"
+    )
     async def chat_completions(request: Request) -> Response:
         return await serve(request, anthropic=False)
 
-    @app.post("/v1/messages", openapi_extra=request_body(anthropic_api.MessagesRequest), summary="Anthropic Messages (needs anthropic-version)")
+    @app.post(
+        "/v1/messages",
+        openapi_extra=request_body(anthropic_api.MessagesRequest),
+        summary="Anthropic Messages (needs anthropic-version)",
+    )
     async def messages(request: Request) -> Response:
         return await serve(request, anthropic=True)
 
-    @app.post("/v1/messages/count_tokens", openapi_extra=request_body(anthropic_api.CountTokensRequest), summary="Anthropic token counting")
+    @app.post(
+        "/v1/messages/count_tokens",
+        openapi_extra=request_body(anthropic_api.CountTokensRequest),
+        summary="Anthropic token counting",
+    )
     async def count_tokens(request: Request) -> Response:
         try:
             gw.authenticate(request)
@@ -233,7 +289,9 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             except ValidationError as exc:
                 raise from_validation(exc, anthropic=True) from None
             gw.model(req.model, anthropic=True)
-            messages = [(m.role, anthropic_api.text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)]
+            messages = [
+                (m.role, anthropic_api.text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)
+            ]
             tokens = gw.counter.messages(messages, anthropic_api.text_of(req.system, "system"))
         except ApiError as err:
             return error_response(err, True)
@@ -244,7 +302,11 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
         if not version:
             raise ApiError("invalid_request", "anthropic-version: header is required", param="anthropic-version")
         if not ANTHROPIC_VERSION.fullmatch(version) or version < config.anthropic_min_version:
-            raise ApiError("invalid_request", f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}", param="anthropic-version")
+            raise ApiError(
+                "invalid_request",
+                f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}",
+                param="anthropic-version",
+            )
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -272,28 +334,55 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             else:
                 messages.append((m.role, text))
         if not messages:
-            raise ApiError("invalid_request", "Invalid value for 'messages': at least one non-system message is required.", param="messages", code="invalid_value")
+            raise ApiError(
+                "invalid_request",
+                "Invalid value for 'messages': at least one non-system message is required.",
+                param="messages",
+                code="invalid_value",
+            )
         max_tokens = req.max_completion_tokens or req.max_tokens or spec.default_max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         if max_tokens > spec.max_output_tokens:
-            raise ApiError("invalid_request", f"Invalid value for '{param}': {max_tokens} is too large; this model supports at most {spec.max_output_tokens} completion tokens.", param=param, code="invalid_value")
+            raise ApiError(
+                "invalid_request",
+                f"Invalid value for '{param}': {max_tokens} is too large; this model supports at most {spec.max_output_tokens} completion tokens.",
+                param=param,
+                code="invalid_value",
+            )
         schema, json_object = None, False
         if req.response_format is not None:
             if req.response_format.type == "json_schema":
                 if req.response_format.json_schema is None:
-                    raise ApiError("invalid_request", "Missing required parameter: 'response_format.json_schema'.", param="response_format.json_schema", code="missing_required_parameter")
+                    raise ApiError(
+                        "invalid_request",
+                        "Missing required parameter: 'response_format.json_schema'.",
+                        param="response_format.json_schema",
+                        code="missing_required_parameter",
+                    )
                 schema = req.response_format.json_schema.schema_
                 try:
                     check_output_schema(schema, spec)
                 except UnsupportedSchema as exc:
-                    raise ApiError("invalid_request", f"Invalid schema for response_format 'response_format.json_schema.schema': {exc}", param="response_format.json_schema.schema", code="invalid_value") from None
+                    raise ApiError(
+                        "invalid_request",
+                        f"Invalid schema for response_format 'response_format.json_schema.schema': {exc}",
+                        param="response_format.json_schema.schema",
+                        code="invalid_value",
+                    ) from None
             json_object = req.response_format.type == "json_object"
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         system = "\n".join(system_parts)
         input_tokens = gw.counter.messages(messages, system)
         if input_tokens + max_tokens > spec.context_window:
-            raise ApiError("invalid_request", f"This model's maximum context length is {spec.context_window} tokens. However, you requested {input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.", param="messages", code="context_length_exceeded")
-        prompt = Prompt(spec, messages, system, max_tokens, input_tokens, stop, schema, json_object, req.temperature, req.seed)
+            raise ApiError(
+                "invalid_request",
+                f"This model's maximum context length is {spec.context_window} tokens. However, you requested {input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        prompt = Prompt(
+            spec, messages, system, max_tokens, input_tokens, stop, schema, json_object, req.temperature, req.seed
+        )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return prompt, bool(req.stream), include_usage
 
@@ -303,21 +392,44 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
         except ValidationError as exc:
             raise from_validation(exc, anthropic=True) from None
         spec = gw.model(req.model, anthropic=True)
-        messages = [(m.role, anthropic_api.text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)]
+        messages = [
+            (m.role, anthropic_api.text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)
+        ]
         system = anthropic_api.text_of(req.system, "system")
         if req.max_tokens > spec.max_output_tokens:
-            raise ApiError("invalid_request", f"max_tokens: {req.max_tokens} > {spec.max_output_tokens}, which is the maximum allowed number of output tokens for {spec.id}", param="max_tokens")
+            raise ApiError(
+                "invalid_request",
+                f"max_tokens: {req.max_tokens} > {spec.max_output_tokens}, which is the maximum allowed number of output tokens for {spec.id}",
+                param="max_tokens",
+            )
         schema = None
         if req.output_config and req.output_config.format:
             schema = req.output_config.format.schema_
             try:
                 check_output_schema(schema, spec)
             except UnsupportedSchema as exc:
-                raise ApiError("invalid_request", f"output_config.format.schema: {exc}", param="output_config.format.schema") from None
+                raise ApiError(
+                    "invalid_request", f"output_config.format.schema: {exc}", param="output_config.format.schema"
+                ) from None
         input_tokens = gw.counter.messages(messages, system)
         if input_tokens + req.max_tokens > spec.context_window:
-            raise ApiError("invalid_request", f"prompt is too long: {input_tokens} tokens + max_tokens {req.max_tokens} > {spec.context_window} maximum", param="messages")
-        prompt = Prompt(spec, messages, system, req.max_tokens, input_tokens, list(req.stop_sequences or []), schema, False, req.temperature, None)
+            raise ApiError(
+                "invalid_request",
+                f"prompt is too long: {input_tokens} tokens + max_tokens {req.max_tokens} > {spec.context_window} maximum",
+                param="messages",
+            )
+        prompt = Prompt(
+            spec,
+            messages,
+            system,
+            req.max_tokens,
+            input_tokens,
+            list(req.stop_sequences or []),
+            schema,
+            False,
+            req.temperature,
+            None,
+        )
         return prompt, bool(req.stream), False
 
     async def serve(request: Request, anthropic: bool) -> Response:
@@ -331,13 +443,26 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             prompt, stream, include_usage = (parse_anthropic if anthropic else parse_openai)(data)
         except ApiError as err:
             extra = caller.limits.headers(style) if caller else None
-            log.info("%s %s -> %d (%s)", request.method, request.url.path, err.status_code, caller.key.name if caller else "unauthenticated")
+            log.info(
+                "%s %s -> %d (%s)",
+                request.method,
+                request.url.path,
+                err.status_code,
+                caller.key.name if caller else "unauthenticated",
+            )
             return error_response(err, anthropic, extra)
 
         fault = caller.faults.draw(stream)
         if fault in ("rate_limit", "server_error", "unavailable", "overloaded"):
             err = injected_error(fault, caller, anthropic)
-            log.info("%s %s -> %d injected %s (%s)", request.method, request.url.path, err.status_code, fault, caller.key.name)
+            log.info(
+                "%s %s -> %d injected %s (%s)",
+                request.method,
+                request.url.path,
+                err.status_code,
+                fault,
+                caller.key.name,
+            )
             return error_response(err, anthropic, caller.limits.headers(style))
         if fault == "timeout":
             await hold(request, caller.faults.faults.timeout_hold_seconds)
@@ -349,11 +474,15 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             log.info("%s %s -> 429 %s (%s)", request.method, request.url.path, admitted.limit_name, caller.key.name)
             return error_response(err, anthropic, caller.limits.headers(style))
         headers = caller.limits.headers(style)
-        log.info("%s %s -> 200 %s stream=%s (%s)", request.method, request.url.path, prompt.model.id, stream, caller.key.name)
+        log.info(
+            "%s %s -> 200 %s stream=%s (%s)", request.method, request.url.path, prompt.model.id, stream, caller.key.name
+        )
         backend = gw.backends[prompt.model.backend]
         if stream:
             body = stream_body(backend, prompt, caller, admitted, anthropic, include_usage, fault)
-            return StreamingResponse(body, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+            return StreamingResponse(
+                body, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+            )
         completion = None
         try:
             async for item in backend.generate(prompt, caller.latency):
@@ -361,14 +490,32 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                     completion = item
         except Exception:
             log.exception("backend %s failed", prompt.model.backend)
-            return error_response(ApiError("server", "The backend failed while generating the answer."), anthropic, headers)
+            return error_response(
+                ApiError("server", "The backend failed while generating the answer."), anthropic, headers
+            )
         finally:
             caller.limits.settle(admitted, completion.output_tokens if completion else 0)
         assert completion is not None
         if anthropic:
-            body = anthropic_api.message_body(anthropic_api.new_id(), prompt.model.id, completion.text, completion.finish, completion.stop_sequence, completion.input_tokens, completion.output_tokens)
+            body = anthropic_api.message_body(
+                anthropic_api.new_id(),
+                prompt.model.id,
+                completion.text,
+                completion.finish,
+                completion.stop_sequence,
+                completion.input_tokens,
+                completion.output_tokens,
+            )
         else:
-            body = openai_api.completion_body(openai_api.new_id(), int(clock()), prompt.model.id, completion.text, completion.finish, completion.input_tokens, completion.output_tokens)
+            body = openai_api.completion_body(
+                openai_api.new_id(),
+                int(clock()),
+                prompt.model.id,
+                completion.text,
+                completion.finish,
+                completion.input_tokens,
+                completion.output_tokens,
+            )
         rid = _request_id(anthropic)
         headers[("request-id" if anthropic else "x-request-id")] = rid
         if fault == "malformed_json":
@@ -376,10 +523,22 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             return Response(text[: len(text) // 2], media_type="application/json", headers=headers)
         return JSONResponse(body, headers=headers)
 
-    async def stream_body(backend, prompt: Prompt, caller: Caller, admitted: Admission, anthropic: bool, include_usage: bool, fault: str | None) -> AsyncIterator[str]:
+    async def stream_body(
+        backend,
+        prompt: Prompt,
+        caller: Caller,
+        admitted: Admission,
+        anthropic: bool,
+        include_usage: bool,
+        fault: str | None,
+    ) -> AsyncIterator[str]:
         output = 0
         # Faults strike halfway through the answer's pieces (at least after one).
-        break_at = max(1, len(gw.counter.pieces(backend.complete_text(prompt).text)) // 2) if fault and isinstance(backend, DeterministicBackend) else 1
+        break_at = (
+            max(1, len(gw.counter.pieces(backend.complete_text(prompt).text)) // 2)
+            if fault and isinstance(backend, DeterministicBackend)
+            else 1
+        )
         try:
             if anthropic:
                 writer = anthropic_api.EventWriter(anthropic_api.new_id(), prompt.model.id, prompt.input_tokens)
@@ -406,7 +565,9 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 # After the 200 the only way to report a failure is inside the stream.
                 log.exception("backend %s failed mid-stream", prompt.model.backend)
                 if anthropic:
-                    yield anthropic_api.EventWriter.error("api_error", "The backend failed while generating the answer.")
+                    yield anthropic_api.EventWriter.error(
+                        "api_error", "The backend failed while generating the answer."
+                    )
                 else:
                     yield openai_api.ChunkWriter.error("The backend failed while generating the answer.")
                 return
@@ -414,7 +575,9 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
                 if anthropic:
                     yield anthropic_api.EventWriter.error("overloaded_error", "Overloaded (injected fault).")
                 else:
-                    yield openai_api.ChunkWriter.error("The server had an error while processing your request (injected fault).")
+                    yield openai_api.ChunkWriter.error(
+                        "The server had an error while processing your request (injected fault)."
+                    )
                 return
             if fault == "stream_drop":
                 raise StreamDropped("connection dropped mid-stream (injected fault)")
@@ -423,7 +586,9 @@ def create_app(config: GatewayConfig, clock: Callable[[], float] = time.time, co
             assert completion is not None
             output = completion.output_tokens
             if anthropic:
-                for line in writer.finish(completion.finish, completion.stop_sequence, completion.input_tokens, completion.output_tokens):
+                for line in writer.finish(
+                    completion.finish, completion.stop_sequence, completion.input_tokens, completion.output_tokens
+                ):
                     yield line
             else:
                 yield writer.finish(completion.finish)

@@ -4,6 +4,7 @@
 A backend turns a Prompt into an async stream of text pieces followed by one
 Completion carrying the usage and the finish reason.
 """
+
 from __future__ import annotations
 
 import asyncio

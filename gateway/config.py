@@ -3,6 +3,7 @@
 Keys themselves never live in the file: each key entry names the environment
 variable that holds it. Errors name the TOML key at fault, never a key's value.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -231,10 +232,12 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if host not in LOOPBACK_HOSTS:
         raise ConfigError(f"server.host: only loopback addresses are allowed ({', '.join(LOOPBACK_HOSTS)})")
     port = _number("server.port", server.get("port", config.port), integer=True)
-    max_bytes = _number("server.max_request_bytes", server.get("max_request_bytes", config.max_request_bytes), minimum=1, integer=True)
+    max_bytes = _number(
+        "server.max_request_bytes", server.get("max_request_bytes", config.max_request_bytes), minimum=1, integer=True
+    )
     min_version = server.get("anthropic_min_version", config.anthropic_min_version)
     if not isinstance(min_version, str) or not ANTHROPIC_VERSION.fullmatch(min_version):
-        raise ConfigError("server.anthropic_min_version: expected a date string like \"2023-06-01\"")
+        raise ConfigError('server.anthropic_min_version: expected a date string like "2023-06-01"')
 
     default_limits = parse_limits("limits", raw.get("limits", {}), Limits())
     default_faults = parse_faults("faults", raw.get("faults", {}), Faults())

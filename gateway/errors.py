@@ -4,6 +4,7 @@ An ApiError carries a provider-neutral kind; the dialect of the endpoint that
 raised it renders it as OpenAI's {"error": {...}} or Anthropic's
 {"type": "error", "error": {...}}.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -80,7 +81,11 @@ def openai_error_body(err: ApiError) -> dict:
 
 
 def anthropic_error_body(err: ApiError, request_id: str) -> dict:
-    return {"type": "error", "error": {"type": ANTHROPIC_TYPES[err.kind], "message": err.message}, "request_id": request_id}
+    return {
+        "type": "error",
+        "error": {"type": ANTHROPIC_TYPES[err.kind], "message": err.message},
+        "request_id": request_id,
+    }
 
 
 def from_validation(exc: ValidationError, anthropic: bool) -> ApiError:
@@ -91,4 +96,9 @@ def from_validation(exc: ValidationError, anthropic: bool) -> ApiError:
         message = f"{param}: Field required" if anthropic else f"Missing required parameter: '{param}'."
     else:
         message = f"{param}: {first['msg']}" if anthropic else f"Invalid value for '{param}': {first['msg']}."
-    return ApiError("invalid_request", message, param=param, code=None if anthropic else "invalid_value" if first["type"] != "missing" else "missing_required_parameter")
+    return ApiError(
+        "invalid_request",
+        message,
+        param=param,
+        code=None if anthropic else "invalid_value" if first["type"] != "missing" else "missing_required_parameter",
+    )

@@ -4,6 +4,7 @@ Each key draws from its own random.Random seeded with (seed, key name), one draw
 per request, so a test that sends the same requests in the same order sees the
 same faults on every run.
 """
+
 from __future__ import annotations
 
 import math

@@ -12,6 +12,7 @@ All three share one interface:
   retry_after(amount)   seconds until `amount` fits (0 if now; inf if it never can)
   reset_after()         seconds until the limiter is back at its initial, full state
 """
+
 from __future__ import annotations
 
 import math

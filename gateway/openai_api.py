@@ -1,5 +1,6 @@
 """The OpenAI Chat Completions wire format: request validation and the
 response, chunk and SSE shapes."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,12 @@ def text_of(content: str | list[ContentPart] | None, where: str) -> str:
     parts = []
     for i, part in enumerate(content):
         if part.type != "text" or part.text is None:
-            raise ApiError("invalid_request", f"Invalid value for '{where}.{i}.type': only text content parts are supported.", param=f"{where}.{i}.type", code="invalid_value")
+            raise ApiError(
+                "invalid_request",
+                f"Invalid value for '{where}.{i}.type': only text content parts are supported.",
+                param=f"{where}.{i}.type",
+                code="invalid_value",
+            )
         parts.append(part.text)
     return "".join(parts)
 
@@ -92,7 +98,9 @@ def usage(input_tokens: int, output_tokens: int) -> dict:
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length"}
 
 
-def completion_body(cid: str, created: int, model: str, text: str, finish: str, input_tokens: int, output_tokens: int) -> dict:
+def completion_body(
+    cid: str, created: int, model: str, text: str, finish: str, input_tokens: int, output_tokens: int
+) -> dict:
     return {
         "id": cid,
         "object": "chat.completion",
@@ -133,7 +141,16 @@ class ChunkWriter:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def role(self) -> str:
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "logprobs": None, "finish_reason": None}])
+        return self._chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
 
     def delta(self, piece: str) -> str:
         return self._chunk([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])

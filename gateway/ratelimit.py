@@ -7,6 +7,7 @@ Anthropic style: requests, input tokens, and output tokens counted separately
 (output estimated from max_tokens at admission and adjusted at the end, as
 Anthropic documents for OTPM).
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ strings (enum, const, min/maxLength, common formats), numbers and integers
 $ref into $defs/definitions. Keywords a generator cannot honour in general
 (pattern, not, if/then/else, ...) raise UnsupportedSchema naming the keyword.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,17 @@ from typing import Any
 
 import jsonschema
 
-UNSUPPORTED = ("pattern", "patternProperties", "not", "if", "then", "else", "dependentSchemas", "contains", "propertyNames")
+UNSUPPORTED = (
+    "pattern",
+    "patternProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentSchemas",
+    "contains",
+    "propertyNames",
+)
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 FORMATS = {
     "date-time": "2026-01-02T03:04:05Z",
@@ -51,7 +62,9 @@ def instance_for(schema: dict, seed: str, words: list[str] | None = None) -> Any
     value = _Builder(schema, rng, [w for w in (words or []) if w] or list(WORDS)).build(schema, 0)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
     if errors:
-        raise UnsupportedSchema(f"cannot satisfy the schema at {'/'.join(map(str, errors[0].path)) or '(root)'}: {errors[0].message}")
+        raise UnsupportedSchema(
+            f"cannot satisfy the schema at {'/'.join(map(str, errors[0].path)) or '(root)'}: {errors[0].message}"
+        )
     return value
 
 
@@ -183,10 +196,18 @@ class _Builder:
         hi = schema.get("maximum", lo + 100)
         nudge = 1 if integer else 1e-3
         if "exclusiveMinimum" in schema:
-            lo = max(lo, schema["exclusiveMinimum"] + nudge) if "minimum" in schema else schema["exclusiveMinimum"] + nudge
+            lo = (
+                max(lo, schema["exclusiveMinimum"] + nudge)
+                if "minimum" in schema
+                else schema["exclusiveMinimum"] + nudge
+            )
             hi = max(hi, lo) if "maximum" not in schema and "exclusiveMaximum" not in schema else hi
         if "exclusiveMaximum" in schema:
-            hi = min(hi, schema["exclusiveMaximum"] - nudge) if "maximum" in schema else schema["exclusiveMaximum"] - nudge
+            hi = (
+                min(hi, schema["exclusiveMaximum"] - nudge)
+                if "maximum" in schema
+                else schema["exclusiveMaximum"] - nudge
+            )
             if "minimum" not in schema and "exclusiveMinimum" not in schema:
                 lo = hi - 100
         if integer:

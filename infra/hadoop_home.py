@@ -1,4 +1,5 @@
 """Render a Hadoop config dir from the templates in conf/hadoop/."""
+
 from __future__ import annotations
 
 import shutil

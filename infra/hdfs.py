@@ -5,6 +5,7 @@ The daemons are the real Apache Hadoop classes, run with the instance's own
 config dir (rendered from conf/hadoop/*.template) and data kept under
 settings.data_dir, so a restart keeps the files.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -152,9 +153,7 @@ class LocalHDFS:
             self.stop()
         check_java()
         if not self.hadoop_bin.exists():
-            raise HdfsError(
-                f"Hadoop home not found at {self.hadoop_home} (no bin/hadoop): run scripts/setup.sh"
-            )
+            raise HdfsError(f"Hadoop home not found at {self.hadoop_home} (no bin/hadoop): run scripts/setup.sh")
         names = {
             "namenode_port": "NameNode RPC",
             "namenode_http_port": "NameNode HTTP (WebHDFS)",
@@ -207,7 +206,9 @@ class LocalHDFS:
         shutil.rmtree(self.base / "data", ignore_errors=True)
         proc = subprocess.run(
             [str(self.hadoop_bin), "namenode", "-format", "-nonInteractive", "-force"],
-            env=self.env(), capture_output=True, text=True,
+            env=self.env(),
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise HdfsError(f"formatting the NameNode failed:\n{_last_lines(proc.stderr)}")
@@ -216,8 +217,7 @@ class LocalHDFS:
         env = self.env()
         env["HADOOP_HEAPSIZE"] = self.settings.daemon_heap
         env["HADOOP_OPTS"] = (
-            f"-Dhadoop.root.logger=INFO,RFA -Dhadoop.log.file={daemon}.log "
-            f"-Daibatch.instance={self.conf_dir}"
+            f"-Dhadoop.root.logger=INFO,RFA -Dhadoop.log.file={daemon}.log -Daibatch.instance={self.conf_dir}"
         )
         # Start-up errors are read from what this start appends, not older runs.
         self._log_offsets = getattr(self, "_log_offsets", {})
@@ -226,8 +226,12 @@ class LocalHDFS:
             self._log_offsets[name] = p.stat().st_size if p.exists() else 0
         out = open(self.log_dir / f"{daemon}.out", "ab")
         proc = subprocess.Popen(
-            [str(self.hadoop_bin), daemon], env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [str(self.hadoop_bin), daemon],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         out.close()
         self._pid_file(daemon).write_text(str(proc.pid))
@@ -279,8 +283,7 @@ class LocalHDFS:
                 raise HdfsError(failure)
             time.sleep(0.5)
         raise HdfsError(
-            f"HDFS did not become ready (live DataNode, safe mode off) within {timeout:.0f} s; "
-            f"logs in {self.log_dir}"
+            f"HDFS did not become ready (live DataNode, safe mode off) within {timeout:.0f} s; logs in {self.log_dir}"
         )
 
     def _make_dirs(self) -> None:

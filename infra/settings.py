@@ -3,6 +3,7 @@
 Every key may be overridden by an environment variable named
 AIBATCH_HDFS_<KEY>; errors name the file or variable and the key at fault.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,7 +99,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         values[key] = _coerce(key, raw, str(path), REPO_ROOT)
     for name, raw in env.items():
         if name.startswith("AIBATCH_HDFS_"):
-            key = name[len("AIBATCH_HDFS_"):].lower()
+            key = name[len("AIBATCH_HDFS_") :].lower()
             values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd())
     settings = HdfsSettings(**values)
     ports = settings.ports()

@@ -4,6 +4,7 @@
 
 Run with: .venv/bin/python -m jobs.pyfiles TARGET.zip   (prints the path)
 """
+
 from __future__ import annotations
 
 import os

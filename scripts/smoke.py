@@ -4,6 +4,7 @@ WebHDFS, and stop HDFS again (if this run started it).
 
 Run with: .venv/bin/python scripts/smoke.py
 """
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,10 @@ def main() -> int:
             n = hdfs_roundtrip.main(spark, f"{node.hdfs_url}{base}/in.txt", f"{node.hdfs_url}{base}/counts")
         finally:
             spark.stop()
-        print(f"Spark read {node.hdfs_url}{base}/in.txt and wrote {n} word counts as Parquet "
-              f"({time.monotonic() - t0:.1f} s)")
+        print(
+            f"Spark read {node.hdfs_url}{base}/in.txt and wrote {n} word counts as Parquet "
+            f"({time.monotonic() - t0:.1f} s)"
+        )
         rows = []
         for part in client.list(f"{base}/counts"):
             if part.endswith(".parquet"):

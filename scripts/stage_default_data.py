@@ -4,6 +4,7 @@ the hdfs:// URL of that directory.
 
 Run with: .venv/bin/python scripts/stage_default_data.py /user/$USER/aibatch/demo/raw [--config conf/pipeline.toml]
 """
+
 from __future__ import annotations
 
 import argparse

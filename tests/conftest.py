@@ -1,5 +1,6 @@
 """Shared fixtures: one single-node HDFS and one local[2] SparkSession for the
 whole test run, both stopped at the end even when tests fail."""
+
 from __future__ import annotations
 
 import os
@@ -130,9 +131,21 @@ def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
 
     base = hdfs_sample.rsplit("/raw", 1)[0]
     records = f"{base}/records"
-    ingest.main(spark, ingest.parser().parse_args([
-        "--config", str(pipeline_config), "--input", hdfs_sample,
-        "--output", records, "--rejects", f"{base}/rejects"]))
+    ingest.main(
+        spark,
+        ingest.parser().parse_args(
+            [
+                "--config",
+                str(pipeline_config),
+                "--input",
+                hdfs_sample,
+                "--output",
+                records,
+                "--rejects",
+                f"{base}/rejects",
+            ]
+        ),
+    )
     summary = train.main(spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records]))
     return {"records": records, "model": summary["model"], "summary": summary, "config": str(pipeline_config)}
 

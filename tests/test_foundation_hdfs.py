@@ -1,5 +1,6 @@
 """The foundation: the Hadoop home's `hadoop` command, the single-node HDFS
 and its lifecycle, WebHDFS and Spark reading and writing `hdfs://`."""
+
 from __future__ import annotations
 
 import io
@@ -18,9 +19,7 @@ from .conftest import make_hdfs
 
 
 def hadoop(node: LocalHDFS, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(node.hadoop_bin), *args], env=node.env(), input=input, capture_output=True, timeout=120
-    )
+    return subprocess.run([str(node.hadoop_bin), *args], env=node.env(), input=input, capture_output=True, timeout=120)
 
 
 def test_hadoop_version_is_3_5_0(hdfs):
@@ -103,9 +102,7 @@ def test_word_counts_transform_on_literal_frames(spark):
     from pyspark.testing import assertDataFrameEqual
 
     lines = spark.createDataFrame([("A b a",), ("",), ("b, c!",)], "value string")
-    expected = spark.createDataFrame(
-        [("a", 2), ("b", 2), ("c", 1)], "word string, count long"
-    )
+    expected = spark.createDataFrame([("a", 2), ("b", 2), ("c", 1)], "word string, count long")
     assertDataFrameEqual(hdfs_roundtrip.word_counts(lines), expected, checkRowOrder=True)
     empty = spark.createDataFrame([], "value string")
     assert hdfs_roundtrip.word_counts(empty).count() == 0

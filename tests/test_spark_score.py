@@ -1,5 +1,6 @@
 """Spark score job: the pandas UDF equals the model called directly, literal
 expected labels, lineage, empty and bad input, unknown model names."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,14 @@ from udfs.predict import ScoreSettings, score_texts
 from udfs.registry import Registry
 from udfs.spark import score_udf
 
-LINEAGE = {"encoder": "all-MiniLM-L6-v2", "encoder_version": "v", "head": "sentiment@1", "head_version": "h",
-           "run_id": "r", "scored_at": None}
+LINEAGE = {
+    "encoder": "all-MiniLM-L6-v2",
+    "encoder_version": "v",
+    "head": "sentiment@1",
+    "head_version": "h",
+    "run_id": "r",
+    "scored_at": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +38,36 @@ def test_udf_equals_direct_python_to_1e5(spark, trained, head):
     direct = score_texts([r["text"] for r in rows], settings, with_embedding=True)
     assert [r["predicted"] for r in rows] == direct["predicted"].tolist()
     np.testing.assert_allclose([r["probability"] for r in rows], direct["probability"], atol=1e-5)
-    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), np.array(direct["embedding"].tolist()), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array([r["embedding"] for r in rows]), np.array(direct["embedding"].tolist()), atol=1e-5
+    )
 
 
 def test_transform_on_literal_frame(spark, head):
-    records = spark.createDataFrame([
-        ("a", "s", "An absolutely wonderful, delightful film. I loved it.", None, None),
-        ("b", "s", "A boring, awful, painfully bad mess. I hated it.", "negative", -3.0),
-        ("c", "s", None, None, None),
-    ], "id string, source string, text string, label string, rating double")
+    records = spark.createDataFrame(
+        [
+            ("a", "s", "An absolutely wonderful, delightful film. I loved it.", None, None),
+            ("b", "s", "A boring, awful, painfully bad mess. I hated it.", "negative", -3.0),
+            ("c", "s", None, None, None),
+        ],
+        "id string, source string, text string, label string, rating double",
+    )
     settings = ScoreSettings(head_arrays=dict(head.arrays))
     scored = score.score_frame(records, score_udf(settings), LINEAGE)
-    assert scored.columns == ["id", "source", "text", "label", "rating", "predicted", "probability", *score.LINEAGE_COLUMNS]
-    expected = spark.createDataFrame([("a", "positive", "sentiment@1", "r"), ("b", "negative", "sentiment@1", "r"),
-                                      ("c", None, "sentiment@1", "r")],
-                                     "id string, predicted string, head string, run_id string")
+    assert scored.columns == [
+        "id",
+        "source",
+        "text",
+        "label",
+        "rating",
+        "predicted",
+        "probability",
+        *score.LINEAGE_COLUMNS,
+    ]
+    expected = spark.createDataFrame(
+        [("a", "positive", "sentiment@1", "r"), ("b", "negative", "sentiment@1", "r"), ("c", None, "sentiment@1", "r")],
+        "id string, predicted string, head string, run_id string",
+    )
     assertDataFrameEqual(scored.select("id", "predicted", "head", "run_id"), expected)
     probs = {r["id"]: r["probability"] for r in scored.collect()}
     assert probs["a"] > 0.5 and probs["b"] > 0.5 and probs["c"] is None
@@ -53,8 +75,19 @@ def test_transform_on_literal_frame(spark, head):
 
 def test_end_to_end_on_hdfs(spark, trained, hdfs):
     out = f"{hdfs.hdfs_url}/user/{hdfs.user}/tests/scored"
-    args = score.parser().parse_args(["--config", trained["config"], "--input", trained["records"], "--output", out,
-                                      "--model", trained["model"], "--with-embedding"])
+    args = score.parser().parse_args(
+        [
+            "--config",
+            trained["config"],
+            "--input",
+            trained["records"],
+            "--output",
+            out,
+            "--model",
+            trained["model"],
+            "--with-embedding",
+        ]
+    )
     summary = score.main(spark, args)
     records = spark.read.parquet(trained["records"])
     scored = spark.read.parquet(out)
@@ -70,16 +103,29 @@ def test_end_to_end_on_hdfs(spark, trained, hdfs):
 def test_empty_input(spark, tmp_path, trained, head):
     empty = spark.createDataFrame([], "id string, source string, text string, label string, rating double")
     empty.write.parquet(str(tmp_path / "in"))
-    args = score.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in"),
-                                      "--output", str(tmp_path / "out"), "--model", trained["model"]])
+    args = score.parser().parse_args(
+        [
+            "--config",
+            trained["config"],
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            trained["model"],
+        ]
+    )
     assert score.main(spark, args, head)["rows"] == 0
-    assert spark.read.parquet(str(tmp_path / "out")).columns[-len(score.LINEAGE_COLUMNS):] == list(score.LINEAGE_COLUMNS)
+    assert spark.read.parquet(str(tmp_path / "out")).columns[-len(score.LINEAGE_COLUMNS) :] == list(
+        score.LINEAGE_COLUMNS
+    )
 
 
 def test_bad_input_without_text_column_fails(spark, tmp_path, trained, head):
     spark.createDataFrame([("x", "hello")], "id string, body string").write.parquet(str(tmp_path / "in"))
-    args = score.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in"),
-                                      "--output", str(tmp_path / "out")])
+    args = score.parser().parse_args(
+        ["--config", trained["config"], "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    )
     with pytest.raises(Exception, match="text"):
         score.main(spark, args, head)
 
@@ -98,8 +144,11 @@ def test_unknown_model_fails_before_spark_starts(trained, monkeypatch, capsys):
 def test_head_trained_on_other_encoder_weights_fails(spark, tmp_path, trained, head):
     import dataclasses
 
-    other = dataclasses.replace(head, meta={**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}})
-    args = score.parser().parse_args(["--config", trained["config"], "--input", trained["records"],
-                                      "--output", str(tmp_path / "out")])
+    other = dataclasses.replace(
+        head, meta={**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}}
+    )
+    args = score.parser().parse_args(
+        ["--config", trained["config"], "--input", trained["records"], "--output", str(tmp_path / "out")]
+    )
     with pytest.raises(ValueError, match="trained on encoder weights 000000000000"):
         score.main(spark, args, other)

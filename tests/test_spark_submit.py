@@ -1,6 +1,7 @@
 """./submit.sh, the one door: help, argument errors, an unknown model, and
 the whole chain (ingest, train, score, stats) on HDFS, run from a directory
 outside the repository so the jobs can import only the code submit.sh ships."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ def submit(args, cwd, timeout=900):
     stdout, so messages are looked for in `out` (both together)."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the checkout must not be importable
-    r = subprocess.run([str(SUBMIT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [str(SUBMIT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     r.out = r.stdout + r.stderr
     return r
 
@@ -62,8 +64,21 @@ def test_chain_from_outside_the_repository(tmp_path, hdfs, hdfs_sample, pipeline
     base = f"{hdfs.hdfs_url}/user/{hdfs.user}/tests/submit"
     conf = ["--config", pipeline_config]
 
-    r = submit([*conf, "ingest", "--input", hdfs_sample, "--output", f"{base}/records", "--rejects", f"{base}/rejects",
-                "--output-format", "jsonl"], cwd)
+    r = submit(
+        [
+            *conf,
+            "ingest",
+            "--input",
+            hdfs_sample,
+            "--output",
+            f"{base}/records",
+            "--rejects",
+            f"{base}/rejects",
+            "--output-format",
+            "jsonl",
+        ],
+        cwd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     n_in, good, rejected = map(int, re.search(r"input rows (\d+) = good (\d+) \+ rejected (\d+)", r.stdout).groups())
     assert n_in == good + rejected and good > 600
@@ -74,8 +89,21 @@ def test_chain_from_outside_the_repository(tmp_path, hdfs, hdfs_sample, pipeline
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["model"] == model and report["test_accuracy"] > report["majority_baseline"] - 0.1
 
-    r = submit([*conf, "score", "--input", f"{base}/records", "--input-format", "jsonl", "--output", f"{base}/scored",
-                "--model", model], cwd)
+    r = submit(
+        [
+            *conf,
+            "score",
+            "--input",
+            f"{base}/records",
+            "--input-format",
+            "jsonl",
+            "--output",
+            f"{base}/scored",
+            "--model",
+            model,
+        ],
+        cwd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(re.search(r"score: (\d+) rows", r.stdout).group(1)) == good
 

@@ -1,5 +1,6 @@
 """Spark train job: labelled rows and splits on a literal frame, the trained
 head's report and registry entry, empty and bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,11 +13,18 @@ from udfs.registry import Registry
 
 
 def test_labelled_rows_on_literal_frame(spark):
-    records = spark.createDataFrame([
-        ("id1", "s", "good", "positive", 2.0), ("id2", "s", "meh", None, 0.1), ("id3", "s", "bad", "negative", None),
-    ], "id string, source string, text string, label string, rating double")
-    expected = spark.createDataFrame([("id1", "good", "positive", split_of("id1")), ("id3", "bad", "negative", split_of("id3"))],
-                                     "id string, text string, label string, split string")
+    records = spark.createDataFrame(
+        [
+            ("id1", "s", "good", "positive", 2.0),
+            ("id2", "s", "meh", None, 0.1),
+            ("id3", "s", "bad", "negative", None),
+        ],
+        "id string, source string, text string, label string, rating double",
+    )
+    expected = spark.createDataFrame(
+        [("id1", "good", "positive", split_of("id1")), ("id3", "bad", "negative", split_of("id3"))],
+        "id string, text string, label string, split string",
+    )
     assertDataFrameEqual(train.labelled_rows(records, 20), expected)
     assert {split_of("id1"), split_of("id3")} <= {"train", "test"}
 
@@ -33,8 +41,9 @@ def test_trained_head_is_registered_with_report(trained, spark):
 
 
 def test_empty_input_is_an_error(spark, tmp_path, trained):
-    spark.createDataFrame([], "id string, source string, text string, label string, rating double") \
-        .write.parquet(str(tmp_path / "in"))
+    spark.createDataFrame([], "id string, source string, text string, label string, rating double").write.parquet(
+        str(tmp_path / "in")
+    )
     args = train.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in")])
     with pytest.raises(ValueError, match="no labelled rows"):
         train.main(spark, args)
@@ -42,9 +51,9 @@ def test_empty_input_is_an_error(spark, tmp_path, trained):
 
 def test_one_split_only_is_an_error(spark, tmp_path, trained):
     rid = next(f"id{i}" for i in range(100) if split_of(f"id{i}") == "train")
-    spark.createDataFrame([(rid, "s", "fine", "positive", None)],
-                          "id string, source string, text string, label string, rating double") \
-        .write.parquet(str(tmp_path / "in"))
+    spark.createDataFrame(
+        [(rid, "s", "fine", "positive", None)], "id string, source string, text string, label string, rating double"
+    ).write.parquet(str(tmp_path / "in"))
     args = train.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in")])
     with pytest.raises(ValueError, match="both splits"):
         train.main(spark, args)

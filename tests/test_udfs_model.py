@@ -1,5 +1,6 @@
 """The encoder and head in plain Python (udfs/model.py, udfs/head.py,
 udfs/predict.py) on real text."""
+
 import logging
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Ingest rules in plain Python (udfs/records.py): splitting files into raw
 records, parsing, ids, reject reasons, sampling and splits."""
+
 from __future__ import annotations
 
 import bz2
@@ -12,8 +13,9 @@ from udfs.datasets import package_file
 
 JSONL = R.SourceSpec("s", "jsonl", rating_field="rating", label_field="label")
 RATED_CSV = R.SourceSpec("c", "csv", rating_field="sentiment")
-RT = R.SourceSpec("rt", "csv", label_field="category",
-                  label_map={"fresh": "positive", "rotten": "negative", "plot": None})
+RT = R.SourceSpec(
+    "rt", "csv", label_field="category", label_map={"fresh": "positive", "rotten": "negative", "plot": None}
+)
 
 
 def test_record_id_is_literal_and_depends_on_source_and_raw_only():
@@ -26,45 +28,60 @@ def test_record_id_is_literal_and_depends_on_source_and_raw_only():
 def test_jsonl_good_record():
     kind, row = R.parse_record(JSONL, b'{"text": "  good \\t film ", "label": "positive", "rating": 2}')
     assert kind == "record"
-    assert row == {"id": R.record_id("s", b'{"text": "  good \\t film ", "label": "positive", "rating": 2}'),
-                   "source": "s", "text": "good film", "label": "positive", "rating": 2.0}
+    assert row == {
+        "id": R.record_id("s", b'{"text": "  good \\t film ", "label": "positive", "rating": 2}'),
+        "source": "s",
+        "text": "good film",
+        "label": "positive",
+        "rating": 2.0,
+    }
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b'{"text": "unterminated', R.MALFORMED_JSON),
-    (b'["a", "list"]', R.NOT_AN_OBJECT),
-    (b'{"label": "positive"}', R.MISSING_TEXT),
-    (b'{"text": null}', R.MISSING_TEXT),
-    (b'{"text": 42}', "wrong_type:text"),
-    (b'{"text": "ok", "rating": "high"}', "wrong_type:rating"),
-    (b'{"text": "ok", "rating": true}', "wrong_type:rating"),
-    (b'{"text": "ok", "label": 1}', "wrong_type:label"),
-    (b'{"text": "ok", "label": "meh"}', R.UNKNOWN_LABEL),
-    (b'{"text": "   "}', R.EMPTY_TEXT),
-    (b'{"text": "caf\xe9"}', R.INVALID_UTF8),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b'{"text": "unterminated', R.MALFORMED_JSON),
+        (b'["a", "list"]', R.NOT_AN_OBJECT),
+        (b'{"label": "positive"}', R.MISSING_TEXT),
+        (b'{"text": null}', R.MISSING_TEXT),
+        (b'{"text": 42}', "wrong_type:text"),
+        (b'{"text": "ok", "rating": "high"}', "wrong_type:rating"),
+        (b'{"text": "ok", "rating": true}', "wrong_type:rating"),
+        (b'{"text": "ok", "label": 1}', "wrong_type:label"),
+        (b'{"text": "ok", "label": "meh"}', R.UNKNOWN_LABEL),
+        (b'{"text": "   "}', R.EMPTY_TEXT),
+        (b'{"text": "caf\xe9"}', R.INVALID_UTF8),
+    ],
+)
 def test_jsonl_rejects_carry_reason_and_raw(raw, reason):
     kind, row = R.parse_record(JSONL, raw)
     assert kind == "reject"
-    assert row == {"id": R.record_id("s", raw), "source": "s", "reason": reason,
-                   "raw": raw.decode("utf-8", errors="backslashreplace")}
+    assert row == {
+        "id": R.record_id("s", raw),
+        "source": "s",
+        "reason": reason,
+        "raw": raw.decode("utf-8", errors="backslashreplace"),
+    }
 
 
 @pytest.mark.parametrize("rating, label", [(0.5, "positive"), (0.49, None), (-0.49, None), (-0.5, "negative")])
 def test_rating_thresholds_give_labels(rating, label):
-    kind, row = R.parse_record(R.SourceSpec("v", "jsonl", rating_field="rating"),
-                               f'{{"text": "t", "rating": {rating}}}'.encode())
+    kind, row = R.parse_record(
+        R.SourceSpec("v", "jsonl", rating_field="rating"), f'{{"text": "t", "rating": {rating}}}'.encode()
+    )
     assert (kind, row["label"], row["rating"]) == ("record", label, rating)
 
 
 def test_csv_file_with_multiline_quoted_record_crlf_and_bad_rows():
-    data = (b'id,sentiment,text\r\n'
-            b'1,2.5,"a ""quoted"" line\r\nthat goes on"\r\n'
-            b'2,-1.0,plain bad day\r\n'
-            b'\r\n'
-            b'3,oops,rating is not a number\r\n'
-            b'4,1.0\r\n'
-            b'5,1.0,"never closed\r\n')
+    data = (
+        b"id,sentiment,text\r\n"
+        b'1,2.5,"a ""quoted"" line\r\nthat goes on"\r\n'
+        b"2,-1.0,plain bad day\r\n"
+        b"\r\n"
+        b"3,oops,rating is not a number\r\n"
+        b"4,1.0\r\n"
+        b'5,1.0,"never closed\r\n'
+    )
     out = list(R.parse_file(RATED_CSV, "x.csv", data))
     assert [(k, r.get("text"), r.get("label"), r.get("reason")) for k, r, _ in out] == [
         ("record", 'a "quoted" line that goes on', "positive", None),
@@ -77,7 +94,7 @@ def test_csv_file_with_multiline_quoted_record_crlf_and_bad_rows():
 
 
 def test_compressed_files_read_like_plain_ones():
-    data = b'id\tsentiment\ttext\n1\t3.0\tgreat\n2\t0.0\tneutral\n'
+    data = b"id\tsentiment\ttext\n1\t3.0\tgreat\n2\t0.0\tneutral\n"
     tsv = R.SourceSpec("t", "tsv", rating_field="sentiment")
     plain = list(R.parse_file(tsv, "a.txt", data))
     assert list(R.parse_file(tsv, "a.txt.gz", gzip.compress(data))) == plain
@@ -93,8 +110,12 @@ def test_header_without_text_field_is_an_error():
 def test_label_map_keeps_unlabelled_and_rejects_unknown():
     data = b"category,text\nfresh,fun\nplot,a story\nrotten,dull\nmeh,what\n"
     out = [(k, r.get("label"), r.get("reason")) for k, r, _ in R.parse_file(RT, "rt.csv", data)]
-    assert out == [("record", "positive", None), ("record", None, None),
-                   ("record", "negative", None), ("reject", None, R.UNKNOWN_LABEL)]
+    assert out == [
+        ("record", "positive", None),
+        ("record", None, None),
+        ("record", "negative", None),
+        ("reject", None, R.UNKNOWN_LABEL),
+    ]
 
 
 def test_duplicates_keep_one_record_and_reject_copies():

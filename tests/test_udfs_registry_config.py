@@ -1,4 +1,5 @@
 """Model registry (immutable versions) and pipeline settings validation."""
+
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,20 @@ def test_tampered_weights_fail_their_hash(tmp_path):
 def test_project_config_loads_with_five_default_sources():
     cfg = load_config(REPO / "conf" / "pipeline.toml")
     assert [s.name for s in cfg.ingest.sources] == [
-        "vader_tweets", "vader_movie_reviews", "vader_amazon_reviews", "vader_nyt_editorials", "rotten_tomatoes"]
+        "vader_tweets",
+        "vader_movie_reviews",
+        "vader_amazon_reviews",
+        "vader_nyt_editorials",
+        "rotten_tomatoes",
+    ]
     assert cfg.ingest.spec(cfg.source("rotten_tomatoes")).label_map["plot"] is None
 
 
 def test_config_errors_name_file_and_key():
     with pytest.raises(ConfigError) as err:
-        parse_config({"encoder": {"precision": "fp16", "batch_size": 0},
-                      "score": {"model": "sentiment"}, "bogus": 1}, "p.toml")
+        parse_config(
+            {"encoder": {"precision": "fp16", "batch_size": 0}, "score": {"model": "sentiment"}, "bogus": 1}, "p.toml"
+        )
     text = str(err.value)
     for key in ("p.toml: encoder.precision", "p.toml: encoder.batch_size", "p.toml: score.model", "p.toml: bogus"):
         assert key in text

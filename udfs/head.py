@@ -4,6 +4,7 @@ Training uses torch (seeded, full batch, on the driver); prediction is plain
 numpy over the saved arrays, so both engines compute the same numbers and
 executors need nothing but the arrays, shipped as plain values.
 """
+
 from __future__ import annotations
 
 import dataclasses

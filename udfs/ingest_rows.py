@@ -2,6 +2,7 @@
 rejects to one JSON Lines output (Hadoop Streaming has one output per job);
 these tell them apart and split them into the two tables the Spark job
 writes."""
+
 from __future__ import annotations
 
 from typing import Iterable

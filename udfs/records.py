@@ -13,6 +13,7 @@ the record itself: equal across engines, reruns and partition counts.
 Identical raw records of one source therefore share an id; the jobs keep the
 first and reject the others with reason `duplicate_record`.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -94,6 +95,7 @@ def raw_to_str(raw: bytes) -> str:
 
 # ----- splitting files into raw records -------------------------------------
 
+
 def decompress(name: str, data: bytes) -> bytes:
     """File bytes, decompressed according to the name's suffix (.gz, .bz2)."""
     if name.endswith(".gz"):
@@ -146,6 +148,7 @@ def parse_header(fmt: str, raw: bytes) -> list[str]:
 
 
 # ----- one raw record -> record or reject -----------------------------------
+
 
 class _Reject(Exception):
     def __init__(self, reason: str):
@@ -303,6 +306,7 @@ def resolve_id_group(items: Iterable[tuple[str, dict, bytes]]) -> Iterator[tuple
 
 
 # ----- deterministic sampling and splits by id -------------------------------
+
 
 def _bucket(salt: str, rid: str) -> int:
     return int(hashlib.sha256(f"{salt}:{rid}".encode()).hexdigest()[:8], 16) % 100

@@ -6,6 +6,7 @@ written again); jobs name a version as `name@N` (or `name@latest`), the way
 AI APIs name model versions. Each version records the SHA-256 of its weights,
 checked on every load.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,9 +73,7 @@ class Registry:
     def known(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return [
-            f"{d.name}@{v}" for d in sorted(self.root.iterdir()) if d.is_dir() for v in self.versions(d.name)
-        ]
+        return [f"{d.name}@{v}" for d in sorted(self.root.iterdir()) if d.is_dir() for v in self.versions(d.name)]
 
     def _unknown(self, ref: str) -> RegistryError:
         known = ", ".join(self.known()) or "none (run the train job first)"
@@ -101,7 +100,9 @@ class Registry:
         meta = json.loads((d / META_FILE).read_text())
         digest = weights_digest(d / WEIGHTS_FILE)
         if digest != meta["weights_sha256"]:
-            raise RegistryError(f"{name}@{version}: weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}")
+            raise RegistryError(
+                f"{name}@{version}: weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}"
+            )
         return HeadVersion(name, int(version), load_file(str(d / WEIGHTS_FILE)), meta)
 
     def register(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping) -> HeadVersion:

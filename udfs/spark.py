@@ -4,6 +4,7 @@ The only module of udfs/ that imports pyspark. Each factory closes over plain
 values (arrays, strings, numbers) that travel to the executors with the UDF;
 the encoder itself loads there, once per Python worker (udfs.model caches it).
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -30,9 +31,13 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False):
     return score
 
 
-def embed_udf(model_dir: str | None = None, precision: str = "fp32",
-              batch_size: int = model.DEFAULT_BATCH_SIZE, max_length: int = model.MAX_SEQ_LENGTH,
-              torch_threads: int = 1):
+def embed_udf(
+    model_dir: str | None = None,
+    precision: str = "fp32",
+    batch_size: int = model.DEFAULT_BATCH_SIZE,
+    max_length: int = model.MAX_SEQ_LENGTH,
+    torch_threads: int = 1,
+):
     """Iterator pandas UDF: text -> array<float> (384-d, L2-normalised)."""
 
     @pandas_udf("array<float>")

@@ -1,5 +1,6 @@
 """Term statistics rules shared by the Spark stats job and its mrjob twin:
 tokenisation, the ordering of top terms, and the JSON form of each output row."""
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ Run with:
     ./submit.sh mr ingest|score|stats -r inline|local|hadoop [job args] INPUT... [--output-dir DIR]
     ./submit.sh mr score --help
 """
+
 from __future__ import annotations
 
 import os

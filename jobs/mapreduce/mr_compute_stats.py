@@ -11,6 +11,7 @@ Run with:
     ./submit.sh mr stats -r hadoop hdfs:///user/$USER/aibatch/mr/scored \
         --output-dir hdfs:///user/$USER/aibatch/mr/stats [--top-k 25]
 """
+
 from __future__ import annotations
 
 import json
@@ -52,10 +53,8 @@ class MRComputeStats(MRJob):
 
     def steps(self):
         return [
-            MRStep(mapper=self.mapper_count_terms, combiner=self.combiner_sum,
-                   reducer=self.reducer_sum),
-            MRStep(reducer=self.reducer_order_tables,
-                   jobconf={"mapreduce.job.reduces": "1"}),
+            MRStep(mapper=self.mapper_count_terms, combiner=self.combiner_sum, reducer=self.reducer_sum),
+            MRStep(reducer=self.reducer_order_tables, jobconf={"mapreduce.job.reduces": "1"}),
         ]
 
     def mapper_count_terms(self, _, line: bytes):
@@ -90,7 +89,9 @@ class MRComputeStats(MRJob):
             by_label: dict[str, list[tuple[str, int]]] = {}
             for label, term, count in rows:
                 by_label.setdefault(label, []).append((term, count))
-            ranked = [t for label in by_label for t in terms.ranked_top_terms(label, by_label[label], self.options.top_k)]
+            ranked = [
+                t for label in by_label for t in terms.ranked_top_terms(label, by_label[label], self.options.top_k)
+            ]
             lines = (terms.top_terms_row(*r) for r in sorted(ranked, key=lambda r: terms.top_terms_sort_key(*r)))
         for line in lines:
             self.increment_counter(GROUP, table)

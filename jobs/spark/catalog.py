@@ -1,5 +1,6 @@
 """The Spark jobs ./submit.sh can run, and the help text listing them with
 their arguments (./submit.sh --help)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """Edges shared by the Spark jobs: command-line options every job takes,
 settings, session start and stop, and reading/writing tables in Parquet or
 JSON Lines (local paths or hdfs://)."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     docstring, on one line."""
     description = " ".join(doc.strip().split("\n\n")[0].split())
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", default=default_config(),
-                        help="pipeline settings file (default $AIBATCH_CONFIG, else conf/pipeline.toml)")
+    parser.add_argument(
+        "--config",
+        default=default_config(),
+        help="pipeline settings file (default $AIBATCH_CONFIG, else conf/pipeline.toml)",
+    )
     return parser
 
 
@@ -74,8 +78,7 @@ def setup_logging() -> None:
     """Log to stderr at $AIBATCH_LOG_LEVEL (default WARNING). Under
     spark-submit the Python driver's stderr joins its stdout."""
     level = os.environ.get("AIBATCH_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -96,4 +99,3 @@ def fail(message: str) -> int:
     """Report a settings or model-name error found before Spark starts; exit status 2."""
     sys.stderr.write(f"error: {message}\n")
     return 2
-

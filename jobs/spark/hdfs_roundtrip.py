@@ -6,6 +6,7 @@ It proves the path every real job takes: Spark's bundled Hadoop client reads
 Run with: ./submit.sh hdfs_roundtrip --input hdfs://127.0.0.1:19820/user/$USER/smoke/in.txt \
               --output hdfs://127.0.0.1:19820/user/$USER/smoke/counts
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ Run with (the default data, named in conf/pipeline.toml, under one dir):
 or one file or dir of one format:
     ./submit.sh ingest --input data.jsonl --format jsonl --source mine --output OUT --rejects REJ
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,19 +25,23 @@ from udfs import records as R
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = T.StructType([
-    T.StructField("id", T.StringType(), False),
-    T.StructField("source", T.StringType(), False),
-    T.StructField("text", T.StringType(), False),
-    T.StructField("label", T.StringType(), True),
-    T.StructField("rating", T.DoubleType(), True),
-])
-REJECT_SCHEMA = T.StructType([
-    T.StructField("id", T.StringType(), False),
-    T.StructField("source", T.StringType(), False),
-    T.StructField("reason", T.StringType(), False),
-    T.StructField("raw", T.StringType(), False),
-])
+RECORD_SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.StringType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("text", T.StringType(), False),
+        T.StructField("label", T.StringType(), True),
+        T.StructField("rating", T.DoubleType(), True),
+    ]
+)
+REJECT_SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.StringType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("raw", T.StringType(), False),
+    ]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +104,20 @@ def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partiti
 def main(spark: SparkSession, args) -> dict:
     cfg = common.settings(args.config)
     if args.format:
-        specs = [(args.input, R.SourceSpec(
-            source=args.source, format=args.format, text_field=args.text_field,
-            rating_field=args.rating_field, label_field=args.label_field,
-            positive_min=cfg.ingest.positive_min, negative_max=cfg.ingest.negative_max,
-        ))]
+        specs = [
+            (
+                args.input,
+                R.SourceSpec(
+                    source=args.source,
+                    format=args.format,
+                    text_field=args.text_field,
+                    rating_field=args.rating_field,
+                    label_field=args.label_field,
+                    positive_min=cfg.ingest.positive_min,
+                    negative_max=cfg.ingest.negative_max,
+                ),
+            )
+        ]
     else:
         names = args.sources.split(",") if args.sources else [s.name for s in cfg.ingest.sources]
         chosen = [cfg.source(n) for n in names]
@@ -119,15 +133,23 @@ def main(spark: SparkSession, args) -> dict:
     reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
     if total != good + rejected:
         raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
-    summary = {"input": total, "good": good, "rejected": rejected, "reasons": reasons,
-               "output": args.output, "rejects": args.rejects}
+    summary = {
+        "input": total,
+        "good": good,
+        "rejected": rejected,
+        "reasons": reasons,
+        "output": args.output,
+        "rejects": args.rejects,
+    }
     log.info("ingest: %s", summary)
     return summary
 
 
 def parser():
     p = common.base_parser("ingest", __doc__)
-    p.add_argument("--input", required=True, help="dir holding the configured sources' files, or (with --format) a file or dir")
+    p.add_argument(
+        "--input", required=True, help="dir holding the configured sources' files, or (with --format) a file or dir"
+    )
     p.add_argument("--output", required=True, help="records output dir (overwritten)")
     p.add_argument("--rejects", required=True, help="rejects output dir (overwritten)")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")

@@ -8,6 +8,7 @@ Run with:
     ./submit.sh score --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
         --output hdfs://127.0.0.1:19820/user/$USER/aibatch/scored [--model sentiment@1] [--sample-percent 25]
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool = False) -> DataFrame:
     """records' columns + predicted, probability[, embedding] + lineage."""
     scored = records.withColumn("_score", scorer(F.col("text")))
-    extra: list[Column] = [F.col("_score.predicted").alias("predicted"),
-                           F.col("_score.probability").alias("probability")]
+    extra: list[Column] = [
+        F.col("_score.predicted").alias("predicted"),
+        F.col("_score.probability").alias("probability"),
+    ]
     if with_embedding:
         extra.append(F.col("_score.embedding").alias("embedding"))
     extra += [F.lit(lineage[c]).alias(c) for c in LINEAGE_COLUMNS]
@@ -54,9 +57,17 @@ def main(spark: SparkSession, args, head=None) -> dict:
     model_dir = enc.model_dir or None
     precision = M.effective_precision(args.precision or enc.precision)
     if precision != head.meta["encoder"]["precision"]:
-        log.warning("scoring in %s; %s was trained on %s embeddings", precision, head.ref, head.meta["encoder"]["precision"])
-    settings = ScoreSettings(head_arrays=dict(head.arrays), model_dir=model_dir, precision=precision,
-                             batch_size=enc.batch_size, max_length=enc.max_length, torch_threads=enc.torch_threads)
+        log.warning(
+            "scoring in %s; %s was trained on %s embeddings", precision, head.ref, head.meta["encoder"]["precision"]
+        )
+    settings = ScoreSettings(
+        head_arrays=dict(head.arrays),
+        model_dir=model_dir,
+        precision=precision,
+        batch_size=enc.batch_size,
+        max_length=enc.max_length,
+        torch_threads=enc.torch_threads,
+    )
     encoder_version = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
     L.check_head_encoder(head.ref, head.meta, encoder_version, M.resolve_model_dir(model_dir))
     lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, common.new_run_id())
@@ -74,9 +85,18 @@ def main(spark: SparkSession, args, head=None) -> dict:
     labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
     n_lab = labelled.count()
     correct = labelled.where(F.col("label") == F.col("predicted")).count()
-    summary = {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1) if seconds else None,
-               "by_label": by_label, "labelled": n_lab, "agreement": (correct / n_lab) if n_lab else None,
-               "model": head.ref, "precision": precision, "output": args.output, **{k: str(v) for k, v in lineage.items()}}
+    summary = {
+        "rows": rows,
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(rows / seconds, 1) if seconds else None,
+        "by_label": by_label,
+        "labelled": n_lab,
+        "agreement": (correct / n_lab) if n_lab else None,
+        "model": head.ref,
+        "precision": precision,
+        "output": args.output,
+        **{k: str(v) for k, v in lineage.items()},
+    }
     log.info("score: %s", summary)
     return summary
 
@@ -90,8 +110,12 @@ def parser():
     p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
     p.add_argument("--precision", choices=M.PRECISIONS, help="override encoder.precision")
     p.add_argument("--with-embedding", action="store_true", help="also write the 384-d embedding")
-    p.add_argument("--sample-percent", type=float, default=100.0,
-                   help="score the subset of records whose id hashes below this per cent (default 100)")
+    p.add_argument(
+        "--sample-percent",
+        type=float,
+        default=100.0,
+        help="score the subset of records whose id hashes below this per cent (default 100)",
+    )
     return p
 
 
@@ -105,12 +129,18 @@ def cli(argv=None) -> int:
         return common.fail(str(exc))
     out = {}
     common.run("score", lambda spark, a: out.update(main(spark, a, head)), args)
-    print(f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
-          f"({out['rows_per_s']} rows/s, Spark start-up excluded)")
+    print(
+        f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
+        f"({out['rows_per_s']} rows/s, Spark start-up excluded)"
+    )
     print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
     if out["agreement"] is not None:
-        print(f"  agreement with the {out['labelled']} labelled rows: {out['agreement']:.4f} (train and test rows together)")
-    print(f"  run {out['run_id']}, encoder {out['encoder']}@{out['encoder_version']}, head {out['head']}@{out['head_version']}")
+        print(
+            f"  agreement with the {out['labelled']} labelled rows: {out['agreement']:.4f} (train and test rows together)"
+        )
+    print(
+        f"  run {out['run_id']}, encoder {out['encoder']}@{out['encoder_version']}, head {out['head']}@{out['head_version']}"
+    )
     print(f"scored: {out['output']}")
     return 0
 

@@ -8,6 +8,7 @@ Run with:
     ./submit.sh stats --input hdfs://127.0.0.1:19820/user/$USER/aibatch/scored \
         --output hdfs://127.0.0.1:19820/user/$USER/aibatch/stats [--top-k 25]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,8 +103,10 @@ def cli(argv=None) -> int:
     out = {}
     common.run("stats", lambda spark, a: out.update(main(spark, a)), args)
     rows = out["rows"]
-    print(f"stats: {rows['term_freq']} term counts, {rows['counts']} source/label counts, "
-          f"{rows['top_terms']} top-term rows")
+    print(
+        f"stats: {rows['term_freq']} term counts, {rows['counts']} source/label counts, "
+        f"{rows['top_terms']} top-term rows"
+    )
     for line in out["counts"]:
         print(f"  {line}")
     print(f"stats: {out['output']}")

@@ -6,6 +6,7 @@ register it as a new immutable version (name@N) in the model registry.
 Run with:
     ./submit.sh train --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records [--sample-percent 25]
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -41,16 +42,25 @@ def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settin
     tr, te = splits == "train", splits == "test"
     if not tr.any() or not te.any():
         raise ValueError(f"need labelled rows in both splits, got train {int(tr.sum())}, test {int(te.sum())}")
-    settings = H.TrainSettings(hidden=cfg.hidden, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                               weight_decay=cfg.weight_decay, seed=cfg.seed)
+    settings = H.TrainSettings(
+        hidden=cfg.hidden,
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+    )
     arrays = H.train_head(embeddings[tr], list(labels[tr]), settings)
     predicted, _ = H.predict_labels(arrays, embeddings[te])
     acc = H.accuracy(predicted, list(labels[te]))
     majority, base = H.majority_baseline(list(labels[tr]), list(labels[te]))
     report = {
-        "train_rows": int(tr.sum()), "test_rows": int(te.sum()),
-        "test_accuracy": round(acc, 6), "majority_label": majority, "majority_baseline": round(base, 6),
-        "train_settings": settings.__dict__, "encoder": encoder_settings,
+        "train_rows": int(tr.sum()),
+        "test_rows": int(te.sum()),
+        "test_accuracy": round(acc, 6),
+        "majority_label": majority,
+        "majority_baseline": round(base, 6),
+        "train_settings": settings.__dict__,
+        "encoder": encoder_settings,
     }
     return arrays, report
 
@@ -68,13 +78,23 @@ def main(spark: SparkSession, args) -> dict:
         raise ValueError(f"no labelled rows in {args.input}")
     embeddings = np.asarray([r["embedding"] for r in collected], dtype=np.float32)
     version_id = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
-    encoder_settings = {"name": M.ENCODER_NAME, "version": version_id,
-                        "precision": M.effective_precision(enc.precision), "max_length": enc.max_length}
-    arrays, report = fit_and_evaluate([r["label"] for r in collected],
-                                      [r["split"] for r in collected], embeddings, cfg.train, encoder_settings)
-    meta = dict(report, trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                input=args.input, sample_percent=args.sample_percent, labels=list(H.LABELS),
-                run_id=common.new_run_id())
+    encoder_settings = {
+        "name": M.ENCODER_NAME,
+        "version": version_id,
+        "precision": M.effective_precision(enc.precision),
+        "max_length": enc.max_length,
+    }
+    arrays, report = fit_and_evaluate(
+        [r["label"] for r in collected], [r["split"] for r in collected], embeddings, cfg.train, encoder_settings
+    )
+    meta = dict(
+        report,
+        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        input=args.input,
+        sample_percent=args.sample_percent,
+        labels=list(H.LABELS),
+        run_id=common.new_run_id(),
+    )
     registry = Registry(cfg.registry_path(common.home()))
     version = registry.register(cfg.train.name, arrays, meta)
     return dict(report, model=version.ref, weights_sha256=version.weights_sha256, registry=str(registry.root))
@@ -84,8 +104,12 @@ def parser():
     p = common.base_parser("train", __doc__)
     p.add_argument("--input", required=True, help="ingested records (Parquet or JSON Lines dir)")
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
-    p.add_argument("--sample-percent", type=float, default=100.0,
-                   help="train on the subset of records whose id hashes below this per cent (default 100)")
+    p.add_argument(
+        "--sample-percent",
+        type=float,
+        default=100.0,
+        help="train on the subset of records whose id hashes below this per cent (default 100)",
+    )
     return p
 
 
@@ -100,8 +124,10 @@ def cli(argv=None) -> int:
     common.run("train", lambda spark, a: out.update(main(spark, a)), args)
     print(f"train: registered {out['model']} (weights {out['weights_sha256'][:12]}) in {out['registry']}")
     print(f"  rows: train {out['train_rows']}, test {out['test_rows']}")
-    print(f"  test accuracy {out['test_accuracy']:.4f} vs majority baseline "
-          f"{out['majority_baseline']:.4f} (always '{out['majority_label']}')")
+    print(
+        f"  test accuracy {out['test_accuracy']:.4f} vs majority baseline "
+        f"{out['majority_baseline']:.4f} (always '{out['majority_label']}')"
+    )
     print("  " + json.dumps({k: out[k] for k in ("model", "test_accuracy", "majority_baseline")}))
     return 0
 

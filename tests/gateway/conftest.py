@@ -1,5 +1,6 @@
 """Fixtures that start the real gateway (uvicorn in a background thread) on a
 free loopback port and stop it at the end, plus a fake clock for limit tests."""
+
 from __future__ import annotations
 
 import copy
@@ -38,19 +39,57 @@ class FakeClock:
 
 
 MODELS = [
-    {"id": "gpt-4o-mini-2024-07-18", "aliases": ["gpt-4o-mini"], "display_name": "GPT-4o mini", "owned_by": "openai",
-     "created": 1721260800, "context_window": 4096, "max_output_tokens": 1024, "default_max_tokens": 64},
-    {"id": "gpt-4.1-nano-2025-04-14", "aliases": ["gpt-4.1-nano"], "display_name": "GPT-4.1 nano", "owned_by": "openai",
-     "created": 1744588800, "context_window": 4096, "max_output_tokens": 1024, "default_max_tokens": 64},
-    {"id": "claude-3-5-haiku-20241022", "aliases": ["claude-3-5-haiku-latest"], "display_name": "Claude Haiku 3.5",
-     "owned_by": "anthropic", "created": 1729555200, "context_window": 4096, "max_output_tokens": 1024},
-    {"id": "smollm2-135m-instruct-q4_1", "aliases": ["smollm2"], "display_name": "SmolLM2 135M Instruct",
-     "owned_by": "huggingfacetb", "created": 1730419200, "backend": "llama", "context_window": 2048,
-     "max_output_tokens": 256, "default_max_tokens": 16},
+    {
+        "id": "gpt-4o-mini-2024-07-18",
+        "aliases": ["gpt-4o-mini"],
+        "display_name": "GPT-4o mini",
+        "owned_by": "openai",
+        "created": 1721260800,
+        "context_window": 4096,
+        "max_output_tokens": 1024,
+        "default_max_tokens": 64,
+    },
+    {
+        "id": "gpt-4.1-nano-2025-04-14",
+        "aliases": ["gpt-4.1-nano"],
+        "display_name": "GPT-4.1 nano",
+        "owned_by": "openai",
+        "created": 1744588800,
+        "context_window": 4096,
+        "max_output_tokens": 1024,
+        "default_max_tokens": 64,
+    },
+    {
+        "id": "claude-3-5-haiku-20241022",
+        "aliases": ["claude-3-5-haiku-latest"],
+        "display_name": "Claude Haiku 3.5",
+        "owned_by": "anthropic",
+        "created": 1729555200,
+        "context_window": 4096,
+        "max_output_tokens": 1024,
+    },
+    {
+        "id": "smollm2-135m-instruct-q4_1",
+        "aliases": ["smollm2"],
+        "display_name": "SmolLM2 135M Instruct",
+        "owned_by": "huggingfacetb",
+        "created": 1730419200,
+        "backend": "llama",
+        "context_window": 2048,
+        "max_output_tokens": 256,
+        "default_max_tokens": 16,
+    },
 ]
 
-BIG_LIMITS = {"algorithm": "sliding_window", "window_seconds": 60, "requests": 10_000, "tokens": 10_000_000,
-              "input_tokens": 10_000_000, "output_tokens": 10_000_000, "concurrent": 64}
+BIG_LIMITS = {
+    "algorithm": "sliding_window",
+    "window_seconds": 60,
+    "requests": 10_000,
+    "tokens": 10_000_000,
+    "input_tokens": 10_000_000,
+    "output_tokens": 10_000_000,
+    "concurrent": 64,
+}
 
 
 def make_raw_config(keys: list[dict], limits: dict | None = None, latency: dict | None = None, **server: Any) -> dict:
@@ -110,7 +149,17 @@ def run_gateway(raw: dict, clock: Callable[[], float] | None = None) -> Iterator
         sock.close()
 
 
-FAULT_KINDS = ["rate_limit", "server_error", "unavailable", "overloaded", "timeout", "malformed_json", "stream_error", "stream_drop", "stream_truncate"]
+FAULT_KINDS = [
+    "rate_limit",
+    "server_error",
+    "unavailable",
+    "overloaded",
+    "timeout",
+    "malformed_json",
+    "stream_error",
+    "stream_drop",
+    "stream_truncate",
+]
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +168,9 @@ def gateway() -> Iterator[RunningGateway]:
     one key per fault kind with that fault at probability 1."""
     keys = [{"name": "main", "admin": True}, {"name": "other"}]
     for kind in FAULT_KINDS:
-        keys.append({"name": f"fault-{kind}", "faults": {kind: 1.0, "timeout_hold_seconds": 5, "retry_after_seconds": 0.2}})
+        keys.append(
+            {"name": f"fault-{kind}", "faults": {kind: 1.0, "timeout_hold_seconds": 5, "retry_after_seconds": 0.2}}
+        )
     with run_gateway(make_raw_config(keys, max_request_bytes=65536)) as gw:
         yield gw
 

@@ -1,4 +1,5 @@
 """Conformance with the official anthropic SDK, strict response validation on."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,10 @@ def client(gw, key: str = "main", **kw) -> anthropic.Anthropic:
 
 def test_plain_message_parses_into_sdk_types(gateway):
     raw = client(gateway).messages.with_raw_response.create(
-        model="claude-3-5-haiku-latest", max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "Hello Claude"}]
+        model="claude-3-5-haiku-latest",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hello Claude"}],
     )
     msg = raw.parse()
     assert isinstance(msg, anthropic.types.Message)
@@ -42,16 +46,27 @@ def test_plain_message_parses_into_sdk_types(gateway):
 
 def test_max_tokens_and_stop_sequences(gateway):
     c = client(gateway)
-    cut = c.messages.create(model="claude-3-5-haiku-latest", max_tokens=3, messages=[{"role": "user", "content": "alpha beta gamma delta"}])
+    cut = c.messages.create(
+        model="claude-3-5-haiku-latest", max_tokens=3, messages=[{"role": "user", "content": "alpha beta gamma delta"}]
+    )
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
-    stop = c.messages.create(model="claude-3-5-haiku-latest", max_tokens=50, stop_sequences=["gamma"], messages=[{"role": "user", "content": "alpha beta gamma delta"}])
+    stop = c.messages.create(
+        model="claude-3-5-haiku-latest",
+        max_tokens=50,
+        stop_sequences=["gamma"],
+        messages=[{"role": "user", "content": "alpha beta gamma delta"}],
+    )
     assert stop.stop_reason == "stop_sequence" and stop.stop_sequence == "gamma"
     assert stop.content[0].text == "You said: alpha beta "
 
 
 def test_stream_helper_builds_the_same_message(gateway):
     c = client(gateway)
-    kwargs = dict(model="claude-3-5-haiku-latest", max_tokens=200, messages=[{"role": "user", "content": "Tell me something in a few words"}])
+    kwargs = dict(
+        model="claude-3-5-haiku-latest",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Tell me something in a few words"}],
+    )
     plain = c.messages.create(**kwargs)
     with c.messages.stream(**kwargs) as stream:
         texts = list(stream.text_stream)
@@ -64,8 +79,12 @@ def test_stream_helper_builds_the_same_message(gateway):
 
 
 def test_stream_wire_event_sequence(gateway):
-    body = {"model": "claude-3-5-haiku-latest", "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": " ".join(["word"] * 20)}]}
+    body = {
+        "model": "claude-3-5-haiku-latest",
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": " ".join(["word"] * 20)}],
+    }
     headers = {"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"}
     with httpx.stream("POST", f"{gateway.base_url}/v1/messages", json=body, headers=headers) as r:
         lines = [line for line in r.iter_lines() if line]
@@ -84,7 +103,9 @@ def test_stream_wire_event_sequence(gateway):
 
 def test_structured_output(gateway):
     msg = client(gateway).messages.create(
-        model="claude-3-5-haiku-latest", max_tokens=400, messages=[{"role": "user", "content": "Great battery, awful screen."}],
+        model="claude-3-5-haiku-latest",
+        max_tokens=400,
+        messages=[{"role": "user", "content": "Great battery, awful screen."}],
         output_config={"format": {"type": "json_schema", "schema": SENTIMENT_SCHEMA}},
     )
     jsonschema.validate(json.loads(msg.content[0].text), SENTIMENT_SCHEMA)
@@ -105,9 +126,13 @@ def test_models_list_in_anthropic_shape(gateway):
 
 
 def test_errors_parse_into_sdk_exceptions(gateway):
-    bad_key = anthropic.Anthropic(api_key="sk-ant-wrong", base_url=gateway.base_url, _strict_response_validation=True, max_retries=0)
+    bad_key = anthropic.Anthropic(
+        api_key="sk-ant-wrong", base_url=gateway.base_url, _strict_response_validation=True, max_retries=0
+    )
     with pytest.raises(anthropic.AuthenticationError) as auth:
-        bad_key.messages.create(model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        bad_key.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert auth.value.body["error"]["type"] == "authentication_error"
     c = client(gateway, max_retries=0)
     with pytest.raises(anthropic.NotFoundError):
@@ -116,24 +141,36 @@ def test_errors_parse_into_sdk_exceptions(gateway):
         c.messages.create(model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "robot", "content": "x"}])
     assert "messages.0.role" in bad.value.message
     with pytest.raises(anthropic.BadRequestError) as temp:
-        c.messages.create(model="claude-3-5-haiku-latest", max_tokens=5, extra_body={"temperature": 1.5}, messages=[{"role": "user", "content": "x"}])
+        c.messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=5,
+            extra_body={"temperature": 1.5},
+            messages=[{"role": "user", "content": "x"}],
+        )
     assert "temperature" in temp.value.message
 
 
 def test_injected_overloaded_is_529(gateway):
     with pytest.raises(anthropic.OverloadedError) as err:
-        client(gateway, key="fault-overloaded", max_retries=0).messages.create(model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        client(gateway, key="fault-overloaded", max_retries=0).messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.status_code == 529 and err.value.body["error"]["type"] == "overloaded_error"
 
 
-@pytest.mark.parametrize("key,exc,status,kind", [
-    ("fault-server_error", anthropic.InternalServerError, 500, "api_error"),
-    ("fault-unavailable", anthropic.ServiceUnavailableError, 503, "api_error"),
-    ("fault-rate_limit", anthropic.RateLimitError, 429, "rate_limit_error"),
-])
+@pytest.mark.parametrize(
+    "key,exc,status,kind",
+    [
+        ("fault-server_error", anthropic.InternalServerError, 500, "api_error"),
+        ("fault-unavailable", anthropic.ServiceUnavailableError, 503, "api_error"),
+        ("fault-rate_limit", anthropic.RateLimitError, 429, "rate_limit_error"),
+    ],
+)
 def test_injected_errors(gateway, key, exc, status, kind):
     with pytest.raises(exc) as err:
-        client(gateway, key=key, max_retries=0).messages.create(model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        client(gateway, key=key, max_retries=0).messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.status_code == status and err.value.body["error"]["type"] == kind
 
 
@@ -141,7 +178,11 @@ def test_stream_error_event_raises(gateway):
     c = client(gateway, key="fault-stream_error", max_retries=0)
     texts = []
     with pytest.raises(anthropic.APIStatusError) as err:
-        with c.messages.stream(model="claude-3-5-haiku-latest", max_tokens=200, messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}]) as stream:
+        with c.messages.stream(
+            model="claude-3-5-haiku-latest",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        ) as stream:
             for text in stream.text_stream:
                 texts.append(text)
     assert err.value.body["error"]["type"] == "overloaded_error"
@@ -151,14 +192,22 @@ def test_stream_error_event_raises(gateway):
 def test_dropped_stream_raises(gateway):
     c = client(gateway, key="fault-stream_drop", max_retries=0)
     with pytest.raises((httpx2.RemoteProtocolError, anthropic.APIConnectionError)):
-        with c.messages.stream(model="claude-3-5-haiku-latest", max_tokens=200, messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}]) as stream:
+        with c.messages.stream(
+            model="claude-3-5-haiku-latest",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        ) as stream:
             for _ in stream.text_stream:
                 pass
 
 
 def test_truncated_stream_has_no_message_stop(gateway):
-    body = {"model": "claude-3-5-haiku-latest", "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}]}
+    body = {
+        "model": "claude-3-5-haiku-latest",
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+    }
     headers = {"x-api-key": gateway.key("fault-stream_truncate"), "anthropic-version": "2023-06-01"}
     with httpx.stream("POST", f"{gateway.base_url}/v1/messages", json=body, headers=headers) as r:
         assert r.status_code == 200
@@ -184,9 +233,20 @@ class Review(BaseModel):
 
 def test_parse_helper_and_count_tokens(gateway):
     c = client(gateway)
-    parsed = c.messages.parse(model="claude-3-5-haiku-latest", max_tokens=300, messages=[{"role": "user", "content": "nice phone"}], output_format=Review)
-    assert isinstance(parsed.parsed_output, Review) and parsed.parsed_output.label in ("positive", "negative", "neutral")
-    count = c.messages.count_tokens(model="claude-3-5-haiku-latest", system="Be brief.", messages=[{"role": "user", "content": "Hello Claude"}])
+    parsed = c.messages.parse(
+        model="claude-3-5-haiku-latest",
+        max_tokens=300,
+        messages=[{"role": "user", "content": "nice phone"}],
+        output_format=Review,
+    )
+    assert isinstance(parsed.parsed_output, Review) and parsed.parsed_output.label in (
+        "positive",
+        "negative",
+        "neutral",
+    )
+    count = c.messages.count_tokens(
+        model="claude-3-5-haiku-latest", system="Be brief.", messages=[{"role": "user", "content": "Hello Claude"}]
+    )
     assert count.input_tokens == default_counter().messages([("user", "Hello Claude")], "Be brief.")
     with pytest.raises(anthropic.NotFoundError):
         c.messages.count_tokens(model="claude-0", messages=[{"role": "user", "content": "x"}])

@@ -1,5 +1,6 @@
 """Bad requests of every kind get the right status, the provider's error shape
 and a message naming the problem; the server keeps serving."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,18 @@ OPENAI_CASES = [
     ({**CHAT, "messages": []}, 400, ["messages"], "messages"),
     ({**CHAT, "messages": "hi"}, 400, ["messages"], "messages"),
     ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400, ["messages.0.role"], "messages.0.role"),
-    ({**CHAT, "messages": [{"role": "system", "content": "only a system message"}]}, 400, ["non-system message"], "messages"),
-    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, ["messages.0.content.0.type"], "messages.0.content.0.type"),
+    (
+        {**CHAT, "messages": [{"role": "system", "content": "only a system message"}]},
+        400,
+        ["non-system message"],
+        "messages",
+    ),
+    (
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        400,
+        ["messages.0.content.0.type"],
+        "messages.0.content.0.type",
+    ),
     ({**CHAT, "max_tokens": 0}, 400, ["max_tokens"], "max_tokens"),
     ({**CHAT, "max_tokens": "ten"}, 400, ["max_tokens"], "max_tokens"),
     ({**CHAT, "max_tokens": 5000}, 400, ["max_tokens", "at most 1024"], "max_tokens"),
@@ -35,8 +46,21 @@ OPENAI_CASES = [
     ({**CHAT, "n": 3}, 400, ["'n'"], "n"),
     ({**CHAT, "stream": "yes please"}, 400, ["stream"], "stream"),
     ({**CHAT, "response_format": {"type": "xml"}}, 400, ["response_format.type"], "response_format.type"),
-    ({**CHAT, "response_format": {"type": "json_schema"}}, 400, ["response_format.json_schema"], "response_format.json_schema"),
-    ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strange"}}}}, 400, ["response_format.json_schema.schema"], "response_format.json_schema.schema"),
+    (
+        {**CHAT, "response_format": {"type": "json_schema"}},
+        400,
+        ["response_format.json_schema"],
+        "response_format.json_schema",
+    ),
+    (
+        {
+            **CHAT,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strange"}}},
+        },
+        400,
+        ["response_format.json_schema.schema"],
+        "response_format.json_schema.schema",
+    ),
     ({**CHAT, "model": "gpt-unknown"}, 404, ["gpt-unknown"], "model"),
     ({**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}]}, 413, ["maximum size"], None),
 ]
@@ -45,7 +69,11 @@ OPENAI_CASES = [
 @pytest.mark.parametrize("body,status,words,param", OPENAI_CASES)
 def test_openai_bad_requests(gateway, body, status, words, param):
     headers = {"Authorization": f"Bearer {gateway.key()}"}
-    kwargs = {"content": body, "headers": {**headers, "content-type": "application/json"}} if isinstance(body, bytes) else {"json": body, "headers": headers}
+    kwargs = (
+        {"content": body, "headers": {**headers, "content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body, "headers": headers}
+    )
     r = httpx.post(f"{gateway.base_url}/v1/chat/completions", **kwargs)
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -62,7 +90,11 @@ ANTHROPIC_CASES = [
     (without(MSG, "model"), 400, ["model"]),
     ({**MSG, "messages": [{"role": "system", "content": "x"}]}, 400, ["messages.0.role"]),
     ({**MSG, "messages": [{"role": "user"}]}, 400, ["messages.0.content"]),
-    ({**MSG, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, 400, ["messages.0.content.0.type"]),
+    (
+        {**MSG, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+        400,
+        ["messages.0.content.0.type"],
+    ),
     ({**MSG, "max_tokens": 99999}, 400, ["max_tokens", "1024"]),
     ({**MSG, "temperature": 1.5}, 400, ["temperature"]),
     ({**MSG, "stop_sequences": "END"}, 400, ["stop_sequences"]),
@@ -86,8 +118,16 @@ def test_anthropic_bad_requests(gateway, body, status, words):
 
 def test_unsupported_schema_keyword_is_named(gateway):
     headers = {"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"}
-    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"]}
-    r = httpx.post(f"{gateway.base_url}/v1/messages", json={**MSG, "output_config": {"format": {"type": "json_schema", "schema": schema}}}, headers=headers)
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+        "required": ["code"],
+    }
+    r = httpx.post(
+        f"{gateway.base_url}/v1/messages",
+        json={**MSG, "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        headers=headers,
+    )
     assert r.status_code == 400 and "'pattern'" in r.json()["error"]["message"]
 
 
@@ -100,18 +140,24 @@ def test_anthropic_version_header_is_required_and_checked(gateway):
 
 
 def test_too_large_in_anthropic_shape(gateway):
-    r = httpx.post(f"{gateway.base_url}/v1/messages", json={**MSG, "messages": [{"role": "user", "content": "x" * 70_000}]},
-                   headers={"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"})
+    r = httpx.post(
+        f"{gateway.base_url}/v1/messages",
+        json={**MSG, "messages": [{"role": "user", "content": "x" * 70_000}]},
+        headers={"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"},
+    )
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
 
-@pytest.mark.parametrize("headers,anthropic", [
-    ({}, False),
-    ({"Authorization": "Bearer sk-nope"}, False),
-    ({"Authorization": "Basic abc"}, False),
-    ({"x-api-key": "sk-nope", "anthropic-version": "2023-06-01"}, True),
-    ({"anthropic-version": "2023-06-01"}, True),
-])
+@pytest.mark.parametrize(
+    "headers,anthropic",
+    [
+        ({}, False),
+        ({"Authorization": "Bearer sk-nope"}, False),
+        ({"Authorization": "Basic abc"}, False),
+        ({"x-api-key": "sk-nope", "anthropic-version": "2023-06-01"}, True),
+        ({"anthropic-version": "2023-06-01"}, True),
+    ],
+)
 def test_missing_or_unknown_key_is_401_in_provider_shape(gateway, headers, anthropic):
     path, body = ("/v1/messages", MSG) if anthropic else ("/v1/chat/completions", CHAT)
     r = httpx.post(f"{gateway.base_url}{path}", json=body, headers=headers)
@@ -125,7 +171,9 @@ def test_missing_or_unknown_key_is_401_in_provider_shape(gateway, headers, anthr
 
 def test_models_endpoint_shape_follows_the_anthropic_version_header(gateway):
     oa = httpx.get(f"{gateway.base_url}/v1/models", headers={"Authorization": f"Bearer {gateway.key()}"}).json()
-    an = httpx.get(f"{gateway.base_url}/v1/models", headers={"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"}).json()
+    an = httpx.get(
+        f"{gateway.base_url}/v1/models", headers={"x-api-key": gateway.key(), "anthropic-version": "2023-06-01"}
+    ).json()
     assert oa["object"] == "list" and oa["data"][0]["object"] == "model"
     assert an["has_more"] is False and an["data"][0]["type"] == "model" and an["first_id"] == an["data"][0]["id"]
     unauth = httpx.get(f"{gateway.base_url}/v1/models", headers={"anthropic-version": "2023-06-01"})

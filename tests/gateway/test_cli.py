@@ -1,5 +1,6 @@
 """The one-command start (python -m gateway), loopback only, and keys never
 appearing in logs or answers."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ def free_port() -> int:
 
 
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_start_with_one_command_and_keys_stay_out_of_logs(tmp_path):
@@ -33,7 +36,11 @@ def test_start_with_one_command_and_keys_stay_out_of_logs(tmp_path):
     env = {**os.environ, "AIBATCH_GATEWAY_KEY": key}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--config", "conf/gateway.toml", "--port", str(port), "--log-level", "debug"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -70,7 +77,9 @@ def test_start_with_one_command_and_keys_stay_out_of_logs(tmp_path):
 
 
 def test_refuses_non_loopback_host():
-    result = run_cli("--config", "conf/gateway.toml", "--host", "0.0.0.0", env={**os.environ, "AIBATCH_GATEWAY_KEY": "k"})
+    result = run_cli(
+        "--config", "conf/gateway.toml", "--host", "0.0.0.0", env={**os.environ, "AIBATCH_GATEWAY_KEY": "k"}
+    )
     assert result.returncode == 2 and "only loopback" in result.stderr
 
 

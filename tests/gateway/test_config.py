@@ -1,4 +1,5 @@
 """Config validation: errors name the key at fault and never a key's value."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,22 +38,25 @@ def test_key_value_never_in_repr():
     assert "secret-main-value" not in repr(config) and "secret-main-value" not in str(config.keys)
 
 
-@pytest.mark.parametrize("mutate,where", [
-    (lambda r: r["limits"].update(algorithm="leaky"), "limits.algorithm"),
-    (lambda r: r["limits"].update(window_seconds=0), "limits.window_seconds"),
-    (lambda r: r["limits"].update(requests=0), "limits.requests"),
-    (lambda r: r["limits"].update(tokens="many"), "limits.tokens"),
-    (lambda r: r["keys"][0].update(limits={"concurrent": 0}), "keys[0].limits.concurrent"),
-    (lambda r: r["keys"][0].update(faults={"server_error": 1.5}), "keys[0].faults.server_error"),
-    (lambda r: r.update(faults={"server_error": 0.6, "timeout": 0.6}), "faults"),
-    (lambda r: r["server"].update(host="0.0.0.0"), "server.host"),
-    (lambda r: r["server"].update(colour="blue"), "server"),
-    (lambda r: r["models"][0].update(backend="gpu"), "models[0].backend"),
-    (lambda r: r["models"][1].update(aliases=["gpt-4o-mini"]), "models[1]"),
-    (lambda r: r["keys"].append({"name": "main", "env": "OTHER"}), "keys[1].name"),
-    (lambda r: r.update(models=[]), "models"),
-    (lambda r: r["latency"].update(distribution="pareto"), "latency.distribution"),
-])
+@pytest.mark.parametrize(
+    "mutate,where",
+    [
+        (lambda r: r["limits"].update(algorithm="leaky"), "limits.algorithm"),
+        (lambda r: r["limits"].update(window_seconds=0), "limits.window_seconds"),
+        (lambda r: r["limits"].update(requests=0), "limits.requests"),
+        (lambda r: r["limits"].update(tokens="many"), "limits.tokens"),
+        (lambda r: r["keys"][0].update(limits={"concurrent": 0}), "keys[0].limits.concurrent"),
+        (lambda r: r["keys"][0].update(faults={"server_error": 1.5}), "keys[0].faults.server_error"),
+        (lambda r: r.update(faults={"server_error": 0.6, "timeout": 0.6}), "faults"),
+        (lambda r: r["server"].update(host="0.0.0.0"), "server.host"),
+        (lambda r: r["server"].update(colour="blue"), "server"),
+        (lambda r: r["models"][0].update(backend="gpu"), "models[0].backend"),
+        (lambda r: r["models"][1].update(aliases=["gpt-4o-mini"]), "models[1]"),
+        (lambda r: r["keys"].append({"name": "main", "env": "OTHER"}), "keys[1].name"),
+        (lambda r: r.update(models=[]), "models"),
+        (lambda r: r["latency"].update(distribution="pareto"), "latency.distribution"),
+    ],
+)
 def test_errors_name_the_key_at_fault(mutate, where):
     raw = make_raw_config([{"name": "main"}])
     mutate(raw)
@@ -76,15 +80,22 @@ def test_faults_are_reproducible_per_seed_and_key():
     seq_a = [a.draw(stream=True) for _ in range(200)]
     assert seq_a == [b.draw(stream=True) for _ in range(200)]
     assert seq_a != [FaultInjector(faults, "other").draw(stream=True) for _ in range(200)]
-    assert seq_a != [FaultInjector(Faults(seed=8, server_error=0.3, stream_error=0.2, timeout=0.1), "k").draw(stream=True) for _ in range(200)]
+    assert seq_a != [
+        FaultInjector(Faults(seed=8, server_error=0.3, stream_error=0.2, timeout=0.1), "k").draw(stream=True)
+        for _ in range(200)
+    ]
     counts = {kind: seq_a.count(kind) for kind in ("server_error", "stream_error", "timeout", None)}
     assert all(counts.values()) and draws[0] == seq_a[0]
     plain = FaultInjector(faults, "k")
-    assert "stream_error" not in [plain.draw(stream=False) for _ in range(200)]  # stream-only faults skip plain requests
+    assert "stream_error" not in [
+        plain.draw(stream=False) for _ in range(200)
+    ]  # stream-only faults skip plain requests
 
 
 def test_key_tables_override_the_global_ones_field_by_field():
-    raw = make_raw_config([{"name": "main", "faults": {"server_error": 0.5}, "limits": {"requests": 7}, "latency": {"fixed_ms": 5}}])
+    raw = make_raw_config(
+        [{"name": "main", "faults": {"server_error": 0.5}, "limits": {"requests": 7}, "latency": {"fixed_ms": 5}}]
+    )
     raw["faults"] = {"seed": 5, "timeout": 0.25}
     raw["latency"] = {"distribution": "fixed", "fixed_ms": 50}
     key = parse_config(raw, env_for(raw)).keys[0]

@@ -1,4 +1,5 @@
 """Each limiter against its definition, on a fake clock (no sleeps)."""
+
 from __future__ import annotations
 
 import math
@@ -131,12 +132,16 @@ def test_openai_style_reserves_max_tokens_until_settled():
     assert kl.headers(OPENAI)["x-ratelimit-remaining-tokens"] == "70"
     assert isinstance(kl.admit(OPENAI, input_tokens=20, max_output=50), Admission)
     windows = kl.ledger.snapshot()
-    assert [(w["requests"], w["input_tokens"], w["output_tokens"], w["rate_limited"]) for w in windows] == [(2, 40, 10, 1)]
+    assert [(w["requests"], w["input_tokens"], w["output_tokens"], w["rate_limited"]) for w in windows] == [
+        (2, 40, 10, 1)
+    ]
 
 
 def test_anthropic_style_counts_input_and_output_separately():
     clock = FakeClock(1_800_000_000.0)
-    kl = KeyLimits(key(algorithm="token_bucket", window_seconds=60, requests=10, input_tokens=100, output_tokens=40), clock)
+    kl = KeyLimits(
+        key(algorithm="token_bucket", window_seconds=60, requests=10, input_tokens=100, output_tokens=40), clock
+    )
     a = kl.admit(ANTHROPIC, input_tokens=90, max_output=10)
     assert isinstance(a, Admission)
     rej = kl.admit(ANTHROPIC, input_tokens=20, max_output=10)

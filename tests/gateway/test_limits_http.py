@@ -1,5 +1,6 @@
 """Server-side limits over HTTP: the exact request that crosses a limit gets 429
 with the right headers (fake clock), concurrency, and the SDKs' retries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,12 +18,15 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 MSG = {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10}
 
 
-@pytest.mark.parametrize("algorithm,reset_openai,reset_anthropic", [
-    # 3 requests at t0+1.5; window 10 s aligned to t0 (a multiple of 10)
-    ("fixed_window", "8.5s", 1_800_000_010.0),
-    ("sliding_window", "10s", 1_800_000_011.5),
-    ("token_bucket", "10s", 1_800_000_011.5),  # 3 tokens at 0.3/s
-])
+@pytest.mark.parametrize(
+    "algorithm,reset_openai,reset_anthropic",
+    [
+        # 3 requests at t0+1.5; window 10 s aligned to t0 (a multiple of 10)
+        ("fixed_window", "8.5s", 1_800_000_010.0),
+        ("sliding_window", "10s", 1_800_000_011.5),
+        ("token_bucket", "10s", 1_800_000_011.5),  # 3 tokens at 0.3/s
+    ],
+)
 def test_exact_crossing_request_gets_429_with_right_headers(algorithm, reset_openai, reset_anthropic):
     clock = FakeClock(1_800_000_000.0)
     raw = make_raw_config([{"name": "main"}], limits={"algorithm": algorithm, "window_seconds": 10, "requests": 3})
@@ -35,8 +39,11 @@ def test_exact_crossing_request_gets_429_with_right_headers(algorithm, reset_ope
             second = http.post("/v1/messages", json=MSG, headers=an)
             third = http.post("/v1/chat/completions", json=CHAT, headers=oa)
             assert [r.status_code for r in (first, second, third)] == [200, 200, 200]
-            assert [first.headers["x-ratelimit-remaining-requests"], second.headers["anthropic-ratelimit-requests-remaining"],
-                    third.headers["x-ratelimit-remaining-requests"]] == ["2", "1", "0"]
+            assert [
+                first.headers["x-ratelimit-remaining-requests"],
+                second.headers["anthropic-ratelimit-requests-remaining"],
+                third.headers["x-ratelimit-remaining-requests"],
+            ] == ["2", "1", "0"]
             assert third.headers["x-ratelimit-reset-requests"] == reset_openai
             fourth = http.post("/v1/chat/completions", json=CHAT, headers=oa)
             assert fourth.status_code == 429
@@ -58,15 +65,23 @@ def test_exact_crossing_request_gets_429_with_right_headers(algorithm, reset_ope
 
 def test_token_limits_and_reservation_over_http():
     clock = FakeClock(1_800_000_000.0)
-    raw = make_raw_config([{"name": "main"}], limits={"algorithm": "fixed_window", "window_seconds": 60, "tokens": 100, "output_tokens": 30})
+    raw = make_raw_config(
+        [{"name": "main"}],
+        limits={"algorithm": "fixed_window", "window_seconds": 60, "tokens": 100, "output_tokens": 30},
+    )
     with run_gateway(raw, clock=clock) as gw:
-        with httpx.Client(base_url=gw.base_url, headers={"Authorization": f"Bearer {gw.key()}", "anthropic-version": "2023-06-01"}) as http:
+        with httpx.Client(
+            base_url=gw.base_url, headers={"Authorization": f"Bearer {gw.key()}", "anthropic-version": "2023-06-01"}
+        ) as http:
             r = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60})
             used = r.json()["usage"]["total_tokens"]  # the 60 reserved came back down to the real output
             assert r.headers["x-ratelimit-remaining-tokens"] == str(100 - r.json()["usage"]["prompt_tokens"] - 60)
             too_big = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 200})
             assert too_big.status_code == 429 and too_big.headers["x-should-retry"] == "false"
-            assert "Request too large" in too_big.json()["error"]["message"] and too_big.json()["error"]["type"] == "tokens"
+            assert (
+                "Request too large" in too_big.json()["error"]["message"]
+                and too_big.json()["error"]["type"] == "tokens"
+            )
             ok = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100 - used - 8})
             assert ok.status_code == 200, ok.text
             m = http.post("/v1/messages", json={**MSG, "max_tokens": 25})
@@ -77,7 +92,9 @@ def test_token_limits_and_reservation_over_http():
 
 
 def test_concurrency_limit():
-    raw = make_raw_config([{"name": "main"}], limits={"concurrent": 2}, latency={"distribution": "fixed", "fixed_ms": 400})
+    raw = make_raw_config(
+        [{"name": "main"}], limits={"concurrent": 2}, latency={"distribution": "fixed", "fixed_ms": 400}
+    )
 
     async def burst(gw):
         async with httpx.AsyncClient(base_url=gw.base_url, headers={"Authorization": f"Bearer {gw.key()}"}) as http:
@@ -113,13 +130,25 @@ def test_sdks_retry_after_the_servers_retry_after():
     # 2 requests per 1 s fixed window, 8 requests in a row through each SDK with one
     # retry allowed: every refused request must get through on its single retry,
     # sent no sooner than the server's retry-after-ms said.
-    raw = make_raw_config([{"name": "main", "admin": True}], limits={"algorithm": "fixed_window", "window_seconds": 1, "requests": 2})
+    raw = make_raw_config(
+        [{"name": "main", "admin": True}], limits={"algorithm": "fixed_window", "window_seconds": 1, "requests": 2}
+    )
     with run_gateway(raw) as gw:
         rec = Recorder()
-        oa = openai.OpenAI(api_key=gw.key(), base_url=f"{gw.base_url}/v1", _strict_response_validation=True, max_retries=1,
-                           http_client=openai.DefaultHttpxClient(event_hooks=rec.hooks()))
-        an = anthropic.Anthropic(api_key=gw.key(), base_url=gw.base_url, _strict_response_validation=True, max_retries=1,
-                                 http_client=anthropic.DefaultHttpxClient(event_hooks=rec.hooks()))
+        oa = openai.OpenAI(
+            api_key=gw.key(),
+            base_url=f"{gw.base_url}/v1",
+            _strict_response_validation=True,
+            max_retries=1,
+            http_client=openai.DefaultHttpxClient(event_hooks=rec.hooks()),
+        )
+        an = anthropic.Anthropic(
+            api_key=gw.key(),
+            base_url=gw.base_url,
+            _strict_response_validation=True,
+            max_retries=1,
+            http_client=anthropic.DefaultHttpxClient(event_hooks=rec.hooks()),
+        )
         retries = 0
         for i in range(4):
             retries += oa.chat.completions.with_raw_response.create(**CHAT).retries_taken

@@ -2,6 +2,7 @@
 server's own per-window counts never exceed the limit, reach at least limit - 1
 in every full window, and the server keeps answering. (Rates and latencies are
 measured by bench/bench_gateway.py, not asserted here.)"""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +28,7 @@ async def offer(base_url: str, key: str, t0: float) -> tuple[list[int], float, f
     """Open-loop load: request i leaves at t0 + i/OFFERED whatever the answers."""
     count = int(OFFERED * DURATION)
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
+
         async def one(i: int) -> int:
             await asyncio.sleep(max(0.0, t0 + i / OFFERED - time.time()))
             return (await http.post("/v1/chat/completions", json=BODY)).status_code
@@ -39,7 +41,9 @@ async def offer(base_url: str, key: str, t0: float) -> tuple[list[int], float, f
 def test_per_window_counts_under_one_and_a_half_times_the_limit():
     keys = [{"name": "main", "admin": True}]
     for algorithm in ("fixed_window", "sliding_window"):
-        keys.append({"name": algorithm, "limits": {"algorithm": algorithm, "window_seconds": WINDOW, "requests": LIMIT}})
+        keys.append(
+            {"name": algorithm, "limits": {"algorithm": algorithm, "window_seconds": WINDOW, "requests": LIMIT}}
+        )
     with run_gateway(make_raw_config(keys)) as gw:
 
         async def both():

@@ -1,4 +1,5 @@
 """Conformance with the official openai SDK, strict response validation on."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ def client(gw, key: str = "main", **kw) -> openai.OpenAI:
 
 def test_plain_completion_parses_into_sdk_types(gateway):
     raw = client(gateway).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, gateway"}], max_tokens=50
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, gateway"}],
+        max_tokens=50,
     )
     resp = raw.parse()
     assert isinstance(resp, openai.types.chat.ChatCompletion)
@@ -38,7 +41,9 @@ def test_plain_completion_parses_into_sdk_types(gateway):
 
 def test_max_tokens_truncates_with_finish_reason_length(gateway):
     resp = client(gateway).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}], max_tokens=4
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}],
+        max_tokens=4,
     )
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage.completion_tokens == 4
@@ -46,7 +51,9 @@ def test_max_tokens_truncates_with_finish_reason_length(gateway):
 
 
 def test_stop_sequence_cuts_the_answer(gateway):
-    resp = client(gateway).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "red, green, blue"}], stop=[", g"])
+    resp = client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "red, green, blue"}], stop=[", g"]
+    )
     assert resp.choices[0].message.content == "You said: red"
     assert resp.choices[0].finish_reason == "stop"
 
@@ -55,7 +62,11 @@ def test_stream_with_usage_matches_plain_answer(gateway):
     c = client(gateway)
     messages = [{"role": "user", "content": "Stream me a few words please"}]
     plain = c.chat.completions.create(model="gpt-4o-mini", messages=messages)
-    chunks = list(c.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(isinstance(ch, openai.types.chat.ChatCompletionChunk) for ch in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -69,7 +80,12 @@ def test_stream_with_usage_matches_plain_answer(gateway):
 
 def test_stream_wire_format_ends_with_done(gateway):
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {gateway.key()}"}) as r:
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {gateway.key()}"},
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
@@ -89,12 +105,20 @@ SENTIMENT_SCHEMA = {
             "maxItems": 4,
             "items": {
                 "type": "object",
-                "properties": {"name": {"type": "string"}, "polarity": {"type": "integer", "minimum": -1, "maximum": 1}},
+                "properties": {
+                    "name": {"type": "string"},
+                    "polarity": {"type": "integer", "minimum": -1, "maximum": 1},
+                },
                 "required": ["name", "polarity"],
                 "additionalProperties": False,
             },
         },
-        "meta": {"type": "object", "properties": {"lang": {"type": ["string", "null"]}}, "required": ["lang"], "additionalProperties": False},
+        "meta": {
+            "type": "object",
+            "properties": {"lang": {"type": ["string", "null"]}},
+            "required": ["lang"],
+            "additionalProperties": False,
+        },
     },
     "required": ["label", "confidence", "aspects", "meta"],
     "additionalProperties": False,
@@ -106,7 +130,10 @@ def test_structured_output_validates_against_the_schema(gateway):
     kwargs = dict(
         model="gpt-4.1-nano",
         messages=[{"role": "user", "content": "Great battery, awful screen."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "sentiment", "schema": SENTIMENT_SCHEMA, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "sentiment", "schema": SENTIMENT_SCHEMA, "strict": True},
+        },
         max_tokens=400,
     )
     first = c.chat.completions.create(**kwargs)
@@ -119,7 +146,9 @@ def test_structured_output_validates_against_the_schema(gateway):
 
 
 def test_json_object_mode(gateway):
-    resp = client(gateway).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"})
+    resp = client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
+    )
     assert json.loads(resp.choices[0].message.content) == {"reply": "x"}
 
 
@@ -137,9 +166,9 @@ def test_models_list_and_retrieve(gateway):
 
 def test_errors_parse_into_sdk_exceptions(gateway):
     with pytest.raises(openai.AuthenticationError) as auth:
-        openai.OpenAI(api_key="sk-wrong", base_url=f"{gateway.base_url}/v1", _strict_response_validation=True, max_retries=0).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
-        )
+        openai.OpenAI(
+            api_key="sk-wrong", base_url=f"{gateway.base_url}/v1", _strict_response_validation=True, max_retries=0
+        ).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert auth.value.status_code == 401 and auth.value.code == "invalid_api_key"
     c = client(gateway, max_retries=0)
     with pytest.raises(openai.NotFoundError) as nf:
@@ -149,7 +178,9 @@ def test_errors_parse_into_sdk_exceptions(gateway):
         c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], temperature=3)
     assert bad.value.param == "temperature" and "temperature" in bad.value.message
     with pytest.raises(openai.BadRequestError) as ctx:
-        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 3500}], max_tokens=1000)
+        c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 3500}], max_tokens=1000
+        )
     assert ctx.value.code == "context_length_exceeded"
 
 
@@ -161,31 +192,42 @@ def test_sdk_retries_injected_429_until_it_gives_up(gateway):
     assert err.value.response.request.headers["x-stainless-retry-count"] == "2"  # it retried twice
 
 
-@pytest.mark.parametrize("key,exc,status", [
-    ("fault-server_error", openai.InternalServerError, 500),
-    ("fault-unavailable", openai.InternalServerError, 503),
-    ("fault-overloaded", openai.InternalServerError, 503),  # OpenAI has no 529
-])
+@pytest.mark.parametrize(
+    "key,exc,status",
+    [
+        ("fault-server_error", openai.InternalServerError, 500),
+        ("fault-unavailable", openai.InternalServerError, 503),
+        ("fault-overloaded", openai.InternalServerError, 503),  # OpenAI has no 529
+    ],
+)
 def test_injected_server_errors(gateway, key, exc, status):
     with pytest.raises(exc) as err:
-        client(gateway, key=key, max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        client(gateway, key=key, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.status_code == status
     assert err.value.type == "server_error"
 
 
 def test_injected_timeout_times_out_the_client(gateway):
     with pytest.raises(openai.APITimeoutError):
-        client(gateway, key="fault-timeout", max_retries=0, timeout=0.5).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        client(gateway, key="fault-timeout", max_retries=0, timeout=0.5).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_injected_malformed_json_is_not_accepted(gateway):
     with pytest.raises((openai.APIResponseValidationError, json.JSONDecodeError)):
-        client(gateway, key="fault-malformed_json", max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        client(gateway, key="fault-malformed_json", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_stream_error_chunk_raises_api_error(gateway):
     stream = client(gateway, key="fault-stream_error", max_retries=0).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}], stream=True
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        stream=True,
     )
     got = []
     with pytest.raises(openai.APIError) as err:
@@ -197,7 +239,9 @@ def test_stream_error_chunk_raises_api_error(gateway):
 
 def test_dropped_stream_raises_connection_error(gateway):
     stream = client(gateway, key="fault-stream_drop", max_retries=0).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}], stream=True
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        stream=True,
     )
     got = []
     with pytest.raises((httpx2.RemoteProtocolError, openai.APIConnectionError)):
@@ -208,8 +252,10 @@ def test_dropped_stream_raises_connection_error(gateway):
 
 def test_truncated_stream_ends_without_finish_or_usage(gateway):
     stream = client(gateway, key="fault-stream_truncate", max_retries=0).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
-        stream=True, stream_options={"include_usage": True},
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a fairly long sentence so the break lands mid stream"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)  # the SDK sees a clean end...
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -222,6 +268,11 @@ def test_truncated_stream_ends_without_finish_or_usage(gateway):
 def test_parse_helper_returns_a_pydantic_object(gateway):
     from tests.gateway.test_anthropic_sdk import Review
 
-    resp = client(gateway).chat.completions.parse(model="gpt-4o-mini", messages=[{"role": "user", "content": "nice phone"}], response_format=Review, max_tokens=400)
+    resp = client(gateway).chat.completions.parse(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "nice phone"}],
+        response_format=Review,
+        max_tokens=400,
+    )
     review = resp.choices[0].message.parsed
     assert isinstance(review, Review) and review.aspects

@@ -1,5 +1,6 @@
 """Fixtures of the mrjob twins' tests: a small real sample of the default
 data and a tiny sentiment head registered in a private registry."""
+
 from __future__ import annotations
 
 import json
@@ -56,6 +57,9 @@ def tiny_registry(tmp_path_factory, movie_lines):
     from udfs import model as M
 
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
-    registry.register("sentiment", arrays, {"encoder": {"name": M.ENCODER_NAME, "version": version,
-                                                        "precision": "fp32"}, "trained_on": len(rows)})
+    registry.register(
+        "sentiment",
+        arrays,
+        {"encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"}, "trained_on": len(rows)},
+    )
     return registry

@@ -1,6 +1,7 @@
 """The mrjob twins on the inline runner (sandboxed, --no-conf): the full set
 of unit cases. Output order never matters here: rows are compared as sets
 or sorted, except where the job promises an order."""
+
 from __future__ import annotations
 
 import json
@@ -24,42 +25,62 @@ GOOD_AND_BAD = [
     b'{"text": "I love this movie", "sentiment": 3.2}',
     b'{"text": "terrible,   awful film", "sentiment": -2.5}',
     b'{"text": "just fine", "sentiment": 0.1}',
-    b'not json',
-    b'[1, 2]',
+    b"not json",
+    b"[1, 2]",
     b'{"text": "I love this movie", "sentiment": 3.2}',
     b'{"sentiment": 1}',
     b'{"text": 5}',
     b'{"text": "   "}',
     b'{"text": "meh", "sentiment": "x"}',
     b'\xff\xfe{"text": "bad utf"}',
-    b'',
+    b"",
 ]
 
 
 def ingest(lines: list[bytes], *args: str):
-    out, counters = run_job(MRIngestRecords, [*INLINE, "--source", "t", "--rating-field", "sentiment", *args],
-                            stdin=b"\n".join(lines) + b"\n")
+    out, counters = run_job(
+        MRIngestRecords,
+        [*INLINE, "--source", "t", "--rating-field", "sentiment", *args],
+        stdin=b"\n".join(lines) + b"\n",
+    )
     return split_rows(json_lines(out)), counters
 
 
 def test_ingest_records_and_rejects_with_reasons():
     (records, rejects), counters = ingest(GOOD_AND_BAD)
     rid = lambda raw: R.record_id("t", raw)  # noqa: E731
-    assert sorted(records, key=lambda r: r["id"]) == sorted([
-        {"id": rid(GOOD_AND_BAD[0]), "source": "t", "text": "I love this movie", "label": "positive", "rating": 3.2},
-        {"id": rid(GOOD_AND_BAD[1]), "source": "t", "text": "terrible, awful film", "label": "negative", "rating": -2.5},
-        {"id": rid(GOOD_AND_BAD[2]), "source": "t", "text": "just fine", "label": None, "rating": 0.1},
-    ], key=lambda r: r["id"])
-    assert sorted((r["reason"], r["raw"]) for r in rejects) == sorted([
-        ("malformed_json", "not json"),
-        ("not_a_json_object", "[1, 2]"),
-        ("duplicate_record", '{"text": "I love this movie", "sentiment": 3.2}'),
-        ("missing_text", '{"sentiment": 1}'),
-        ("wrong_type:text", '{"text": 5}'),
-        ("empty_text", '{"text": "   "}'),
-        ("wrong_type:rating", '{"text": "meh", "sentiment": "x"}'),
-        ("invalid_utf8", '\\xff\\xfe{"text": "bad utf"}'),
-    ])
+    assert sorted(records, key=lambda r: r["id"]) == sorted(
+        [
+            {
+                "id": rid(GOOD_AND_BAD[0]),
+                "source": "t",
+                "text": "I love this movie",
+                "label": "positive",
+                "rating": 3.2,
+            },
+            {
+                "id": rid(GOOD_AND_BAD[1]),
+                "source": "t",
+                "text": "terrible, awful film",
+                "label": "negative",
+                "rating": -2.5,
+            },
+            {"id": rid(GOOD_AND_BAD[2]), "source": "t", "text": "just fine", "label": None, "rating": 0.1},
+        ],
+        key=lambda r: r["id"],
+    )
+    assert sorted((r["reason"], r["raw"]) for r in rejects) == sorted(
+        [
+            ("malformed_json", "not json"),
+            ("not_a_json_object", "[1, 2]"),
+            ("duplicate_record", '{"text": "I love this movie", "sentiment": 3.2}'),
+            ("missing_text", '{"sentiment": 1}'),
+            ("wrong_type:text", '{"text": 5}'),
+            ("empty_text", '{"text": "   "}'),
+            ("wrong_type:rating", '{"text": "meh", "sentiment": "x"}'),
+            ("invalid_utf8", '\\xff\\xfe{"text": "bad utf"}'),
+        ]
+    )
     ingest_counters = counters[-1]["ingest"]
     # Blank lines are not records; every other line is counted once.
     assert ingest_counters["input"] == 11 == len(records) + len(rejects)
@@ -85,9 +106,21 @@ def test_ingest_empty_input():
 
 def test_ingest_tsv_with_header(movie_lines):
     lines = movie_lines[:21]
-    out, _ = run_job(MRIngestRecords, [*INLINE, "--source", "movies", "--format", "tsv",
-                                       "--header", "id\tsentiment\ttext", "--rating-field", "sentiment"],
-                     stdin=b"\n".join(lines) + b"\n")
+    out, _ = run_job(
+        MRIngestRecords,
+        [
+            *INLINE,
+            "--source",
+            "movies",
+            "--format",
+            "tsv",
+            "--header",
+            "id\tsentiment\ttext",
+            "--rating-field",
+            "sentiment",
+        ],
+        stdin=b"\n".join(lines) + b"\n",
+    )
     records, rejects = split_rows(json_lines(out))
     assert rejects == []
     assert len(records) == 20
@@ -111,8 +144,9 @@ SCORED = [
 
 
 def stats(rows, *args):
-    out, counters = run_job(MRComputeStats, [*INLINE, *args],
-                            stdin=b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    out, counters = run_job(
+        MRComputeStats, [*INLINE, *args], stdin=b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    )
     tables: dict[str, list] = {}
     for line in b"".join(out).splitlines():
         table, row = line.split(b"\t", 1)
@@ -189,8 +223,9 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
 
 def test_score_with_embedding(tiny_registry):
     rows = [{"id": "x", "source": "s", "text": "A fine film", "label": None, "rating": None}]
-    out, _ = run_job(MRScoreRecords, score_args(tiny_registry, "--with-embedding"),
-                     stdin=json.dumps(rows[0]).encode() + b"\n")
+    out, _ = run_job(
+        MRScoreRecords, score_args(tiny_registry, "--with-embedding"), stdin=json.dumps(rows[0]).encode() + b"\n"
+    )
     (got,) = json_lines(out)
     emb = np.asarray(got["embedding"])
     assert emb.shape == (384,) and abs(np.linalg.norm(emb) - 1) < 1e-5
@@ -203,8 +238,11 @@ def test_score_empty_input(tiny_registry):
 
 def test_score_unknown_model_lists_known_versions(tiny_registry):
     with pytest.raises(RegistryError, match=r"unknown model 'sentiment@7'.*known: sentiment@1"):
-        run_job(MRScoreRecords, [*INLINE, "--registry-dir", str(tiny_registry.root), "--model", "sentiment@7"],
-                stdin=b'{"id": "x", "source": "s", "text": "t"}\n')
+        run_job(
+            MRScoreRecords,
+            [*INLINE, "--registry-dir", str(tiny_registry.root), "--model", "sentiment@7"],
+            stdin=b'{"id": "x", "source": "s", "text": "t"}\n',
+        )
 
 
 class MRScoreWithoutShippedModel(MRScoreRecords):
@@ -214,8 +252,9 @@ class MRScoreWithoutShippedModel(MRScoreRecords):
 
 def test_score_fails_without_the_shipped_model(tiny_registry):
     with pytest.raises(ShippedModelMissing, match=r"shipped encoder copy ./encoder is missing"):
-        run_job(MRScoreWithoutShippedModel, score_args(tiny_registry),
-                stdin=b'{"id": "x", "source": "s", "text": "t"}\n')
+        run_job(
+            MRScoreWithoutShippedModel, score_args(tiny_registry), stdin=b'{"id": "x", "source": "s", "text": "t"}\n'
+        )
 
 
 def test_stats_bad_input_line_is_named():
@@ -231,7 +270,12 @@ def test_score_refuses_a_head_trained_on_other_encoder_weights(tiny_registry, tm
 
     head = tiny_registry.load("sentiment@1")
     other = Registry(tmp_path / "models")
-    other.register("sentiment", dict(head.arrays), {**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}})
+    other.register(
+        "sentiment", dict(head.arrays), {**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}}
+    )
     with pytest.raises(EncoderMismatch, match="trained on encoder weights 000000000000"):
-        run_job(MRScoreRecords, [*INLINE, "--registry-dir", str(other.root), "--model", "sentiment@1"],
-                stdin=b'{"id": "x", "source": "s", "text": "t"}\n')
+        run_job(
+            MRScoreRecords,
+            [*INLINE, "--registry-dir", str(other.root), "--model", "sentiment@1"],
+            stdin=b'{"id": "x", "source": "s", "text": "t"}\n',
+        )

@@ -3,6 +3,7 @@
 that imports only the shipped zip). `-r hadoop` runs the real Hadoop
 Streaming jar in Hadoop's LocalJobRunner, reading and writing the test
 run's HDFS. One good and one bad case per job and runner."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ class Runner:
 
     def read(self, out: str) -> bytes:
         if self.name == "hadoop":
-            path = out[len(self.hdfs.hdfs_url):]
+            path = out[len(self.hdfs.hdfs_url) :]
             data = b""
             for part in sorted(p for p in self.webhdfs.list(path) if p.startswith("part-")):
                 with self.webhdfs.read(f"{path}/{part}") as reader:
@@ -58,7 +59,10 @@ class Runner:
         env = self.hdfs.env()
         return subprocess.run(
             [sys.executable, "-m", "jobs.mapreduce.launch", job, "-r", self.name, *args],
-            cwd=ROOT, env=env, capture_output=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=600,
         )
 
 
@@ -80,9 +84,18 @@ def test_ingest_good_and_bad_rows(runner):
     records, rejects = split_rows(lines_of(runner.read(out)))
     assert len(records) == 3 and len(rejects) == 8
     assert {r["id"] for r in records} == {R.record_id("t", GOOD_AND_BAD[i]) for i in range(3)}
-    assert sorted(r["reason"] for r in rejects) == sorted([
-        "malformed_json", "not_a_json_object", "duplicate_record", "missing_text",
-        "wrong_type:text", "empty_text", "wrong_type:rating", "invalid_utf8"])
+    assert sorted(r["reason"] for r in rejects) == sorted(
+        [
+            "malformed_json",
+            "not_a_json_object",
+            "duplicate_record",
+            "missing_text",
+            "wrong_type:text",
+            "empty_text",
+            "wrong_type:rating",
+            "invalid_utf8",
+        ]
+    )
     assert b"good=3" in proc.stderr and b"rejected=8" in proc.stderr
 
 
@@ -94,8 +107,9 @@ def test_score_good_rows(runner, tiny_registry, movie_lines):
     rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:31]]
     src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     out = runner.out("scored")
-    proc = runner.run("score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@1",
-                      src, "--output-dir", out)
+    proc = runner.run(
+        "score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@1", src, "--output-dir", out
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     scored = {r["id"]: r for r in lines_of(runner.read(out))}
     head = tiny_registry.load("sentiment@1")
@@ -110,8 +124,16 @@ def test_score_good_rows(runner, tiny_registry, movie_lines):
 
 def test_score_unknown_model_fails_before_the_job(runner, tiny_registry):
     src = runner.put("records.jsonl", b'{"id": "x", "source": "s", "text": "fine"}\n')
-    proc = runner.run("score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@9",
-                      src, "--output-dir", runner.out("scored"))
+    proc = runner.run(
+        "score",
+        "--registry-dir",
+        str(tiny_registry.root),
+        "--model",
+        "sentiment@9",
+        src,
+        "--output-dir",
+        runner.out("scored"),
+    )
     assert proc.returncode == 2
     assert b"unknown model 'sentiment@9'" in proc.stderr and b"known: sentiment@1" in proc.stderr
 

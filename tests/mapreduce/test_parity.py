@@ -10,6 +10,7 @@ terms, labels (rows whose probability lies within 1e-4 of the decision
 boundary are counted and reported, and would be exempt). Probabilities to
 1e-5 (fp32). Left out by name: run_id and scored_at, which differ by nature.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,13 @@ pytestmark = pytest.mark.slow
 
 DIFFER_BY_NATURE = ("run_id", "scored_at")
 BAD_ROWS = [
-    b'{"text": "unterminated',                      # malformed_json
-    b'["a", "list"]',                               # not_a_json_object
-    b'{"sentiment": 2.0}',                          # missing_text
-    b'{"text": 42, "sentiment": 1.0}',              # wrong_type:text
-    b'{"text": "fine words", "sentiment": "high"}', # wrong_type:rating
-    b'{"text": " \\t "}',                           # empty_text
-    b'{"text": "caf\xe9 au lait"}',                 # invalid_utf8 (Latin-1 byte)
+    b'{"text": "unterminated',  # malformed_json
+    b'["a", "list"]',  # not_a_json_object
+    b'{"sentiment": 2.0}',  # missing_text
+    b'{"text": 42, "sentiment": 1.0}',  # wrong_type:text
+    b'{"text": "fine words", "sentiment": "high"}',  # wrong_type:rating
+    b'{"text": " \\t "}',  # empty_text
+    b'{"text": "caf\xe9 au lait"}',  # invalid_utf8 (Latin-1 byte)
 ]
 
 
@@ -70,8 +71,13 @@ def config_file(tmp_path_factory, tiny_registry) -> Path:
 def submit(config: Path, hdfs, *args: str) -> subprocess.CompletedProcess:
     # From outside the repository: the jobs can import only the code shipped.
     started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "submit.sh"), "--config", str(config), *args],
-                          cwd="/tmp", env=hdfs.env(), capture_output=True, timeout=600)
+    proc = subprocess.run(
+        [str(ROOT / "submit.sh"), "--config", str(config), *args],
+        cwd="/tmp",
+        env=hdfs.env(),
+        capture_output=True,
+        timeout=600,
+    )
     print(f"submit.sh {' '.join(args[:4])}: rc {proc.returncode} in {time.monotonic() - started:.0f} s", flush=True)
     assert proc.returncode == 0, f"{args[:2]} failed:\n{proc.stderr.decode()[-4000:]}"
     return proc
@@ -104,16 +110,56 @@ def spark_chain(hdfs, webhdfs, raw_jsonl, config_file):
     base = f"/user/{hdfs.user}/parity-{uuid.uuid4().hex[:8]}"
     url = f"{hdfs.hdfs_url}{base}"
     webhdfs.write(f"{base}/raw.jsonl", data=raw_jsonl)
-    submit(config_file, hdfs, "ingest", "--input", f"{url}/raw.jsonl", "--format", "jsonl", "--source", "parity",
-           "--rating-field", "sentiment", "--output", f"{url}/spark/records", "--rejects", f"{url}/spark/rejects",
-           "--output-format", "jsonl")
-    submit(config_file, hdfs, "score", "--input", f"{url}/spark/records", "--input-format", "jsonl",
-           "--output", f"{url}/spark/scored", "--output-format", "jsonl", "--model", "sentiment@1")
-    submit(config_file, hdfs, "stats", "--input", f"{url}/spark/scored", "--input-format", "jsonl",
-           "--output", f"{url}/spark/stats")
+    submit(
+        config_file,
+        hdfs,
+        "ingest",
+        "--input",
+        f"{url}/raw.jsonl",
+        "--format",
+        "jsonl",
+        "--source",
+        "parity",
+        "--rating-field",
+        "sentiment",
+        "--output",
+        f"{url}/spark/records",
+        "--rejects",
+        f"{url}/spark/rejects",
+        "--output-format",
+        "jsonl",
+    )
+    submit(
+        config_file,
+        hdfs,
+        "score",
+        "--input",
+        f"{url}/spark/records",
+        "--input-format",
+        "jsonl",
+        "--output",
+        f"{url}/spark/scored",
+        "--output-format",
+        "jsonl",
+        "--model",
+        "sentiment@1",
+    )
+    submit(
+        config_file,
+        hdfs,
+        "stats",
+        "--input",
+        f"{url}/spark/scored",
+        "--input-format",
+        "jsonl",
+        "--output",
+        f"{url}/spark/stats",
+    )
     read = lambda p: read_hdfs_dir(webhdfs, f"{base}/spark/{p}")  # noqa: E731
     return {
-        "records": jsonl(read("records")), "rejects": jsonl(read("rejects")), "scored": jsonl(read("scored")),
+        "records": jsonl(read("records")),
+        "rejects": jsonl(read("rejects")),
+        "scored": jsonl(read("scored")),
         "stats": {t: jsonl(read(f"stats/{t}")) for t in ("counts", "term_freq", "top_terms")},
         "base": base,
     }
@@ -128,10 +174,34 @@ def mr_chain(runner: str, hdfs, webhdfs, raw_jsonl, config_file, tmp_path, spark
         (tmp_path / "raw.jsonl").write_bytes(raw_jsonl)
         src, out = str(tmp_path / "raw.jsonl"), str(tmp_path / "mr")
         read = lambda p: b"".join(f.read_bytes() for f in sorted((tmp_path / "mr" / p).glob("part-*")))  # noqa: E731
-    submit(config_file, hdfs, "mr", "ingest", "-r", runner, "--source", "parity", "--rating-field", "sentiment",
-           src, "--output-dir", f"{out}/records")
-    submit(config_file, hdfs, "mr", "score", "-r", runner, "--model", "sentiment@1",
-           f"{out}/records", "--output-dir", f"{out}/scored")
+    submit(
+        config_file,
+        hdfs,
+        "mr",
+        "ingest",
+        "-r",
+        runner,
+        "--source",
+        "parity",
+        "--rating-field",
+        "sentiment",
+        src,
+        "--output-dir",
+        f"{out}/records",
+    )
+    submit(
+        config_file,
+        hdfs,
+        "mr",
+        "score",
+        "-r",
+        runner,
+        "--model",
+        "sentiment@1",
+        f"{out}/records",
+        "--output-dir",
+        f"{out}/scored",
+    )
     submit(config_file, hdfs, "mr", "stats", "-r", runner, f"{out}/scored", "--output-dir", f"{out}/stats")
     records, rejects = split_rows(jsonl(read("records")))
     stats: dict[str, list] = {}
@@ -150,9 +220,18 @@ def test_spark_and_mrjob_give_the_same_answers(runner, spark_chain, hdfs, webhdf
     assert len(spark["records"]) == 520 and len(spark["rejects"]) == len(BAD_ROWS) + 1
     assert by_id(mr["records"], R.RECORD_FIELDS) == by_id(spark["records"], R.RECORD_FIELDS)
     assert by_id(mr["rejects"], R.REJECT_FIELDS) == by_id(spark["rejects"], R.REJECT_FIELDS)
-    assert sorted(r["reason"] for r in mr["rejects"]) == sorted([
-        "malformed_json", "not_a_json_object", "missing_text", "wrong_type:text",
-        "wrong_type:rating", "empty_text", "invalid_utf8", "duplicate_record"])
+    assert sorted(r["reason"] for r in mr["rejects"]) == sorted(
+        [
+            "malformed_json",
+            "not_a_json_object",
+            "missing_text",
+            "wrong_type:text",
+            "wrong_type:rating",
+            "empty_text",
+            "invalid_utf8",
+            "duplicate_record",
+        ]
+    )
 
     # score: joined on id
     s_scored = {r["id"]: r for r in spark["scored"]}
@@ -169,13 +248,17 @@ def test_spark_and_mrjob_give_the_same_answers(runner, spark_chain, hdfs, webhdf
             flipped += m["predicted"] != s["predicted"]
         else:
             assert m["predicted"] == s["predicted"], rid
-    print(f"-r {runner}: {len(s_scored)} scored rows compared, {near_boundary} within 1e-4 of the "
-          f"boundary, {flipped} of them labelled differently")
+    print(
+        f"-r {runner}: {len(s_scored)} scored rows compared, {near_boundary} within 1e-4 of the "
+        f"boundary, {flipped} of them labelled differently"
+    )
 
     # stats: exact and in the same order, unless a boundary row's label flipped
     # (then its terms count under the other label on one engine)
     if flipped == 0:
         assert mr["stats"] == spark["stats"]
     else:  # per source, the rows still add up to the same totals
-        per_source = lambda rows: {s: sum(r["count"] for r in rows if r["source"] == s) for s in {r["source"] for r in rows}}  # noqa: E731
+        per_source = lambda rows: {
+            s: sum(r["count"] for r in rows if r["source"] == s) for s in {r["source"] for r in rows}
+        }  # noqa: E731
         assert per_source(mr["stats"]["counts"]) == per_source(spark["stats"]["counts"])
