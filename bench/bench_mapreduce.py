@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench_spark import default_rows  # the same real rows as the Spark benchmark
+
 from udfs.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +30,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def plain_python(rows, registry, ref, threads: int) -> float:
-    from udfs.predict import ScoreSettings, score_texts
     from udfs import model as M
+    from udfs.predict import ScoreSettings, score_texts
 
     head = registry.load(ref)
     settings = ScoreSettings(head_arrays=dict(head.arrays), torch_threads=threads)

@@ -30,6 +30,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 import bench_precision as precision  # noqa: E402
+
 from udfs import model as M  # noqa: E402
 from udfs import records as R  # noqa: E402
 from udfs.config import load_config  # noqa: E402

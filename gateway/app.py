@@ -12,9 +12,9 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -119,7 +119,7 @@ async def read_json(request: Request, limit: int, anthropic: bool) -> dict:
             if isinstance(exc, json.JSONDecodeError)
             else "The request body is not valid UTF-8 JSON.",
             param="body",
-        )
+        ) from None
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "The request body must be a JSON object.", param="body")
     return data

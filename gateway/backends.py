@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from .config import LlamaSettings, ModelSpec
 from .faults import LatencySampler

@@ -10,9 +10,10 @@ import calendar
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket")
 LATENCY_DISTRIBUTIONS = ("none", "fixed", "uniform", "lognormal")

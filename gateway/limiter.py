@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 Clock = Callable[[], float]
 EPSILON = 1e-6  # tokens; unix-time floats near 1.8e9 carry about 2e-7 s of rounding

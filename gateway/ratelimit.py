@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .config import ApiKey, Limits
 from .limiter import Clock, ConcurrencyLimiter, Grant, Limiter, make_limiter
@@ -38,7 +38,7 @@ def go_duration(seconds: float) -> str:
 
 def rfc3339(unix_seconds: float) -> str:
     """Anthropic's reset format, UTC with milliseconds: 2026-11-27T21:00:01.250Z."""
-    stamp = datetime.fromtimestamp(unix_seconds, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(unix_seconds, tz=UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 

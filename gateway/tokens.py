@@ -45,7 +45,7 @@ class TokenCounter:
         if not ends:
             return [text]
         ends[-1] = len(text)
-        return [text[a:b] for a, b in zip([0] + ends[:-1], ends)]
+        return [text[a:b] for a, b in zip([0] + ends[:-1], ends, strict=True)]
 
     def messages(self, messages: list[tuple[str, str]], system: str = "") -> int:
         """Prompt tokens of a chat: framing per message plus the content's tokens."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
 from pathlib import Path
 
 from .hadoop_home import render_conf_dir

@@ -254,7 +254,7 @@ class LocalHDFS:
                 with open(p, "rb") as fh:
                     fh.seek(getattr(self, "_log_offsets", {}).get(name, 0))
                     text += fh.read().decode(errors="replace")[-20000:]
-        errors = [l for l in text.splitlines() if " ERROR " in l or "Exception" in l]
+        errors = [line for line in text.splitlines() if " ERROR " in line or "Exception" in line]
         return "\n".join(errors[-8:]) or _last_lines(text)
 
     def _jmx(self, query: str) -> dict | None:

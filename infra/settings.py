@@ -53,7 +53,7 @@ class HdfsSettings:
     def ports(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.PORT_KEYS}
 
-    def with_overrides(self, **kw) -> "HdfsSettings":
+    def with_overrides(self, **kw) -> HdfsSettings:
         return dataclasses.replace(self, **kw)
 
 

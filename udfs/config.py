@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,9 +36,9 @@ class SourceConfig(_Strict):
     file: str = Field(min_length=1)
     format: Literal["csv", "tsv", "jsonl", "parquet"]
     text_field: str = "text"
-    rating_field: Optional[str] = None
-    label_field: Optional[str] = None
-    label_map: Optional[dict[str, str]] = None  # value "" means unlabelled
+    rating_field: str | None = None
+    label_field: str | None = None
+    label_map: dict[str, str] | None = None  # value "" means unlabelled
     package_file: str = ""  # where the bundled copy lives: "<package>/<path inside it>"
     licence: str = ""
     origin: str = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def train_head(embeddings: np.ndarray, labels: Sequence[str], settings: TrainSet
 def accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float:
     if len(truth) == 0:
         return float("nan")
-    return sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+    return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
 
 
 def majority_baseline(train_labels: Sequence[str], test_labels: Sequence[str]) -> tuple[str, float]:

@@ -5,7 +5,7 @@ writes."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .records import RECORD_FIELDS, REJECT_FIELDS
 

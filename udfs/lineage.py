@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id", "scored_at")
 SCORE_COLUMNS = ("predicted", "probability")
@@ -22,14 +22,14 @@ def lineage(
 ) -> dict:
     """The lineage values: encoder name and weights version, head name@N and
     the first 12 hex digits of its weights' SHA-256, run id, UTC time."""
-    when = scored_at or dt.datetime.now(dt.timezone.utc)
+    when = scored_at or dt.datetime.now(dt.UTC)
     return {
         "encoder": encoder,
         "encoder_version": encoder_version,
         "head": head_ref,
         "head_version": head_sha256[:12],
         "run_id": run_id,
-        "scored_at": when.astimezone(dt.timezone.utc).replace(microsecond=0),
+        "scored_at": when.astimezone(dt.UTC).replace(microsecond=0),
     }
 
 

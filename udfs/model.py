@@ -14,9 +14,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def weights_version(model_dir: str) -> str:
     """A version id of the encoder weights: the first 12 hex digits of the
     SHA-256 of model.safetensors, so it changes when the weights change."""

@@ -4,7 +4,7 @@ one piece of scoring logic the Spark UDF and the mrjob mapper both call."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,5 +61,5 @@ def score_texts(texts: Sequence[str | None], settings: ScoreSettings, with_embed
     probability[ok] = probs
     out = pd.DataFrame({"predicted": predicted, "probability": probability})
     if with_embedding:
-        out["embedding"] = [row.tolist() if good else None for row, good in zip(emb, ok)]
+        out["embedding"] = [row.tolist() if good else None for row, good in zip(emb, ok, strict=True)]
     return out

@@ -25,7 +25,7 @@ import io
 import json
 import math
 import unicodedata
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 LABELS = ("negative", "positive")
@@ -189,7 +189,7 @@ def _fields(spec: SourceSpec, text: str, header: list[str] | None) -> dict:
         cells = rows[0]
     if len(cells) != len(header):
         raise _Reject(WRONG_FIELD_COUNT)
-    return dict(zip(header, cells))
+    return dict(zip(header, cells, strict=True))
 
 
 def _rating(spec: SourceSpec, fields: dict) -> float | None:

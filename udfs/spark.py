@@ -7,7 +7,7 @@ the encoder itself loads there, once per Python worker (udfs.model caches it).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pandas as pd
 from pyspark.sql.functions import pandas_udf

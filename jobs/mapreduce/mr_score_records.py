@@ -119,7 +119,7 @@ class MRScoreRecords(MRJob):
         encoder_version = M.weights_version(str(encoder_dir.resolve()))
         L.check_head_encoder(head_ref, meta, encoder_version, encoder_dir.resolve())
         self.lineage = L.lineage(
-            M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id, dt.datetime.now(dt.timezone.utc)
+            M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id, dt.datetime.now(dt.UTC)
         )
         self.buffer = []
 
@@ -144,7 +144,9 @@ class MRScoreRecords(MRJob):
         scored = score_texts([r.get("text") for r in rows], self.settings, with_embedding)
         self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
         embeddings = scored["embedding"] if with_embedding else [None] * len(rows)
-        for row, predicted, probability, emb in zip(rows, scored["predicted"], scored["probability"], embeddings):
+        for row, predicted, probability, emb in zip(
+            rows, scored["predicted"], scored["probability"], embeddings, strict=True
+        ):
             self.increment_counter(GROUP, "rows")
             yield None, L.scored_row_json(row, predicted, probability, self.lineage, emb, with_embedding)
 

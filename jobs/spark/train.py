@@ -89,7 +89,7 @@ def main(spark: SparkSession, args) -> dict:
     )
     meta = dict(
         report,
-        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=args.input,
         sample_percent=args.sample_percent,
         labels=list(H.LABELS),

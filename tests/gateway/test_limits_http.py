@@ -150,12 +150,12 @@ def test_sdks_retry_after_the_servers_retry_after():
             http_client=anthropic.DefaultHttpxClient(event_hooks=rec.hooks()),
         )
         retries = 0
-        for i in range(4):
+        for _ in range(4):
             retries += oa.chat.completions.with_raw_response.create(**CHAT).retries_taken
             retries += an.messages.with_raw_response.create(**MSG).retries_taken
         assert retries >= 2  # 8 requests at 2 per 1 s cannot all pass first time
         waits = []
-        for (kind, at, info), (next_kind, next_at, next_info) in zip(rec.events, rec.events[1:]):
+        for (kind, at, info), (next_kind, next_at, next_info) in zip(rec.events, rec.events[1:], strict=False):
             if kind == "response" and info["status"] == 429:
                 assert next_kind == "request" and next_info["x-stainless-retry-count"] == "1"
                 waits.append((next_at - at, int(info["retry-after-ms"]) / 1000))

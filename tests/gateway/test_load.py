@@ -62,7 +62,7 @@ def test_per_window_counts_under_one_and_a_half_times_the_limit():
         assert httpx.get(f"{gw.base_url}/health").status_code == 200
         usage = httpx.get(f"{gw.base_url}/v1/admin/usage", headers={"x-api-key": gw.key()}).json()
 
-    for name, (codes, first, last) in zip(("fixed_window", "sliding_window"), results):
+    for name, (codes, first, last) in zip(("fixed_window", "sliding_window"), results, strict=True):
         assert set(codes) <= {200, 429}, f"{name}: the server stopped answering properly"
         assert codes.count(429) > 0
         windows = usage["keys"][name]["windows"]

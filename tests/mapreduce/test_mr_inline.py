@@ -206,7 +206,7 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
     assert set(scored) == {r["id"] for r in rows}
     head = tiny_registry.load("sentiment@1")
     direct = score_texts([r["text"] for r in rows], ScoreSettings(head_arrays=dict(head.arrays)))
-    for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"]):
+    for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         got = scored[row["id"]]
         assert {k: got[k] for k in row} == row  # input columns kept as they were
         assert got["predicted"] == predicted

@@ -115,7 +115,7 @@ def test_score_good_rows(runner, tiny_registry, movie_lines):
     head = tiny_registry.load("sentiment@1")
     direct = score_texts([r["text"] for r in rows], ScoreSettings(head_arrays=dict(head.arrays)))
     assert set(scored) == {r["id"] for r in rows}
-    for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"]):
+    for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         assert scored[row["id"]]["predicted"] == predicted
         assert abs(scored[row["id"]]["probability"] - probability) < 1e-5
     if runner.name == "hadoop":  # the Hadoop job id is the run id

@@ -51,7 +51,7 @@ def raw_jsonl(movie_lines) -> bytes:
     lines = []
     with open(package_file(MOVIE_TSV), "rb") as fh:
         next(fh)
-        for _, raw in zip(range(520), fh):
+        for _, raw in zip(range(520), fh, strict=False):
             _, rating, text = raw.rstrip(b"\r\n").decode("utf-8").split("\t", 2)
             lines.append(json.dumps({"text": text, "sentiment": float(rating)}).encode())
     lines.append(lines[3])  # duplicate_record
@@ -258,7 +258,8 @@ def test_spark_and_mrjob_give_the_same_answers(runner, spark_chain, hdfs, webhdf
     if flipped == 0:
         assert mr["stats"] == spark["stats"]
     else:  # per source, the rows still add up to the same totals
-        per_source = lambda rows: {
-            s: sum(r["count"] for r in rows if r["source"] == s) for s in {r["source"] for r in rows}
-        }  # noqa: E731
+
+        def per_source(rows):
+            return {s: sum(r["count"] for r in rows if r["source"] == s) for s in {r["source"] for r in rows}}
+
         assert per_source(mr["stats"]["counts"]) == per_source(spark["stats"]["counts"])
