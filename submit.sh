@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The one door to the jobs:
-#   ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
+#   ./submit.sh [--master URL] [--env-archive URL] [--spark-conf FILE] [--config FILE] <job> [job args]
 #   ./submit.sh --help            lists the jobs and their arguments
 #   ./submit.sh <job> --help      one job's arguments
+#   ./submit.sh pack [--upload [DIR_URL]]   packs .venv for cluster executors (cached)
+#   ./submit.sh --master URL env-check      where the cluster's executors run Python from
+#   ./submit.sh [--master URL] my_app.py    your own PySpark script, shipped like a job
 # Runs .venv/bin/spark-submit with conf/spark-defaults.conf, shipping the
 # project code (udfs/, jobs/) as a zip for --py-files; local mode unless
-# --master names a cluster whose workers have the project's Python
-# environment at the same path (or PYSPARK_PYTHON names theirs).
-# Environment: PYSPARK_PYTHON (workers' Python, default .venv/bin/python),
-# SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR (where the zip is
-# built, default var/build).
+# --master names a cluster (spark://HOST:PORT or yarn). On a cluster the
+# executors run the packed environment (./submit.sh pack --upload), shipped
+# with --archives URL#environment, so workers need only Java and Python 3.11.
+# Environment: PYSPARK_PYTHON (workers' Python in local mode, default
+# .venv/bin/python), SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR
+# (where the zip is built, default var/build), AIBATCH_ENV_ARCHIVE (the
+# packed environment's URL, as --env-archive), HADOOP_CONF_DIR (the
+# cluster's client configuration; default var/yarn/conf for --master yarn,
+# var/hdfs/conf otherwise).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,14 +27,21 @@ die() { printf 'submit.sh: %s\n' "$*" >&2; exit 2; }
 [[ -x "$python" ]] || die "no virtual environment at $venv: run ./scripts/setup.sh first"
 
 master=""
+env_archive="${AIBATCH_ENV_ARCHIVE:-}"
 spark_conf="$root/conf/spark-defaults.conf"
 config="$root/conf/pipeline.toml"
 
 usage() {
   cat <<USAGE
-usage: ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
+usage: ./submit.sh [--master URL] [--env-archive URL] [--spark-conf FILE] [--config FILE] <job> [job args]
+       ./submit.sh pack [--upload [DIR_URL]] [--force]
+       ./submit.sh --master URL env-check
+       ./submit.sh [--master URL] my_app.py [args]
 
-  --master URL       Spark master (default: spark.master in the Spark conf, local[*])
+  --master URL       Spark master (default: spark.master in the Spark conf, local[*]);
+                     spark://HOST:PORT or yarn run executors in the packed environment
+  --env-archive URL  the packed environment (default \$AIBATCH_ENV_ARCHIVE, else where
+                     ./submit.sh pack --upload puts it on the cluster's HDFS)
   --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
   --config FILE      pipeline settings (default conf/pipeline.toml)
 
@@ -38,6 +52,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --master) [[ $# -ge 2 ]] || die "--master needs a URL"; master="$2"; shift 2 ;;
     --master=*) master="${1#*=}"; shift ;;
+    --env-archive) [[ $# -ge 2 ]] || die "--env-archive needs a URL"; env_archive="$2"; shift 2 ;;
+    --env-archive=*) env_archive="${1#*=}"; shift ;;
     --spark-conf) [[ $# -ge 2 ]] || die "--spark-conf needs a file"; spark_conf="$2"; shift 2 ;;
     --spark-conf=*) spark_conf="${1#*=}"; shift ;;
     --config) [[ $# -ge 2 ]] || die "--config needs a file"; config="$2"; shift 2 ;;
@@ -70,16 +86,74 @@ build_zip() {
   PYTHONPATH="$root" "$python" -m jobs.pyfiles "$dir/aibatch-pyfiles.zip"
 }
 
+infra() { PYTHONPATH="$root" "$python" -m infra "$@"; }
+
+# On a cluster (--master spark://... or yarn) the executors run the packed
+# environment, unpacked by Spark (standalone) or YARN into each executor's
+# work dir as ./environment; the driver stays on .venv. Appends to the
+# spark-submit arguments in cluster_extra.
+cluster_extra=()
+cluster_args() {
+  case "$master" in
+    ""|local|local\[*) return 0 ;;
+    yarn)
+      export HADOOP_CONF_DIR="${HADOOP_CONF_DIR:-$root/var/yarn/conf}"
+      [[ -f "$HADOOP_CONF_DIR/yarn-site.xml" ]] \
+        || die "--master yarn: no yarn-site.xml in HADOOP_CONF_DIR=$HADOOP_CONF_DIR (start the local YARN with ./scripts/yarn.sh start, or set HADOOP_CONF_DIR to the cluster's client configuration)" ;;
+    spark://*) export HADOOP_CONF_DIR="${HADOOP_CONF_DIR:-$root/var/hdfs/conf}" ;;
+    *) die "unsupported --master '$master' (local[N], spark://HOST:PORT or yarn)" ;;
+  esac
+  if [[ -z "$env_archive" ]]; then
+    env_archive="$(infra pack --print-url)" || die "cannot tell where the packed environment is: pass --env-archive URL"
+  fi
+  env_archive="${env_archive%%#*}"
+  local hadoop="$root/var/hadoop-3.5.0/bin/hadoop"
+  case "$env_archive" in
+    hdfs://*)
+      [[ -x "$hadoop" ]] || die "no Hadoop home at $root/var/hadoop-3.5.0: run ./scripts/setup.sh"
+      "$hadoop" fs -test -f "$env_archive" 2>/dev/null \
+        || die "the packed environment $env_archive does not exist: run ./submit.sh pack --upload (or pass --env-archive URL)" ;;
+    *://*) ;;
+    *) [[ -f "$env_archive" ]] \
+        || die "the packed environment $env_archive does not exist: run ./submit.sh pack (or pass --env-archive URL)" ;;
+  esac
+  cluster_extra+=(--archives "$env_archive#environment"
+                  --conf spark.pyspark.python=./environment/bin/python
+                  --conf "spark.pyspark.driver.python=$python")
+  local var
+  for var in HF_HUB_OFFLINE TRANSFORMERS_OFFLINE TQDM_DISABLE TOKENIZERS_PARALLELISM; do
+    cluster_extra+=(--conf "spark.executorEnv.$var=${!var}")
+  done
+  if [[ "$master" == yarn ]]; then
+    # Spark's jars from HDFS (uploaded by pack), else each application zips
+    # and uploads SPARK_HOME/jars again.
+    local jars="${AIBATCH_SPARK_JARS_ARCHIVE:-$(dirname "$env_archive")/spark-jars-$("$python" -c 'import pyspark; print(pyspark.__version__)').zip}"
+    if [[ "$jars" != hdfs://* ]] || "$hadoop" fs -test -f "$jars" 2>/dev/null; then
+      cluster_extra+=(--conf "spark.yarn.archive=$jars")
+    fi
+  fi
+}
+
 run_spark() {
   local name="$1"; shift
   local main="$root/jobs/spark/$name.py"
-  [[ "$name" =~ ^[a-z_]+$ && -f "$main" && "$name" != "common" && "$name" != "catalog" ]] \
-    || die "unknown job '$name' (./submit.sh --help lists the jobs)"
+  if [[ "$name" == env-check ]]; then
+    main="$root/infra/env_check.py"
+  elif [[ "$name" == *.py ]]; then
+    # Your own PySpark script, run like a job: same code zip, same packed
+    # environment on a cluster.
+    [[ -f "$name" ]] || die "no such script $name"
+    main="$(cd "$(dirname "$name")" && pwd)/$(basename "$name")"
+  else
+    [[ "$name" =~ ^[a-z_]+$ && -f "$main" && "$name" != "common" && "$name" != "catalog" ]] \
+      || die "unknown job '$name' (./submit.sh --help lists the jobs)"
+  fi
   local zip; zip="$(build_zip)"
   local args=(--properties-file "$spark_conf" --py-files "$zip"
               --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
   [[ -n "$master" ]] && args+=(--master "$master")
-  exec "$venv/bin/spark-submit" "${args[@]}" "$main" "$@"
+  cluster_args
+  exec "$venv/bin/spark-submit" "${args[@]}" "${cluster_extra[@]}" "$main" "$@"
 }
 
 show_help() {
@@ -94,5 +168,7 @@ case "$job" in
   help) show_help "$@" ;;
   # The mrjob twins: ./submit.sh mr ingest|score|stats -r inline|local|hadoop ...
   mr) PYTHONPATH="$root" exec "$python" -m jobs.mapreduce.launch "$@" ;;
+  # The packed executor environment: ./submit.sh pack [--upload [DIR_URL]] [--force]
+  pack) infra pack "$@"; exit ;;
   *) run_spark "$job" "$@" ;;
 esac

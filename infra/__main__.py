@@ -1,9 +1,14 @@
-"""Command line for the local HDFS:
+"""Command line for the local HDFS, YARN, Spark standalone cluster and the
+packed executor environment:
 
     python -m infra hdfs start|stop|status|restart [--config conf/hdfs.toml]
+    python -m infra yarn start|stop|status|restart [--config conf/cluster.toml]
+    python -m infra spark start|stop|status|restart [--config conf/cluster.toml]
+    python -m infra pack [--upload [DIR_URL]] [--print-url] [--force]
     python -m infra conf --out DIR [--config conf/hdfs.toml]
 
-scripts/hdfs.sh runs this with the project's virtual environment.
+scripts/hdfs.sh, scripts/yarn.sh, scripts/cluster.sh and ./submit.sh pack
+run this with the project's virtual environment.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ import logging
 import sys
 from pathlib import Path
 
+from .daemons import ClusterError
 from .hadoop_home import render_conf_dir
 from .hdfs import HdfsError, LocalHDFS
-from .settings import SettingsError, hdfs_user, load_settings
+from .pack import PackError
+from .pack import main as pack_main
+from .settings import SettingsError, hdfs_user, load_cluster_settings, load_settings
+from .standalone import SparkStandalone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     conf = sub.add_parser("conf", help="write the Hadoop site files for these settings")
     conf.add_argument("--out", required=True, help="config dir to write")
     conf.add_argument("--config", help="HDFS settings file (default conf/hdfs.toml)")
+    for name, what in (("yarn", "single-node YARN on loopback"), ("spark", "Spark standalone cluster on loopback")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("action", choices=["start", "stop", "status", "restart"])
+        p.add_argument("--config", help="cluster settings file (default conf/cluster.toml)")
+        p.add_argument("--hdfs-config", help="HDFS settings file (default conf/hdfs.toml)")
+    pack = sub.add_parser("pack", help="pack the virtual environment for executors (venv-pack, cached)")
+    pack.add_argument(
+        "--upload",
+        nargs="?",
+        const="",
+        metavar="DIR_URL",
+        help="also put it on HDFS, in DIR_URL (default <fs.defaultFS>/user/<user>/aibatch/env)",
+    )
+    pack.add_argument("--print-url", action="store_true", help="print where --upload puts it, do nothing")
+    pack.add_argument("--force", action="store_true", help="pack again even when cached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("hdfs").setLevel(logging.WARNING)
@@ -39,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         render_conf_dir(settings, Path(args.out), hdfs_user())
         return 0
+
+    if args.service == "pack":
+        try:
+            return pack_main(args, print)
+        except PackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.service in ("yarn", "spark"):
+        return cluster_main(args)
 
     try:
         node = LocalHDFS(load_settings(args.config))
@@ -54,6 +87,35 @@ def main(argv: list[str] | None = None) -> int:
             print(node.describe())
             return 0 if state == "running" else 3
     except (HdfsError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cluster_main(args) -> int:
+    """start|stop|status|restart of the YARN or the Spark standalone cluster."""
+    try:
+        settings = load_cluster_settings(args.config)
+        if args.service == "yarn":
+            from .yarn import LocalYARN
+
+            node = LocalYARN(settings, load_settings(args.hdfs_config))
+            label = "YARN"
+        else:
+            node = SparkStandalone(settings)
+            label = "Spark standalone cluster"
+        if args.action in ("stop", "restart"):
+            print(f"{label} stopped" if node.stop() else f"{label} was not running")
+        if args.action in ("start", "restart"):
+            started = node.start()
+            print(f"{label} started" if started else f"{label} already running (nothing done)")
+            print(node.describe())
+        if args.action == "status":
+            state = node.status()
+            print(f"{label} {state}")
+            print(node.describe())
+            return 0 if state == "running" else 3
+    except (ClusterError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -57,10 +57,10 @@ class HdfsSettings:
         return dataclasses.replace(self, **kw)
 
 
-def _coerce(key: str, raw, where: str, base: Path):
-    field = {f.name: f for f in dataclasses.fields(HdfsSettings)}.get(key)
+def _coerce(key: str, raw, where: str, base: Path, cls: type = HdfsSettings):
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(key)
     if field is None:
-        known = ", ".join(f.name for f in dataclasses.fields(HdfsSettings))
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
         raise SettingsError(f"{where}: unknown key '{key}' (known keys: {known})")
     default = field.default
     if isinstance(default, bool) or not isinstance(default, (int, str, Path)):
@@ -72,7 +72,7 @@ def _coerce(key: str, raw, where: str, base: Path):
             raise SettingsError(f"{where}: '{key}' must be an integer, got {raw!r}") from None
         if key.endswith("_port") and not 1 <= value <= 65535:
             raise SettingsError(f"{where}: '{key}' must be a port in 1..65535, got {value}")
-        if key == "local_map_tasks" and value < 1:
+        if key in POSITIVE_KEYS and value < 1:
             raise SettingsError(f"{where}: '{key}' must be at least 1, got {value}")
         return value
     if not isinstance(raw, str) or not raw:
@@ -105,6 +105,107 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
     ports = settings.ports()
     if len(set(ports.values())) != len(ports):
         raise SettingsError(f"{path}: the HDFS ports must differ from each other, got {ports}")
+    return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """The single-node YARN (ResourceManager + NodeManager) and the Spark
+    standalone cluster (one master, `spark_workers` workers), read from
+    conf/cluster.toml; every key overridable by AIBATCH_CLUSTER_<KEY>."""
+
+    host: str = "127.0.0.1"
+    rm_port: int = 18032
+    rm_scheduler_port: int = 18030
+    rm_tracker_port: int = 18031
+    rm_admin_port: int = 18033
+    rm_http_port: int = 18088
+    nm_port: int = 18040
+    nm_localizer_port: int = 18041
+    nm_http_port: int = 18042
+    shuffle_port: int = 18062
+    nm_memory_mb: int = 8192
+    nm_vcores: int = 2
+    container_min_mb: int = 256
+    container_max_mb: int = 4096
+    yarn_dir: Path = REPO_ROOT / "var" / "yarn"
+    spark_master_port: int = 17077
+    spark_master_http_port: int = 18080
+    spark_worker_http_port: int = 18081
+    spark_workers: int = 2
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"
+    spark_dir: Path = REPO_ROOT / "var" / "spark-standalone"
+    daemon_heap: str = "512m"
+
+    YARN_PORT_KEYS = (
+        "rm_port",
+        "rm_scheduler_port",
+        "rm_tracker_port",
+        "rm_admin_port",
+        "rm_http_port",
+        "nm_port",
+        "nm_localizer_port",
+        "nm_http_port",
+        "shuffle_port",
+    )
+
+    @property
+    def spark_master_url(self) -> str:
+        return f"spark://{self.host}:{self.spark_master_port}"
+
+    def yarn_ports(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.YARN_PORT_KEYS}
+
+    def spark_ports(self) -> dict[str, int]:
+        ports = {"spark_master_port": self.spark_master_port, "spark_master_http_port": self.spark_master_http_port}
+        for i in range(self.spark_workers):
+            ports[f"spark_worker_http_port+{i}"] = self.spark_worker_http_port + i
+        return ports
+
+    def with_overrides(self, **kw) -> ClusterSettings:
+        return dataclasses.replace(self, **kw)
+
+
+POSITIVE_KEYS = (
+    "local_map_tasks",
+    "nm_memory_mb",
+    "nm_vcores",
+    "container_min_mb",
+    "container_max_mb",
+    "spark_workers",
+    "spark_worker_cores",
+)
+DEFAULT_CLUSTER_CONFIG = REPO_ROOT / "conf" / "cluster.toml"
+
+
+def load_cluster_settings(path: Path | None = None, env: dict[str, str] | None = None) -> ClusterSettings:
+    """Read conf/cluster.toml, then the AIBATCH_CLUSTER_* environment overrides."""
+    path = Path(path) if path else DEFAULT_CLUSTER_CONFIG
+    env = os.environ if env is None else env
+    values: dict = {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"cluster config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    for key, raw in data.items():
+        values[key] = _coerce(key, raw, str(path), REPO_ROOT, ClusterSettings)
+    for name, raw in env.items():
+        if name.startswith("AIBATCH_CLUSTER_"):
+            key = name[len("AIBATCH_CLUSTER_") :].lower()
+            values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd(), ClusterSettings)
+    settings = ClusterSettings(**values)
+    ports = list(settings.yarn_ports().values()) + list(settings.spark_ports().values())
+    if len(set(ports)) != len(ports):
+        raise SettingsError(f"{path}: the YARN and Spark ports must differ from each other, got {sorted(ports)}")
+    if settings.container_min_mb > settings.container_max_mb or settings.container_max_mb > settings.nm_memory_mb:
+        raise SettingsError(
+            f"{path}: need container_min_mb <= container_max_mb <= nm_memory_mb, got "
+            f"{settings.container_min_mb}, {settings.container_max_mb}, {settings.nm_memory_mb}"
+        )
     return settings
 
 

@@ -1,0 +1,115 @@
+"""Where a cluster's executors run Python from: a Spark application that runs
+small tasks on every executor and reports, per Python worker, its process,
+its executor JVM, its working dir, sys.prefix, torch.__file__ and the
+encoder's directory; it fails unless each of them lies inside the worker's
+own work (standalone) or container (YARN) directory, in the packed
+environment, and not in the driver's environment.
+
+Run with:
+    ./submit.sh --master spark://127.0.0.1:17077 env-check
+    ./submit.sh --master yarn env-check [--tasks 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+
+def _executor_jvm(pid: int) -> tuple[int | None, str]:
+    """The nearest ancestor Java process of pid and its main class."""
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            return None, ""
+        if argv and os.path.basename(argv[0]) == "java":
+            main = next((a for a in argv if a.startswith("org.apache.spark.")), "")
+            return ppid, main
+        pid = ppid
+    return None, ""
+
+
+def probe(_index: int) -> dict:
+    """Runs in an executor's Python worker."""
+    import socket
+
+    import torch
+
+    from udfs import model as M
+
+    jvm_pid, jvm_main = _executor_jvm(os.getpid())
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "executor_jvm_pid": jvm_pid,
+        "executor_jvm_main": jvm_main,
+        "cwd": os.getcwd(),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "prefix_realpath": os.path.realpath(sys.prefix),
+        "torch": torch.__file__,
+        "torch_version": torch.__version__,
+        "encoder_dir": str(M.default_model_dir()),
+        "env_vars": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TQDM_DISABLE")},
+    }
+
+
+def problems(report: dict, driver_prefix: str) -> list[str]:
+    """Why one worker's report does not show the packed environment."""
+    found = []
+    cwd = report["cwd"].rstrip("/") + "/"
+    for key in ("prefix", "torch", "encoder_dir"):
+        if not report[key].startswith(cwd):
+            found.append(f"{key} {report[key]} is not inside the worker's dir {cwd}")
+    if os.path.realpath(report["prefix"]) == os.path.realpath(driver_prefix):
+        found.append(f"sys.prefix {report['prefix']} is the driver's environment")
+    if report["pid"] == os.getpid() or report["executor_jvm_pid"] is None:
+        found.append(f"pid {report['pid']} is not a Python worker under an executor JVM")
+    return found
+
+
+def main(spark: SparkSession, tasks: int) -> list[dict]:
+    sc = spark.sparkContext
+    reports = sc.parallelize(range(tasks), tasks).map(probe).collect()
+    unique = {(r["pid"], r["cwd"]): r for r in reports}
+    return list(unique.values())
+
+
+def cli(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="env-check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=8, help="tasks to spread over the executors (default 8)")
+    args = parser.parse_args(argv)
+    spark = SparkSession.builder.appName("aibatch-env-check").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        reports = main(spark, args.tasks)
+        driver = {"pid": os.getpid(), "prefix": sys.prefix, "master": spark.sparkContext.master}
+    finally:
+        spark.stop()
+    bad, out = [], sys.stdout
+    for report in reports:
+        report["problems"] = problems(report, driver["prefix"])
+        bad += report["problems"]
+        out.write("env-check worker: " + json.dumps(report, sort_keys=True) + "\n")
+    out.write("env-check driver: " + json.dumps(driver, sort_keys=True) + "\n")
+    executors = {r["executor_jvm_pid"] for r in reports}
+    if bad:
+        out.write(f"env-check: FAILED: {'; '.join(sorted(set(bad)))}\n")
+        return 1
+    out.write(
+        f"env-check: ok: {len(reports)} Python workers under {len(executors)} executor JVMs, "
+        f"each running the packed environment inside its own dir\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

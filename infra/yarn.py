@@ -1,0 +1,155 @@
+"""Start, stop and check a single-node YARN on loopback: one ResourceManager
+and one NodeManager (with MapReduce's shuffle service), each in its own JVM
+from the project's Hadoop home, on top of the running single-node HDFS.
+
+The instance's conf dir (settings.yarn_dir/conf) holds the HDFS site files
+plus yarn-site.xml and a mapred-site.xml with mapreduce.framework.name=yarn:
+it is the client configuration of `./submit.sh --master yarn` and of
+`./submit.sh mr <job> -r hadoop` on YARN (HADOOP_CONF_DIR).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from .daemons import ClusterError, DaemonSet, check_ports, get_json, java_home, java_or_error
+from .hadoop_home import TEMPLATE_DIR, render_conf_dir
+from .hdfs import LocalHDFS
+from .settings import DEFAULT_HADOOP_HOME, ClusterSettings, HdfsSettings, hdfs_user
+
+log = logging.getLogger(__name__)
+
+DAEMONS = ("resourcemanager", "nodemanager")
+PORT_NAMES = {
+    "rm_port": "ResourceManager client RPC",
+    "rm_scheduler_port": "ResourceManager scheduler RPC",
+    "rm_tracker_port": "ResourceManager resource tracker",
+    "rm_admin_port": "ResourceManager admin RPC",
+    "rm_http_port": "ResourceManager web UI",
+    "nm_port": "NodeManager container manager",
+    "nm_localizer_port": "NodeManager localizer",
+    "nm_http_port": "NodeManager web UI",
+    "shuffle_port": "MapReduce shuffle",
+}
+
+
+@dataclass
+class LocalYARN:
+    settings: ClusterSettings
+    hdfs_settings: HdfsSettings
+    hadoop_home: Path = DEFAULT_HADOOP_HOME
+
+    def __post_init__(self):
+        self.hadoop_home = Path(self.hadoop_home).resolve()
+        self.base = Path(self.settings.yarn_dir).resolve()
+        self.conf_dir = self.base / "conf"
+        self.daemons = DaemonSet(self.base)
+        self.hdfs = LocalHDFS(self.hdfs_settings, hadoop_home=self.hadoop_home)
+
+    @property
+    def rm_web_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.rm_http_port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients of this YARN (spark-submit --master yarn,
+        mrjob's -r hadoop, the hadoop command)."""
+        env = self.hdfs.env()
+        env["HADOOP_CONF_DIR"] = str(self.conf_dir)
+        return env
+
+    def render_conf(self) -> Path:
+        """HDFS's site files, then yarn-site.xml and mapred-site.xml (YARN's)."""
+        render_conf_dir(self.hdfs_settings, self.conf_dir, hdfs_user())
+        values = {
+            **{k: str(v) for k, v in self.settings.yarn_ports().items()},
+            "host": self.settings.host,
+            "nm_memory_mb": str(self.settings.nm_memory_mb),
+            "nm_vcores": str(self.settings.nm_vcores),
+            "container_min_mb": str(self.settings.container_min_mb),
+            "container_max_mb": str(self.settings.container_max_mb),
+            "yarn_dir": str(self.base),
+            "conf_dir": str(self.conf_dir),
+            "hadoop_home": str(self.hadoop_home),
+        }
+        for template in sorted(TEMPLATE_DIR.glob("*.yarn")):
+            text = string.Template(template.read_text()).substitute(values)
+            (self.conf_dir / template.name.removesuffix(".yarn")).write_text(text)
+        return self.conf_dir
+
+    def running(self) -> dict[str, int | None]:
+        return {d: self.daemons.pid(d) for d in DAEMONS}
+
+    def running_nodes(self) -> list[dict]:
+        nodes = (get_json(f"{self.rm_web_url}/ws/v1/cluster/nodes") or {}).get("nodes") or {}
+        return [n for n in nodes.get("node", []) if n.get("state") == "RUNNING"]
+
+    def is_ready(self) -> bool:
+        return bool(self.running_nodes())
+
+    def start(self, timeout: float = 120.0) -> bool:
+        """Start the ResourceManager and NodeManager and wait for a RUNNING
+        node; False if they already ran."""
+        pids = self.running()
+        if all(pids.values()):
+            self.daemons.wait(list(DAEMONS), self.is_ready, "YARN", timeout)
+            return False
+        if any(pids.values()):
+            self.stop()
+        java = java_or_error()
+        if not self.hdfs.hadoop_bin.exists():
+            raise ClusterError(f"Hadoop home not found at {self.hadoop_home} (no bin/hadoop): run scripts/setup.sh")
+        if not self.hdfs.is_ready():
+            raise ClusterError(
+                f"HDFS is not running at {self.hdfs.hdfs_url} (YARN keeps job files there): "
+                f"start it first with ./scripts/hdfs.sh start"
+            )
+        check_ports(self.settings.host, self.settings.yarn_ports(), PORT_NAMES.__getitem__)
+        for d in ("local", "container-logs"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        self.render_conf()
+        for daemon in DAEMONS:
+            env = self.env()
+            env["JAVA_HOME"] = java_home(java)
+            env["HADOOP_HEAPSIZE"] = self.settings.daemon_heap
+            env["HADOOP_LOG_DIR"] = str(self.daemons.log_dir)
+            env["HADOOP_OPTS"] = f"-Dhadoop.root.logger=INFO,RFA -Dhadoop.log.file={daemon}.log {self.daemons.marker}"
+            self._truncate_log(daemon)
+            self.daemons.spawn(daemon, [str(self.hdfs.hadoop_bin), daemon], env)
+        try:
+            self.daemons.wait(list(DAEMONS), self.is_ready, "YARN (a RUNNING NodeManager)", timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return True
+
+    def _truncate_log(self, daemon: str) -> None:
+        """Start-up errors are read from this start's log only."""
+        log_file = self.daemons.log_dir / f"{daemon}.log"
+        if log_file.exists():
+            os.replace(log_file, log_file.with_suffix(".log.previous"))
+
+    def stop(self) -> bool:
+        return self.daemons.stop(list(reversed(DAEMONS)))
+
+    def status(self) -> str:
+        pids = self.running()
+        if all(pids.values()) and self.is_ready():
+            return "running"
+        if any(pids.values()):
+            return "starting or degraded"
+        return "stopped"
+
+    def describe(self) -> str:
+        s = self.settings
+        return (
+            f"ResourceManager: {s.host}:{s.rm_port} (web UI {self.rm_web_url})\n"
+            f"NodeManager:     {s.host}:{s.nm_port} (web UI http://{s.host}:{s.nm_http_port}), "
+            f"{s.nm_memory_mb} MB, {s.nm_vcores} vcores, shuffle port {s.shuffle_port}\n"
+            f"HDFS:            {self.hdfs.hdfs_url}\n"
+            f"client conf:     HADOOP_CONF_DIR={self.conf_dir}\n"
+            f"logs:            {self.daemons.log_dir} (containers: {self.base / 'container-logs'})"
+        )
