@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench_spark import default_rows  # the same real rows as the Spark benchmark
 
-from udfs.config import load_config
+from udfs.config import EncoderConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def plain_python(rows, registry, ref, threads: int) -> float:
     from udfs.predict import ScoreSettings, score_texts
 
     head = registry.load(ref)
-    settings = ScoreSettings(head_arrays=dict(head.arrays), torch_threads=threads)
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), torch_threads=threads)
     M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):  # the twin's flush size: same batching
@@ -50,8 +50,8 @@ def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env
         "score",
         "-r",
         runner,
-        "--registry-dir",
-        str(registry_root),
+        "--set",
+        f"registry_dir={registry_root}",
         "--model",
         ref,
         src,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+from collections.abc import Mapping
 import tomllib
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def _coerce(key: str, raw, where: str, base: Path):
     return raw
 
 
-def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -> HdfsSettings:
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> HdfsSettings:
     """Read the TOML file, then the AIBATCH_HDFS_* environment overrides."""
     path = Path(path) if path else DEFAULT_CONFIG
     env = os.environ if env is None else env
@@ -108,7 +109,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
     return settings
 
 
-def hdfs_user(env: dict[str, str] | None = None) -> str:
+def hdfs_user(env: Mapping[str, str] | None = None) -> str:
     """The user jobs run as: HADOOP_USER_NAME if set (Hadoop honours it in
     simple auth), else the login name."""
     env = os.environ if env is None else env

@@ -127,11 +127,12 @@ def hdfs_sample(hdfs, webhdfs, sample_dir) -> str:
 def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
     """The real sample ingested into HDFS and a tiny head trained on it with
     the train job: {'records', 'model', 'summary', 'config'}."""
-    from jobs.spark import ingest, train
+    from jobs.spark import common, ingest, train
 
     base = hdfs_sample.rsplit("/raw", 1)[0]
     records = f"{base}/records"
-    ingest.main(
+    common.run_main(
+        ingest.main,
         spark,
         ingest.parser().parse_args(
             [
@@ -146,7 +147,9 @@ def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
             ]
         ),
     )
-    summary = train.main(spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records]))
+    summary = common.run_main(
+        train.main, spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records])
+    )
     return {"records": records, "model": summary["model"], "summary": summary, "config": str(pipeline_config)}
 
 

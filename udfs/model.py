@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 # sentence-transformers' own limit for this model (sentence_bert_config.json).
 MAX_SEQ_LENGTH = 256
-DEFAULT_BATCH_SIZE = 64
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -92,8 +92,8 @@ def _quiet_loading() -> None:
 
 @dataclass(frozen=True)
 class Encoder:
-    tokenizer: object
-    model: object
+    tokenizer: Any  # a transformers tokenizer (transformers is untyped here)
+    model: Any  # a transformers PreTrainedModel
     model_dir: str
     precision: str
 
@@ -132,8 +132,8 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
 def embed(
     encoder: Encoder,
     texts: Sequence[str],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_length: int = MAX_SEQ_LENGTH,
+    batch_size: int,
+    max_length: int,
 ) -> np.ndarray:
     """L2-normalised mean-pooled embeddings, float32 array (len(texts), 384),
     in the order of `texts`. Batches are formed after sorting by token length."""
