@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -26,6 +26,7 @@ from .backends import Completion, DeterministicBackend, LlamaBackend, Prompt
 from .config import ANTHROPIC_VERSION, ApiKey, GatewayConfig, ModelSpec
 from .errors import ApiError, anthropic_error_body, from_validation, openai_error_body
 from .faults import FaultInjector, LatencySampler
+from .prompts import PromptLedger
 from .ratelimit import ANTHROPIC, OPENAI, Admission, KeyLimits, Rejection, go_duration, retry_headers
 from .schema_json import UnsupportedSchema, check_schema, instance_for
 from .tokens import TokenCounter, default_counter
@@ -43,6 +44,7 @@ class Caller:
     limits: KeyLimits
     faults: FaultInjector
     latency: LatencySampler
+    prompts: PromptLedger = field(default_factory=PromptLedger)
 
 
 class Gateway:
@@ -231,12 +233,26 @@ def create_app(
             return error_response(err, anthropic)
         return JSONResponse(anthropic_api.model_body(spec) if anthropic else openai_api.model_body(spec))
 
+    def admin(request: Request) -> None:
+        caller = gw.authenticate(request)
+        if not caller.key.admin:
+            raise ApiError("permission", "This key may not read usage; an admin key is required.")
+
+    @app.get("/v1/admin/keys/{name}/prompts")
+    async def admin_prompts(name: str, request: Request) -> Response:
+        try:
+            admin(request)
+            match = [c for c in gw.callers if c.key.name == name]
+            if not match:
+                raise ApiError("not_found", f"No key named {name!r}.", param="name")
+        except ApiError as err:
+            return error_response(err, False)
+        return JSONResponse({"key": name, **match[0].prompts.snapshot()})
+
     @app.get("/v1/admin/usage")
     async def admin_usage(request: Request) -> Response:
         try:
-            caller = gw.authenticate(request)
-            if not caller.key.admin:
-                raise ApiError("permission", "This key may not read usage; an admin key is required.")
+            admin(request)
         except ApiError as err:
             return error_response(err, False)
         keys = {}
@@ -254,6 +270,8 @@ def create_app(
                 },
                 "in_flight": c.limits.concurrency.in_flight,
                 "peak_concurrent": c.limits.concurrency.peak,
+                "peaks": c.limits.peaks(),
+                "prompts": c.prompts.summary(),
                 "windows": c.limits.ledger.snapshot(),
             }
         return JSONResponse({"now": clock(), "keys": keys})
@@ -381,7 +399,17 @@ def create_app(
                 code="context_length_exceeded",
             )
         prompt = Prompt(
-            spec, messages, system, max_tokens, input_tokens, stop, schema, json_object, req.temperature, req.seed
+            spec,
+            messages,
+            system,
+            max_tokens,
+            input_tokens,
+            stop,
+            schema,
+            json_object,
+            req.temperature,
+            req.seed,
+            req.model,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return prompt, bool(req.stream), include_usage
@@ -429,6 +457,7 @@ def create_app(
             False,
             req.temperature,
             None,
+            req.model,
         )
         return prompt, bool(req.stream), False
 
@@ -473,6 +502,7 @@ def create_app(
             err = rate_limit_error(admitted, anthropic)
             log.info("%s %s -> 429 %s (%s)", request.method, request.url.path, admitted.limit_name, caller.key.name)
             return error_response(err, anthropic, caller.limits.headers(style))
+        caller.prompts.record(prompt.digest())
         headers = caller.limits.headers(style)
         log.info(
             "%s %s -> 200 %s stream=%s (%s)", request.method, request.url.path, prompt.model.id, stream, caller.key.name

@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import LlamaSettings, ModelSpec
 from .faults import LatencySampler
+from .prompts import prompt_hash
 from .schema_json import instance_for
 from .tokens import TokenCounter
 
@@ -39,6 +40,13 @@ class Prompt:
     json_object: bool = False
     temperature: float | None = None
     seed: int | None = None
+    requested_model: str = ""  # the model name as the client sent it (an alias or the id)
+
+    def digest(self) -> str:
+        """The prompt's hash as the admin endpoint lists it (gateway/prompts.py)."""
+        return prompt_hash(
+            self.requested_model or self.model.id, self.system, self.messages, self.max_tokens, self.temperature
+        )
 
 
 @dataclass

@@ -94,6 +94,29 @@ class UsageLedger:
         ]
 
 
+def peak_in_any_window(events: list[tuple[float, int]], window: float) -> int:
+    """The largest total of amounts stamped within any interval (t - window, t]:
+    the span a sliding window limiter counts, so for that algorithm it never exceeds the limit."""
+    events = sorted(events)
+    peak = total = left = 0
+    for stamp, amount in events:
+        total += amount
+        while events[left][0] + window <= stamp:
+            total -= events[left][1]
+            left += 1
+        peak = max(peak, total)
+    return peak
+
+
+def peak_in_aligned_window(events: list[tuple[float, int]], window: float) -> int:
+    """The largest total within one clock-aligned window [k * window, (k + 1) * window):
+    what a fixed window limiter counts."""
+    totals: dict[int, int] = defaultdict(int)
+    for stamp, amount in events:
+        totals[math.floor(stamp / window)] += amount
+    return max(totals.values(), default=0)
+
+
 @dataclass
 class KeyLimits:
     """All limiters of one key, and its ledger."""
@@ -113,6 +136,9 @@ class KeyLimits:
         }
         self.concurrency = ConcurrencyLimiter(lim.concurrent)
         self.ledger = UsageLedger(lim.window_seconds)
+        # Every admission's time and grants; a grant's amount shrinks when unused
+        # reserved output is given back, so peaks count what the limiter holds.
+        self.admissions: list[tuple[float, dict[str, Grant]]] = []
 
     def _now(self) -> float:
         # One decision reads the clock once, so the ledger's window and the
@@ -151,6 +177,7 @@ class KeyLimits:
                 return Rejection(name, limiter.limit, used, amount, limiter.retry_after(amount))
         grants = {name: self.limiters[name].acquire(amount) for name, amount in amounts.items()}
         self.concurrency.acquire()
+        self.admissions.append((now, grants))
         ledger.requests += 1
         ledger.input_tokens += input_tokens
         return Admission(style, grants, max_output)
@@ -170,6 +197,21 @@ class KeyLimits:
             self.ledger.windows[self.ledger.index(now)].output_tokens += output_tokens
         finally:
             self._frozen = None
+
+    def peaks(self) -> dict[str, object]:
+        """Per limit, the most admitted within any window and within one aligned window,
+        and the peak concurrency, beside the limits, so a test can assert none was exceeded."""
+        lim = self.key.limits
+        out: dict[str, object] = {"window_seconds": lim.window_seconds}
+        for name, limiter in self.limiters.items():
+            events = [(stamp, grants[name].amount) for stamp, grants in self.admissions if name in grants]
+            out[name] = {
+                "limit": limiter.limit,
+                "any_window": peak_in_any_window(events, lim.window_seconds),
+                "aligned_window": peak_in_aligned_window(events, lim.window_seconds),
+            }
+        out["concurrent"] = {"limit": self.concurrency.limit, "peak": self.concurrency.peak}
+        return out
 
     def headers(self, style: str) -> dict[str, str]:
         try:
