@@ -175,7 +175,11 @@ class KeyLimits:
                 ledger.rate_limited += 1
                 used = limiter.limit - limiter.remaining()
                 return Rejection(name, limiter.limit, used, amount, limiter.retry_after(amount))
-        grants = {name: self.limiters[name].acquire(amount) for name, amount in amounts.items()}
+        grants: dict[str, Grant] = {}
+        for name, amount in amounts.items():
+            grant = self.limiters[name].acquire(amount)
+            assert grant is not None  # has_capacity said it fits, and no time passed (frozen clock)
+            grants[name] = grant
         self.concurrency.acquire()
         self.admissions.append((now, grants))
         ledger.requests += 1
