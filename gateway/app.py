@@ -8,6 +8,7 @@ differs between OpenAI and Anthropic is in the dialect objects.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,20 @@ from .tokens import TokenCounter, default_counter
 
 OPENAI, ANTHROPIC = openai_api.DIALECT, anthropic_api.DIALECT
 REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+class WithoutQueryString(logging.Filter):
+    """uvicorn's access log prints the path with its query string, where a client may
+    have put a key (?api_key=...): keep the path only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:  # client, method, path, version, status
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).split("?", 1)[0], version, status)
+        return True
+
+
+ACCESS_LOG_FILTER = WithoutQueryString()
 
 
 def speaking(dialect: Dialect) -> Callable[[Request], Dialect]:
@@ -50,33 +65,11 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def usage_body(gw: Gateway) -> dict[str, Any]:
-    keys = {}
-    for c in gw.callers:
-        lim = c.key.limits
-        keys[c.key.name] = {
-            "algorithm": lim.algorithm,
-            "window_seconds": lim.window_seconds,
-            "limits": {
-                "requests": lim.requests,
-                "tokens": lim.tokens,
-                "input_tokens": lim.input_tokens,
-                "output_tokens": lim.output_tokens,
-                "concurrent": lim.concurrent,
-            },
-            "in_flight": c.limits.concurrency.in_flight,
-            "peak_concurrent": c.limits.concurrency.peak,
-            "peaks": c.limits.peaks(),
-            "prompts": c.prompts.summary(),
-            "windows": c.limits.ledger.snapshot(),
-        }
-    return {"now": gw.clock(), "keys": keys}
-
-
 def create_app(
     config: GatewayConfig, clock: Callable[[], float] = time.time, counter: TokenCounter | None = None
 ) -> FastAPI:
     gw = Gateway(config, clock, counter or default_counter())
+    logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)  # adding it twice keeps one
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,12 +80,22 @@ def create_app(
         title="aibatch LLM gateway",
         version="1.0.0",
         lifespan=lifespan,
+        # Off unless server.docs: the spec and the docs pages are then open (they hold no secrets).
+        openapi_url="/openapi.json" if config.docs else None,
+        docs_url="/docs" if config.docs else None,
+        redoc_url="/redoc" if config.docs else None,
         description="Local OpenAI- and Anthropic-compatible API with provider-style rate limits and fault injection.",
     )
     app.state.gateway = gw
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> Response:
+        return error_response(request, err, getattr(request.state, "dialect", OPENAI))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback after this answer; the client gets the provider's 500 shape.
+        err = ApiError("server", "The server had an error while processing your request.")
         return error_response(request, err, getattr(request.state, "dialect", OPENAI))
 
     openai_route = [Depends(speaking(OPENAI)), Depends(authenticated)]
@@ -114,7 +117,7 @@ def create_app(
 
     @app.get("/v1/admin/usage", dependencies=admin_route)
     async def admin_usage() -> Response:
-        return JSONResponse(usage_body(gw))
+        return JSONResponse(gw.usage())
 
     @app.get("/v1/admin/keys/{name}/prompts", dependencies=admin_route)
     async def admin_prompts(name: str) -> Response:

@@ -130,6 +130,7 @@ class ServerTable(Table):
     port: int = Field(default=8787, ge=0, le=65535)
     max_request_bytes: int = Field(default=1_048_576, ge=1)
     anthropic_min_version: str = "2023-01-01"  # anthropic-version must be a YYYY-MM-DD date >= this
+    docs: bool = False  # serve /docs, /redoc and /openapi.json (without a key)
 
     @field_validator("host")
     @classmethod
@@ -182,6 +183,7 @@ class GatewayConfig(Table):
     port: int = 8787
     max_request_bytes: int = 1_048_576
     anthropic_min_version: str = "2023-01-01"
+    docs: bool = False
     keys: tuple[ApiKey, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     latency: Latency = Latency()
@@ -264,6 +266,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         port=file.server.port,
         max_request_bytes=file.server.max_request_bytes,
         anthropic_min_version=file.server.anthropic_min_version,
+        docs=file.server.docs,
         keys=tuple(keys),
         models=tuple(file.models),
         latency=file.latency,

@@ -70,6 +70,30 @@ class Gateway:
         self.llama = LlamaBackend(config.llama, counter)
         self.backends: dict[str, Backend] = {"deterministic": DeterministicBackend(counter), "llama": self.llama}
 
+    def usage(self) -> dict[str, Any]:
+        """GET /v1/admin/usage: per key, limits, what is left, peaks, prompt hashes, windows."""
+        keys = {}
+        for c in self.callers:
+            lim = c.key.limits
+            keys[c.key.name] = {
+                "algorithm": lim.algorithm,
+                "window_seconds": lim.window_seconds,
+                "limits": {
+                    "requests": lim.requests,
+                    "tokens": lim.tokens,
+                    "input_tokens": lim.input_tokens,
+                    "output_tokens": lim.output_tokens,
+                    "concurrent": lim.concurrent,
+                },
+                "remaining": c.limits.remaining(),
+                "in_flight": c.limits.concurrency.in_flight,
+                "peak_concurrent": c.limits.concurrency.peak,
+                "peaks": c.limits.peaks(),
+                "prompts": c.prompts.summary(),
+                "windows": c.limits.ledger.snapshot(),
+            }
+        return {"now": self.clock(), "keys": keys}
+
     def authenticate(self, supplied: str | None) -> Caller:
         if not supplied:
             raise ApiError(
@@ -123,12 +147,17 @@ def error_response(request: Request, err: ApiError, dialect: Dialect) -> JSONRes
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object. The size limit holds while the body arrives, so a
+    chunked body (no Content-Length) is refused after limit + 1 bytes, not after all of it."""
+    too_large = ApiError("too_large", f"Request exceeds the maximum size of {limit} bytes.")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError("too_large", f"Request exceeds the maximum size of {limit} bytes.")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError("too_large", f"Request exceeds the maximum size of {limit} bytes.")
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -139,6 +168,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             else "The request body is not valid UTF-8 JSON.",
             param="body",
         ) from None
+    except RecursionError:  # json's C decoder gives up near 1,000 levels: a client error, not ours
+        raise ApiError("invalid_request", "The request body is nested too deeply.", param="body") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "The request body must be a JSON object.", param="body")
     return data
