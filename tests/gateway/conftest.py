@@ -172,7 +172,7 @@ def gateway() -> Iterator[RunningGateway]:
         keys.append(
             {"name": f"fault-{kind}", "faults": {kind: 1.0, "timeout_hold_seconds": 5, "retry_after_seconds": 0.2}}
         )
-    with run_gateway(make_raw_config(keys, max_request_bytes=65536)) as gw:
+    with run_gateway(make_raw_config(keys, max_request_bytes=65536, docs=True)) as gw:
         yield gw
 
 
