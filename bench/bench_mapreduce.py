@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench_spark import default_rows  # the same real rows as the Spark benchmark
 
+from infra.hdfs import LocalHDFS
 from udfs.config import EncoderConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def main() -> int:
     rows = default_rows(load_config(ROOT / "conf" / "pipeline.toml"), args.rows).to_dict("records")
     if len(rows) < args.rows:
         raise SystemExit(f"--rows {args.rows}: the default data has only {len(rows)} records")
-    cores = os.cpu_count()
+    cores = os.cpu_count() or 1
     print(f"{len(rows)} real rows, {cores} cores, head {ref}")
 
     results = {}
@@ -102,11 +103,10 @@ def main() -> int:
         mib = 1 << 20
         block_size = max(mib, -(-src.stat().st_size // cores // mib) * mib)
         env = dict(os.environ)
-        node = None
+        node: LocalHDFS | None = None
         if "hadoop" in runners:
             from hdfs import InsecureClient
 
-            from infra.hdfs import LocalHDFS
             from infra.settings import load_settings
 
             node = LocalHDFS(load_settings())
@@ -119,6 +119,7 @@ def main() -> int:
         try:
             for runner in runners:
                 if runner == "hadoop":
+                    assert node is not None
                     s = run_twin(
                         runner,
                         f"{node.hdfs_url}{base}/records.jsonl",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
-from collections.abc import Mapping
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def make_hdfs(base: Path) -> LocalHDFS:
 
 
 @pytest.fixture(scope="session")
-def hdfs(tmp_path_factory) -> LocalHDFS:
+def hdfs(tmp_path_factory) -> Iterator[LocalHDFS]:
     node = make_hdfs(tmp_path_factory.mktemp("hdfs"))
     try:
         node.start()
