@@ -11,12 +11,13 @@
 # --master names a cluster (spark://HOST:PORT or yarn). On a cluster the
 # executors run the packed environment (./submit.sh pack --upload), shipped
 # with --archives URL#environment, so workers need only Java and Python 3.11.
-# Environment: PYSPARK_PYTHON (workers' Python in local mode, default
-# .venv/bin/python), SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR
-# (where the zip is built, default var/build), AIBATCH_ENV_ARCHIVE (the
-# packed environment's URL, as --env-archive), HADOOP_CONF_DIR (the
-# cluster's client configuration; default var/yarn/conf for --master yarn,
-# var/hdfs/conf otherwise).
+# Environment: AIBATCH_CONFIG (pipeline settings file, as --config),
+# PYSPARK_PYTHON (workers' Python in local mode, default .venv/bin/python),
+# SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR (where the zip is
+# built, default var/build), AIBATCH_ENV_ARCHIVE (the packed environment's
+# URL, as --env-archive), HADOOP_CONF_DIR (the cluster's client
+# configuration; default var/yarn/conf for --master yarn, var/hdfs/conf
+# otherwise).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +30,7 @@ die() { printf 'submit.sh: %s\n' "$*" >&2; exit 2; }
 master=""
 env_archive="${AIBATCH_ENV_ARCHIVE:-}"
 spark_conf="$root/conf/spark-defaults.conf"
-config="$root/conf/pipeline.toml"
+config="${AIBATCH_CONFIG:-$root/conf/pipeline.toml}"
 
 usage() {
   cat <<USAGE
@@ -43,7 +44,8 @@ usage: ./submit.sh [--master URL] [--env-archive URL] [--spark-conf FILE] [--con
   --env-archive URL  the packed environment (default \$AIBATCH_ENV_ARCHIVE, else where
                      ./submit.sh pack --upload puts it on the cluster's HDFS)
   --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
-  --config FILE      pipeline settings (default conf/pipeline.toml)
+  --config FILE      pipeline settings (default \$AIBATCH_CONFIG, else conf/pipeline.toml);
+                     a job's --set KEY=VALUE overrides one key (repeatable)
 
 USAGE
 }
@@ -145,7 +147,7 @@ run_spark() {
     [[ -f "$name" ]] || die "no such script $name"
     main="$(cd "$(dirname "$name")" && pwd)/$(basename "$name")"
   else
-    [[ "$name" =~ ^[a-z_]+$ && -f "$main" && "$name" != "common" && "$name" != "catalog" ]] \
+    [[ "$name" =~ ^[a-z_]+$ && -f "$main" ]] && PYTHONPATH="$root" "$python" -m jobs.spark.catalog --is-job "$name" \
       || die "unknown job '$name' (./submit.sh --help lists the jobs)"
   fi
   local zip; zip="$(build_zip)"
