@@ -233,9 +233,26 @@ class Packer:
         return url
 
 
-def archive_url(dir_url: str | None = None) -> str:
+def archive_url(dir_url: str | None = None, conf_dir: Path | None = None) -> str:
     """Where `./submit.sh pack --upload` puts the archive of these lock files."""
-    return f"{(dir_url or default_upload_dir()).rstrip('/')}/{ARCHIVE_NAME.format(key=cache_key())}"
+    return f"{(dir_url or default_upload_dir(conf_dir)).rstrip('/')}/{ARCHIVE_NAME.format(key=cache_key())}"
+
+
+def require_archive(url: str, conf_dir: Path, hadoop_home: Path = DEFAULT_HADOOP_HOME) -> str:
+    """url if the archive is there (hdfs:// checked with `hadoop fs -test`),
+    else PackError saying how to make it."""
+    if url.startswith("hdfs://"):
+        env = {**os.environ, "HADOOP_CONF_DIR": str(conf_dir)}
+        hadoop = Path(hadoop_home) / "bin" / "hadoop"
+        found = subprocess.run([str(hadoop), "fs", "-test", "-f", url], env=env, capture_output=True).returncode == 0
+    else:
+        found = "://" in url or Path(url).is_file()
+    if not found:
+        raise PackError(
+            f"the packed environment {url} does not exist: run ./submit.sh pack --upload "
+            f"(or set AIBATCH_ENV_ARCHIVE to its URL)"
+        )
+    return url
 
 
 def spark_jars_url(dir_url: str | None = None) -> str:

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .daemons import ClusterError, DaemonSet, check_ports, get_json, java_home, java_or_error
 from .hadoop_home import TEMPLATE_DIR, render_conf_dir
 from .hdfs import LocalHDFS
-from .settings import DEFAULT_HADOOP_HOME, ClusterSettings, HdfsSettings, hdfs_user
+from .settings import (
+    DEFAULT_HADOOP_HOME,
+    REPO_ROOT,
+    ClusterSettings,
+    HdfsSettings,
+    hdfs_user,
+    load_cluster_settings,
+    load_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +163,55 @@ class LocalYARN:
             f"client conf:     HADOOP_CONF_DIR={self.conf_dir}\n"
             f"logs:            {self.daemons.log_dir} (containers: {self.base / 'container-logs'})"
         )
+
+
+MRJOB_CONF = REPO_ROOT / "conf" / "mrjob.conf"
+MRJOB_YARN_CONF = REPO_ROOT / "conf" / "hadoop" / "mrjob-yarn.conf"
+
+
+def framework_of(conf_dir: str | os.PathLike | None) -> str:
+    """mapreduce.framework.name in conf_dir's mapred-site.xml ('local' if unset)."""
+    try:
+        text = (Path(conf_dir) / "mapred-site.xml").read_text() if conf_dir else ""
+    except FileNotFoundError:
+        text = ""
+    match = re.search(r"<name>mapreduce\.framework\.name</name>\s*<value>([^<]+)</value>", text)
+    return match.group(1).strip() if match else "local"
+
+
+def default_client_conf_dir() -> Path | None:
+    """The local YARN's conf dir while its ResourceManager runs, else the
+    local HDFS's (the LocalJobRunner), else None."""
+    try:
+        yarn_dir = Path(load_cluster_settings().yarn_dir).resolve()
+        hdfs_conf = load_settings().data_dir / "conf"
+    except Exception:  # a broken settings file: the launcher's own checks say so later
+        return None
+    if DaemonSet(yarn_dir).pid("resourcemanager") and (yarn_dir / "conf" / "yarn-site.xml").exists():
+        return yarn_dir / "conf"
+    return hdfs_conf if hdfs_conf.is_dir() else None
+
+
+def mrjob_target(runner: str, local_job_runner: bool, env: Mapping[str, str]) -> tuple[Path, list[str], Path | None]:
+    """How `./submit.sh mr <job> -r RUNNER` runs: (mrjob conf file, extra
+    mrjob arguments, HADOOP_CONF_DIR). -r hadoop goes to YARN when the
+    Hadoop conf dir says so (tasks in containers, running the packed
+    environment), else, or with --local-job-runner, to the LocalJobRunner."""
+    from .pack import archive_url, require_archive
+
+    conf_dir = Path(env["HADOOP_CONF_DIR"]) if env.get("HADOOP_CONF_DIR") else default_client_conf_dir()
+    if runner != "hadoop" or local_job_runner or framework_of(conf_dir) != "yarn":
+        return MRJOB_CONF, [], conf_dir
+    assert conf_dir is not None
+    url = env.get("AIBATCH_ENV_ARCHIVE") or archive_url(conf_dir=conf_dir)
+    url = require_archive(url.split("#", 1)[0], conf_dir, Path(env.get("HADOOP_HOME") or DEFAULT_HADOOP_HOME))
+    # Tasks and mrjob's setup wrapper run the environment YARN unpacks into
+    # each container as ./environment; a setup command writes which Python
+    # that is to the task log (infra/task_probe.py).
+    python = "environment/bin/python"
+    probe = Path(__file__).with_name("task_probe.py")
+    return (
+        MRJOB_YARN_CONF,
+        ["--archives", f"{url}#environment", "--python-bin", python, "--setup", f"{python} {probe}#"],
+        conf_dir,
+    )

@@ -6,7 +6,7 @@ the tasks, the project's Hadoop home, and the pipeline settings file
 the job).
 
 Run with:
-    ./submit.sh mr ingest|score|stats -r inline|local|hadoop [job args] INPUT... [--output-dir DIR]
+    ./submit.sh mr ingest|score|stats -r inline|local|hadoop [--local-job-runner] [job args] INPUT... [--output-dir DIR]
     ./submit.sh mr score --help
 """
 
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.pack import PackError
 from jobs.pyfiles import build_zip
 from udfs.config import ConfigError
 
@@ -50,7 +51,7 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
     a bad key fails before any MapReduce work, and is shipped with the job."""
     if job not in JOBS:
         raise SystemExit(f"submit.sh mr: unknown job {job!r}; the jobs are: {', '.join(JOBS)}")
-    from infra.settings import DEFAULT_HADOOP_HOME, load_settings
+    from infra.settings import DEFAULT_HADOOP_HOME
     from udfs.config import load_config
 
     given = _values(args, "--config")
@@ -58,24 +59,30 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
         given[-1] if given else config_path or os.environ.get("AIBATCH_CONFIG") or ROOT / "conf" / "pipeline.toml"
     )
     load_config(config, _values(args, "--set"))
+    # -r hadoop: YARN when the Hadoop conf dir says so, else (or with
+    # --local-job-runner) Hadoop's LocalJobRunner (infra/yarn.py).
+    from infra.yarn import mrjob_target
+
+    local_job_runner = "--local-job-runner" in args
+    args = [a for a in args if a != "--local-job-runner"]
+    runner = (_values(args, "-r") + _values(args, "--runner") or ["inline"])[-1]
+    mrjob_conf, runner_args, conf_dir = mrjob_target(runner, local_job_runner, os.environ)
     python = os.environ.get("AIBATCH_PYTHON") or sys.executable
     zip_path = build_zip(Path(os.environ.get("AIBATCH_BUILD_DIR") or ROOT / "var" / "build") / "aibatch-pyfiles.zip")
     extra: list[str] = []
     if not _has(args, "--conf-path", "-c", "--no-conf"):
-        extra += ["--conf-path", str(ROOT / "conf" / "mrjob.conf")]
+        extra += ["--conf-path", str(mrjob_conf)]
     if not _has(args, "--python-bin"):
         extra += ["--python-bin", python]
-    extra += ["--py-files", str(zip_path)]
+    extra += ["--py-files", str(zip_path), *runner_args]
     if not given:
         extra += ["--config", str(config)]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(zip_path)  # the job imports only the shipped code
     env["AIBATCH_HOME"] = str(ROOT)  # what relative settings (registry_dir) resolve against
     env.setdefault("HADOOP_HOME", str(DEFAULT_HADOOP_HOME))
-    if "HADOOP_CONF_DIR" not in env:
-        default_conf = load_settings().data_dir / "conf"
-        if default_conf.is_dir():
-            env["HADOOP_CONF_DIR"] = str(default_conf)
+    if "HADOOP_CONF_DIR" not in env and conf_dir:
+        env["HADOOP_CONF_DIR"] = str(conf_dir)
     env.update(TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return [python, str(ROOT / "jobs" / "mapreduce" / JOBS[job]), *extra, *args], env
 
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     job, args = argv[0], argv[1:]
     try:
         cmd, env = job_command(job, args)
-    except ConfigError as exc:
+    except (ConfigError, PackError) as exc:
         print(f"submit.sh mr {job}: {exc}", file=sys.stderr)
         return 2
     if job == "score" and not _has(args, "-h", "--help"):

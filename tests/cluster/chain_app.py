@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         ingest.main(
             spark,
             ingest.parser().parse_args(
-                [*cfg, "--input", args.raw, "--format", "jsonl", "--source", "cluster", "--rating-field", "sentiment"]
+                [*cfg, "--input", args.raw, "--format", "jsonl", "--source", "mine", "--rating-field", "sentiment"]
                 + ["--output", f"{args.out}/records", "--rejects", f"{args.out}/rejects", "--output-format", "jsonl"]
             ),
         )

@@ -153,7 +153,7 @@ def local_chain(spark, hdfs, webhdfs, hdfs_raw, cluster_config) -> dict:
     ingest.main(
         spark,
         ingest.parser().parse_args(
-            [*cfg, "--input", f"{hdfs_raw}/raw", "--format", "jsonl", "--source", "cluster"]
+            [*cfg, "--input", f"{hdfs_raw}/raw", "--format", "jsonl", "--source", "mine"]
             + ["--rating-field", "sentiment", "--output", f"{out}/records", "--rejects", f"{out}/rejects"]
             + ["--output-format", "jsonl"]
         ),
@@ -282,3 +282,36 @@ def process_tree(pid: int) -> list[int]:
         out.append(p)
         todo += children.get(p, [])
     return out
+
+
+@pytest.fixture(scope="session")
+def yarn(hdfs, cluster_conf):
+    """A single-node YARN (ResourceManager, NodeManager with the shuffle) on
+    free loopback ports, on top of the session's HDFS."""
+    from infra.yarn import LocalYARN
+
+    node = LocalYARN(cluster_conf, hdfs.settings, hadoop_home=hdfs.hadoop_home)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+def read_parquet_dir(spark, url: str) -> list[dict]:
+    return [r.asDict() for r in spark.read.parquet(url).collect()]
+
+
+def task_probes(yarn, app_ids: set[str] | None = None) -> list[dict]:
+    """The 'aibatch task python' lines that MapReduce tasks on YARN wrote to
+    their containers' stderr (infra/task_probe.py)."""
+    found = []
+    logs = Path(yarn.base) / "container-logs"
+    for stderr in sorted(logs.glob("application_*/container_*/stderr")):
+        app = stderr.parent.parent.name
+        if app_ids is not None and app not in app_ids:
+            continue
+        for line in stderr.read_text(errors="replace").splitlines():
+            if line.startswith("aibatch task python: "):
+                found.append({**json.loads(line.split(": ", 1)[1]), "app": app, "container": stderr.parent.name})
+    return found

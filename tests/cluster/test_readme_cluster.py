@@ -1,0 +1,134 @@
+"""Runs the commands of the README's "Pointing at an existing cluster"
+section, read from README.md, against the session's single-node YARN (with
+its HDFS) and Spark standalone cluster, and checks what they wrote against
+local mode joined on id: the Spark chain on YARN, the mrjob chain on YARN
+(tasks in containers), score on the standalone cluster; and that the
+executors and tasks ran the packed environment inside their own
+containers, apart from the driver."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from udfs.ingest_rows import split_rows
+
+from .conftest import (
+    ROOT,
+    assert_packed_env,
+    assert_same_chain,
+    jsonl,
+    read_hdfs_dir,
+    read_parquet_dir,
+    task_probes,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Pointing at an existing cluster", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def readme_run(yarn, standalone, env_archive, hdfs, hdfs_raw, cluster_config) -> dict:
+    env = {
+        **yarn.env(),
+        "H": hdfs_raw,
+        "SPARK_MASTER": standalone.master_url,
+        "AIBATCH_CONFIG": str(cluster_config),
+    }
+    env.pop("AIBATCH_ENV_ARCHIVE", None)
+    results = {}
+    for line in readme_commands():
+        proc = _run(line, env)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr[-4000:]}"
+        results[line] = proc
+    return results
+
+
+def _run(line: str, env: dict):
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    print(f"README: {line[:100]}: rc {proc.returncode} in {time.monotonic() - started:.0f} s", flush=True)
+    return proc
+
+
+def test_readme_block_is_what_runs():
+    commands = readme_commands()
+    assert commands[0].startswith("./submit.sh pack --upload")
+    assert sum("--master yarn" in c for c in commands) == 4
+    assert sum(" mr " in c and "-r hadoop" in c for c in commands) == 3
+    assert sum("--master $SPARK_MASTER" in c for c in commands) == 1
+
+
+def test_pack_reports_the_archive(readme_run, env_archive):
+    out = next(p.stdout for line, p in readme_run.items() if line.startswith("./submit.sh pack"))
+    assert f"environment archive: {env_archive['path']}" in out
+    assert re.search(r"\(\d+\.\d\d GB, tar.gz at gzip level 0, cached\)", out), out
+    assert f"uploaded: {env_archive['url']}" in out
+
+
+def test_spark_chain_on_yarn_equals_local_mode(readme_run, spark, webhdfs, hdfs_raw, local_chain):
+    got = {
+        "records": read_parquet_dir(spark, f"{hdfs_raw}/records"),
+        "rejects": read_parquet_dir(spark, f"{hdfs_raw}/rejects"),
+        "scored": read_parquet_dir(spark, f"{hdfs_raw}/scored"),
+        "stats": {
+            t: jsonl(read_hdfs_dir(webhdfs, f"{hdfs_raw}/stats/{t}")) for t in ("counts", "term_freq", "top_terms")
+        },
+    }
+    assert_same_chain(got, local_chain)
+
+
+def test_yarn_executors_ran_the_packed_env(readme_run, yarn):
+    out = next(p.stdout for line, p in readme_run.items() if "env-check" in line)
+    workers = [json.loads(x.split(": ", 1)[1]) for x in out.splitlines() if x.startswith("env-check worker: ")]
+    driver = next(json.loads(x.split(": ", 1)[1]) for x in out.splitlines() if x.startswith("env-check driver: "))
+    assert "env-check: ok:" in out
+    # YARN containers: <local dir>/usercache/<user>/appcache/<app>/<container>/
+    assert_packed_env(workers, driver["prefix"], 2, "/appcache/application_")
+    for w in workers:
+        assert w["cwd"].startswith(str(yarn.base / "local")), w
+        # the archive itself sits once in the NodeManager's public cache
+        assert w["prefix_realpath"].startswith(str(yarn.base / "local" / "filecache")), w
+
+
+def test_mrjob_chain_on_yarn_equals_local_mode(readme_run, webhdfs, hdfs_raw, local_chain, yarn):
+    records, rejects = split_rows(jsonl(read_hdfs_dir(webhdfs, f"{hdfs_raw}/mr/records")))
+    stats: dict[str, list] = {}
+    for line in read_hdfs_dir(webhdfs, f"{hdfs_raw}/mr/stats").splitlines():
+        table, row = line.split(b"\t", 1)
+        stats.setdefault(json.loads(table), []).append(json.loads(row))
+    got = {
+        "records": records,
+        "rejects": rejects,
+        "scored": jsonl(read_hdfs_dir(webhdfs, f"{hdfs_raw}/mr/scored")),
+        "stats": stats,
+    }
+    assert_same_chain(got, local_chain)
+    # map and reduce tasks ran in their own containers, on the packed env
+    probes = task_probes(yarn)
+    assert len({p["app"] for p in probes}) >= 3 and len(probes) >= 6, probes
+    for p in probes:
+        assert p["cwd"].endswith("/" + p["container"]), p
+        assert p["prefix"] == p["cwd"] + "/environment", p
+        assert p["torch"].startswith(p["cwd"] + "/environment/lib/python3.11/site-packages/torch/"), p
+        assert not p["prefix"].startswith(str(ROOT)), p
+
+
+def test_score_on_standalone_equals_local_mode(readme_run, spark, hdfs_raw, local_chain):
+    got = {r["id"]: r for r in read_parquet_dir(spark, f"{hdfs_raw}/scored-standalone")}
+    want = {r["id"]: r for r in local_chain["scored"]}
+    assert set(got) == set(want)
+    for rid, row in want.items():
+        assert got[rid]["predicted"] == row["predicted"], rid
+        assert abs(got[rid]["probability"] - row["probability"]) <= 1e-5, rid
