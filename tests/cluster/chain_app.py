@@ -18,7 +18,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.spark import ingest, score, stats
+from jobs.spark import common, ingest, score, stats
 
 
 def main(argv=None) -> int:
@@ -43,21 +43,24 @@ def main(argv=None) -> int:
     spark = SparkSession.builder.appName("aibatch-cluster-chain").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     try:
-        ingest.main(
+        common.run_main(
+            ingest.main,
             spark,
             ingest.parser().parse_args(
                 [*cfg, "--input", args.raw, "--format", "jsonl", "--source", "mine", "--rating-field", "sentiment"]
                 + ["--output", f"{args.out}/records", "--rejects", f"{args.out}/rejects", "--output-format", "jsonl"]
             ),
         )
-        score.main(
+        common.run_main(
+            score.main,
             spark,
             score.parser().parse_args(
                 [*cfg, "--input", f"{args.out}/records", "--input-format", "jsonl", "--model", args.model]
                 + ["--output", f"{args.out}/scored", "--output-format", "jsonl"]
             ),
         )
-        stats.main(
+        common.run_main(
+            stats.main,
             spark,
             stats.parser().parse_args(
                 [*cfg, "--input", f"{args.out}/scored", "--input-format", "jsonl", "--output", f"{args.out}/stats"]

@@ -88,7 +88,7 @@ def standalone(cluster_conf):
 def raw_rows(movie_lines) -> list[bytes]:  # noqa: F811 (the imported fixture)
     """ROWS real rows (VADER movie-review snippets and their human ratings,
     as JSON Lines) and three bad rows."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     lines = []
     with open(package_file(MOVIE_TSV), "rb") as fh:
@@ -146,11 +146,12 @@ def read_chain(webhdfs, out: str) -> dict:
 @pytest.fixture(scope="session")
 def local_chain(spark, hdfs, webhdfs, hdfs_raw, cluster_config) -> dict:
     """The chain in local mode (the session's local[2] SparkSession)."""
-    from jobs.spark import ingest, score, stats
+    from jobs.spark import common, ingest, score, stats
 
     out = f"{hdfs_raw}/local"
     cfg = ["--config", str(cluster_config)]
-    ingest.main(
+    common.run_main(
+        ingest.main,
         spark,
         ingest.parser().parse_args(
             [*cfg, "--input", f"{hdfs_raw}/raw", "--format", "jsonl", "--source", "mine"]
@@ -158,14 +159,16 @@ def local_chain(spark, hdfs, webhdfs, hdfs_raw, cluster_config) -> dict:
             + ["--output-format", "jsonl"]
         ),
     )
-    score.main(
+    common.run_main(
+        score.main,
         spark,
         score.parser().parse_args(
             [*cfg, "--input", f"{out}/records", "--input-format", "jsonl", "--model", "sentiment@1"]
             + ["--output", f"{out}/scored", "--output-format", "jsonl"]
         ),
     )
-    stats.main(
+    common.run_main(
+        stats.main,
         spark,
         stats.parser().parse_args(
             [*cfg, "--input", f"{out}/scored", "--input-format", "jsonl", "--output", f"{out}/stats"]
