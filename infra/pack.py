@@ -177,8 +177,8 @@ class Packer:
             raise
         os.chmod(tmp, 0o644)  # world-readable: YARN's public cache shares it across apps
         os.replace(tmp, target)
-        for old in target.parent.glob(ARCHIVE_NAME.format(key="*")):
-            if old != target:
+        for old in target.parent.glob("aibatch-env-*"):
+            if old != target and not old.name.endswith(".tmp"):
                 old.unlink()  # an archive of older lock files
         log.debug("packed %s in %.0f s", target, time.monotonic() - started)
         return target, True
