@@ -64,7 +64,8 @@ def make_registry(base: Path, cfg) -> Path:
 
     rows = default_rows(cfg, 3000)
     rows = rows[rows["label"].notna()].head(600)
-    emb = embed_texts(rows["text"].tolist())
+    enc = cfg.encoder
+    emb = embed_texts(rows["text"].tolist(), None, enc.precision, enc.batch_size, enc.max_length)
     arrays = H.train_head(emb, rows["label"].tolist(), cfg.train.model_copy(update={"epochs": 60, "hidden": 16}))
     registry = Registry(base / "models")
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))

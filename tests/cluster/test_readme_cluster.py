@@ -25,7 +25,7 @@ from .conftest import (
     task_probes,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the chain runs in the first test's setup
 
 
 def readme_commands() -> list[str]:

@@ -20,7 +20,7 @@ from .conftest import (
     submit,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one Spark application per cluster: minutes
 
 
 def test_daemons_listen_on_loopback_only(standalone):
