@@ -105,7 +105,7 @@ def csv_parser(spec: R.SourceSpec, name: str, header: list[str]) -> BatchFn:
 
     def parse(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         chunk: list[tuple[str, dict, bytes]] = []
-        for raw in R.raw_records("csv", lines(batches)):
+        for raw in R.raw_records("csv", lines(batches), len(header) or None):
             chunk.append(_with_source(spec, R.parse_line(spec, raw, header)))
             if len(chunk) >= 10_000:
                 yield to_batch(chunk)

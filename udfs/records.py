@@ -30,7 +30,9 @@ import hashlib
 import io
 import json
 import math
+import re
 import unicodedata
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -46,6 +48,7 @@ MALFORMED_CSV = "malformed_csv"
 WRONG_FIELD_COUNT = "wrong_field_count"
 MISSING_TEXT = "missing_text"
 EMPTY_TEXT = "empty_text"
+INVALID_UNICODE = "invalid_unicode"
 UNKNOWN_LABEL = "unknown_label"
 DUPLICATE = "duplicate_record"
 
@@ -84,7 +87,7 @@ class SourceSpec:
     positive_min: float = 0.5
     negative_max: float = -0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.source:
             raise ValueError("source name must be non-empty")
         if self.format not in FORMATS:
@@ -103,6 +106,24 @@ def prepare_text(text: str) -> str:
     """Text as the model and the term statistics see it: Unicode NFC, runs of
     whitespace collapsed to one space, trimmed."""
     return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+# Characters that show nothing: whitespace, controls (Unicode Cc: NUL and
+# friends) and format characters (Cf: zero-width spaces and joiners, the
+# BOM, bidi marks, soft hyphen). A text made only of these is empty text.
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+_ASCII_VISIBLE = re.compile(r"[!-~]")
+# A JSON escape such as "\ud800" decodes to an unpaired UTF-16 surrogate,
+# which has no UTF-8 form: no output (Parquet, Arrow, JSON Lines) can hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether text holds a character that shows (anything outside
+    _INVISIBLE); the ASCII check first is the common, fast case."""
+    if _ASCII_VISIBLE.search(text):
+        return True
+    return any(unicodedata.category(c) not in _INVISIBLE for c in text)
 
 
 def raw_to_str(raw: bytes) -> str:
@@ -144,30 +165,74 @@ def split_lines(data: bytes) -> Iterator[bytes]:
     return iter_lines(io.BytesIO(data))
 
 
-def _csv_records(lines: Iterable[bytes]) -> Iterator[bytes]:
+# A quoted CSV field may hold newlines, but one stray quote must not swallow
+# the rest of the file: a record that spans lines is kept only if it reads as
+# one CSV row with the header's field count; otherwise its first line is a
+# record on its own (a malformed_csv reject) and the lines after it are read
+# again. A record still open after this many lines or bytes is cut the same way.
+CSV_MAX_RECORD_LINES = 1000
+CSV_MAX_RECORD_BYTES = 1 << 20
+
+
+def _csv_row_fits(raw: bytes, fields: int | None) -> bool:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and (fields is None or len(rows[0]) == fields)
+
+
+def _csv_records(lines: Iterable[bytes], fields: int | None = None) -> Iterator[bytes]:
     # An RFC 4180 record ends at a newline outside quotes; escaped quotes ("")
     # keep the count even, so an odd count means the record goes on. A blank
     # line outside a record is its own (skipped) raw record.
+    source = iter(lines)
+    again: deque[bytes] = deque()  # lines to read again after a cut record
     pending: list[bytes] = []
-    quotes = 0
-    for line in lines:
+    quotes = size = 0
+
+    def cut() -> bytes:
+        nonlocal pending, quotes, size
+        again.extendleft(reversed(pending[1:]))
+        first = pending[0]
+        pending, quotes, size = [], 0, 0
+        return first
+
+    while True:
+        if again:
+            line = again.popleft()
+        else:
+            following = next(source, None)
+            if following is None:
+                if not pending:
+                    break
+                yield cut()  # an unterminated quote at the end: read the rest again
+                continue
+            line = following
         if not pending and not line.strip():
             yield line
             continue
         pending.append(line)
         quotes += line.count(b'"')
+        size += len(line)
         if quotes % 2 == 0:
-            yield b"\n".join(pending)
-            pending, quotes = [], 0
-    if pending:
-        yield b"\n".join(pending)  # unterminated quote: parse_record rejects it
+            record = b"\n".join(pending)
+            if len(pending) == 1 or _csv_row_fits(record, fields):
+                pending, quotes, size = [], 0, 0
+                yield record
+            else:
+                yield cut()
+        elif len(pending) >= CSV_MAX_RECORD_LINES or size >= CSV_MAX_RECORD_BYTES:
+            yield cut()
 
 
-def raw_records(fmt: str, lines: Iterable[bytes]) -> Iterator[bytes]:
+def raw_records(fmt: str, lines: Iterable[bytes], fields: int | None = None) -> Iterator[bytes]:
     """The raw records of a file's lines, blank lines and the header
-    included (parse_line tells them apart)."""
+    included (parse_line tells them apart); `fields`: the CSV header's
+    field count, when known."""
     if fmt == "csv":
-        return _csv_records(lines)
+        return _csv_records(lines, fields)
     if fmt in ("tsv", "jsonl"):
         return iter(lines)
     raise ValueError(f"cannot split format {fmt!r} into lines")
@@ -288,8 +353,10 @@ def parse_record(spec: SourceSpec, raw: bytes, header: list[str] | None = None) 
         if not isinstance(text, str):
             raise _Reject(wrong_type("text"))
         text = prepare_text(text)
-        if not text:
+        if not has_visible_text(text):
             raise _Reject(EMPTY_TEXT)
+        if _SURROGATE.search(text):
+            raise _Reject(INVALID_UNICODE)
         rating = _rating(spec, fields)
         label = _label(spec, fields, rating)
     except _Reject as rej:
@@ -342,15 +409,12 @@ def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, 
     """(kind, row, raw) for every raw record of one CSV/TSV/JSON Lines file's
     bytes (parse_line: kind 'record', 'reject' or 'skip'), in plain Python:
     the rules the engines apply to files they read in pieces."""
-    records = list(raw_records(spec.format, split_lines(decompress(name, data))))
+    lines = list(split_lines(decompress(name, data)))
     header = None
     if spec.format in ("csv", "tsv"):
-        first = next((raw for raw in records if raw.strip()), None)
-        if first is None:
-            header = []
-        else:
-            header = file_header(spec, name, first)
-    for raw in records:
+        first = next((line for line in lines if line.removeprefix(BOM).strip()), None)
+        header = [] if first is None else file_header(spec, name, first.removeprefix(BOM))
+    for raw in raw_records(spec.format, lines, len(header) if header else None):
         yield parse_line(spec, raw, header)
 
 

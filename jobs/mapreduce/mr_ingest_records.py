@@ -21,6 +21,7 @@ from mrjob.job import MRJob
 from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
 from mrjob.step import MRStep
 
+from udfs import input_files
 from udfs import records as R
 
 GROUP = "ingest"
@@ -63,6 +64,21 @@ class MRIngestRecords(MRJob):
         self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
         if o.format == "tsv" and not self.header:
             raise ValueError("--format tsv needs --header (the file's field names)")
+
+    def make_runner(self):
+        # The inline and local runners read local files themselves: read
+        # what Hadoop would (no hidden or _ files), and fail naming a
+        # compressed file that cannot be read to its end, where mrjob would
+        # stop silently at a truncated .gz or fail without naming it.
+        o = self.options
+        if o.format == "tsv" and o.header and o.text_field not in R.parse_header("tsv", o.header.encode()):
+            raise ValueError(f"--header {o.header!r} has no text field {o.text_field!r} (--text-field)")
+        if (self.options.runner or "inline") in ("inline", "local"):
+            paths = [f for p in self.options.args for f in input_files.visible_files(p)]
+            for path in paths:
+                input_files.check_compressed(path)
+            self.options.args = paths
+        return super().make_runner()
 
     def _wrap_protocols(self, step_num, step_type):
         # mrjob reads input lines with every trailing CR and LF stripped

@@ -13,9 +13,11 @@ or one file or dir of one format:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import sys
 
 from pyspark import StorageLevel
@@ -26,6 +28,7 @@ from pyspark.sql import types as T
 from jobs.spark import common
 from udfs import ingest_batches as B
 from udfs import records as R
+from udfs.input_files import UnreadableInputError
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +133,36 @@ def parse_table(spark: SparkSession, table: DataFrame, spec: R.SourceSpec) -> Da
     return spark.createDataFrame(table.rdd.mapPartitions(rows), B.PARSED_DDL)
 
 
+_FAILED_READ = re.compile(r"FAILED_READ_FILE\.\w+\] Encountered error while reading file (\S+?)\.?\s")
+_CAUSE = re.compile(r"Caused by: ([\w.$]+: [^\n]*)")
+
+
+@contextlib.contextmanager
+def named_read_failures():
+    """Turn Spark's failure to read an input file to its end (a truncated or
+    corrupt .gz/.bz2, plain text named .gz) into UnreadableInputError naming
+    the file and the cause: a clear failure, the documented policy (the
+    mrjob twin fails alike), rather than rows lost or a Java trace."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        found = _FAILED_READ.search(text)
+        if not found:
+            raise
+        causes = _CAUSE.findall(text)
+        cause = causes[-1][:300] if causes else "unreadable"
+        raise UnreadableInputError(f"{found[1]}: cannot be read to its end ({cause})") from None
+
+
 def parse_source(spark: SparkSession, path: str, spec: R.SourceSpec) -> DataFrame:
     """The parsed rows of one source (a file or a dir of files)."""
     if spec.format == "parquet":
         return parse_table(spark, spark.read.parquet(path), spec)
     if spec.format == "jsonl":
         return parse_lines(read_lines(spark, path), spec)
-    found = {f: read_header(spark, f, spec) for f in input_files(spark, path)}
+    with named_read_failures():
+        found = {f: read_header(spark, f, spec) for f in input_files(spark, path)}
     if spec.format == "tsv":
         return parse_lines(read_lines(spark, path), spec, dict(h for h in found.values() if h))
     # A CSV file without a header line holds only blank lines (to count).
@@ -154,10 +180,10 @@ def resolve_duplicates(parsed: DataFrame, partitions: int | None = None) -> tupl
     recs = parsed.where(F.col("kind") == "record")
     if partitions:
         recs = recs.repartition(partitions, "id")
-    grouped = recs.groupBy("id").agg(
-        *(F.first(c).alias(c) for c in ("source", "text", "label", "rating", "raw")),
-        F.count(F.lit(1)).alias("copies"),
-    )
+    # Copies of a record are identical in every column, so grouping by all of
+    # them groups by id; and unlike first(), a count over string keys runs
+    # as a hash aggregate, combined map-side (first() of strings sorts).
+    grouped = recs.groupBy("id", "source", "text", "label", "rating", "raw").agg(F.count(F.lit(1)).alias("copies"))
     records = grouped.select(*R.RECORD_FIELDS)
     copies = grouped.where(F.col("copies") > 1).select(
         "id",
@@ -175,6 +201,8 @@ def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partiti
     the result when its frames are written."""
     parsed = functools.reduce(DataFrame.unionByName, [parse_source(spark, path, spec) for path, spec in sources])
     parsed = parsed.persist(StorageLevel.DISK_ONLY)
+    with named_read_failures():
+        parsed.count()  # every input read and parsed once, here; the outputs read the copy on disk
     records, rejects = resolve_duplicates(parsed, partitions)
     return IngestResult(records, rejects, parsed)
 
