@@ -163,7 +163,10 @@ def main() -> int:
         try:
             for run in runs:
                 if run == "spark":
-                    name, (s, c) = "Spark ./submit.sh, local file", run_spark(str(path), f"{tmp}/spark", env)
+                    name, (s, c) = (
+                        "Spark ./submit.sh, local file",
+                        run_spark(path.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/spark", env),
+                    )
                 elif run == "spark-hdfs":
                     out = f"{node.hdfs_url}/user/{node.user}/bench/spark"
                     name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, out, env)
