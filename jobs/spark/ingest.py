@@ -188,8 +188,17 @@ def report(out: dict) -> None:
     print(f"records: {out['output']}\nrejects: {out['rejects']}")
 
 
+def check_sources(cfg: PipelineConfig, args) -> dict:
+    """Before Spark starts: every --sources name is configured (ConfigError
+    naming it and the known ones)."""
+    if not args.format and args.sources:
+        for name in args.sources.split(","):
+            cfg.source(name)
+    return {}
+
+
 def cli(argv=None) -> int:
-    return common.run_cli("ingest", parser(), main, report, argv)
+    return common.run_cli("ingest", parser(), main, report, argv, prepare=check_sources)
 
 
 if __name__ == "__main__":

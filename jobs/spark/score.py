@@ -47,6 +47,7 @@ def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool 
 def resolve_model(cfg: PipelineConfig, args) -> dict:
     """The head version named by --model or the config, loaded (weights hash
     checked); RegistryError, listing the known versions, before Spark starts."""
+    common.check_encoder(cfg)
     registry = Registry(cfg.registry_path(common.home()))
     return {"head": registry.load(args.model or cfg.score.model)}
 
