@@ -46,7 +46,9 @@ def one_line(err: str) -> str:
 
 
 def details(line: str) -> Path:
-    return Path(re.search(r"\((?:details|full trace|full log): (\S+)\)$", line).group(1))
+    found = re.search(r"\((?:details|full trace|full log): (\S+)\)$", line)
+    assert found, line
+    return Path(found.group(1))
 
 
 def test_missing_input_path(no_spark, capsys, tmp_path):
