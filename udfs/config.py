@@ -104,6 +104,9 @@ class TrainConfig(_Strict):
 class ScoreConfig(_Strict):
     model: str = Field("sentiment@latest", pattern=r"^[a-z][a-z0-9_-]*@([0-9]+|latest)$")
     with_embedding: bool = False
+    # Scoring tasks per task slot (core); rows are dealt to them by
+    # estimated cost (udfs/partitioning.py). Chosen by bench/bench_spark.py.
+    partitions_per_core: int = Field(2, ge=1, le=64)
 
 
 class StatsConfig(_Strict):
