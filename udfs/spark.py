@@ -29,10 +29,23 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable
 
     @pandas_udf(fields)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        gpus = task_gpus()
         for texts in batches:
-            yield score_texts(texts.tolist(), settings, with_embedding)
+            yield score_texts(texts.tolist(), settings, with_embedding, gpus)
 
     return score
+
+
+def task_gpus() -> list[str]:
+    """The GPU addresses Spark assigned to the running task
+    (spark.task.resource.gpu.amount); empty without GPU scheduling."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
 
 
 COST_COLUMN = "_cost"

@@ -152,8 +152,7 @@ class MRScoreRecords(ConfiguredJob):
         return path.resolve()
 
     def mapper_init_model(self):
-        from udfs import model as M
-        from udfs.predict import set_threads
+        from udfs.predict import load_for, set_threads
         from udfs.registry import load_version_dir
         from udfs.scoring import plan_scoring
 
@@ -174,7 +173,7 @@ class MRScoreRecords(ConfiguredJob):
         )
         self.settings, self.lineage = plan.settings, plan.lineage
         self.with_embedding = self.pipeline_config().score.with_embedding
-        M.load_encoder(self.settings.model_dir, self.settings.precision)  # once per task, before the first row
+        load_for(self.settings)  # once per task, before the first row
         self.buffer = []
 
     def mapper_buffer_rows(self, _, row):
