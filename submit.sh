@@ -138,19 +138,34 @@ cluster_args() {
 
 run_spark() {
   local name="$1"; shift
-  local main="$root/jobs/spark/$name.py"
+  local main="$root/jobs/spark/$name.py" preflight=1
   if [[ "$name" == env-check ]]; then
+    preflight=""
     main="$root/infra/env_check.py"
   elif [[ "$name" == *.py ]]; then
     # Your own PySpark script, run like a job: same code zip, same packed
     # environment on a cluster.
     [[ -f "$name" ]] || die "no such script $name"
     main="$(cd "$(dirname "$name")" && pwd)/$(basename "$name")"
+    preflight=""
   else
     [[ "$name" =~ ^[a-z_]+$ && -f "$main" ]] && PYTHONPATH="$root" "$python" -m jobs.spark.catalog --is-job "$name" \
       || die "unknown job '$name' (./submit.sh --help lists the jobs)"
   fi
   local zip; zip="$(build_zip)"
+  # The job's log: the Python driver's log and trace and Spark's own log
+  # (conf/spark-log4j2.properties) both go there; stderr gets one line.
+  export AIBATCH_JOB_LOG="${AIBATCH_JOB_LOG:-$root/var/log/$(basename "$name" .py)-$(date -u +%Y%m%d-%H%M%S)-$$.log}"
+  mkdir -p "$(dirname "$AIBATCH_JOB_LOG")"
+  # Settings, model, input and output checks in plain Python first: a usage
+  # error is one line and exit status 2 without starting a JVM. (Not for
+  # env-check and your own scripts, which have no such checks.)
+  if [[ -n "$preflight" ]]; then
+    case " $* " in
+      *" -h "*|*" --help "*) ;;
+      *) AIBATCH_PREFLIGHT=1 PYTHONPATH="$zip" "$python" "$main" "$@" || exit $? ;;
+    esac
+  fi
   local args=(--properties-file "$spark_conf" --py-files "$zip"
               --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
   [[ -n "$master" ]] && args+=(--master "$master")
