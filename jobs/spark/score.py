@@ -48,6 +48,7 @@ def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool 
 def resolve_model(cfg: PipelineConfig, args) -> dict:
     """The head version named by --model or the config, loaded (weights hash
     checked); RegistryError, listing the known versions, before Spark starts."""
+    common.check_encoder(cfg)
     registry = Registry(cfg.registry_path(common.home()))
     return {"head": registry.load(args.model or cfg.score.model)}
 
@@ -66,14 +67,17 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
     with_embedding = cfg.score.with_embedding
     scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
     started = time.perf_counter()
-    common.write_table(scored, args.output, args.output_format)
-    seconds = time.perf_counter() - started
-    out = common.read_table(spark, args.output, args.output_format)
-    rows = out.count()
-    by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
-    labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
-    n_lab = labelled.count()
-    correct = labelled.where(F.col("label") == F.col("predicted")).count()
+    with common.committed_outputs(
+        spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
+    ) as staging:
+        common.write_table(scored, staging["output"], args.output_format)
+        seconds = time.perf_counter() - started
+        out = common.read_table(spark, staging["output"], args.output_format)
+        rows = out.count()
+        by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
+        labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
+        n_lab = labelled.count()
+        correct = labelled.where(F.col("label") == F.col("predicted")).count()
     summary = {
         "rows": rows,
         "seconds": round(seconds, 1),
@@ -94,7 +98,8 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
 def parser():
     p = common.base_parser("score", __doc__)
     p.add_argument("--input", required=True, help="ingested records (Parquet or JSON Lines dir)")
-    p.add_argument("--output", required=True, help="scored output dir (overwritten)")
+    p.add_argument("--output", required=True, help="scored output dir (must not exist unless --overwrite)")
+    common.add_output_args(p)
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
