@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def rows(n: int) -> tuple[list[str], list, int]:
     return list(short["text"]) + list(long["text"]), list(short["label"]) + [None] * len(long), len(short)
 
 
-def timed(texts, settings, with_embedding: bool, rounds: int) -> tuple[float, object]:
+def timed(texts, settings, with_embedding: bool, rounds: int) -> tuple[float, Any]:
     score_texts(texts[:256], settings, with_embedding)  # load + warm-up (kernels, allocator)
     best, out = float("inf"), None
     for _ in range(rounds):
@@ -139,9 +140,9 @@ def main(argv=None) -> int:
     print(
         f"bench_gpu: {len(texts)} real rows, torch {torch.__version__} (CUDA {torch.version.cuda}), GPUs: {cuda} ({name})"
     )
-    device, precisions = "cuda", ("fp32", "fp16")
+    device, precisions = "cuda", ["fp32", "fp16"]
     if args.dry_run_on_cpu:
-        device, precisions = "cpu", ("fp32",)
+        device, precisions = "cpu", ["fp32"]
     elif not cuda:
         print("no CUDA device: nothing to measure")
         return 1
