@@ -1,0 +1,325 @@
+"""mrjob twin of the Spark enrich job: each mapper selects its rows by the
+configured filter (udfs.enrich.select) and hands them to the same runner
+(udfs.enrich.runner.enrich_batch) in batches; the calls run concurrently
+inside the task under the one budget the whole job shares through the store.
+
+Input: scored rows, one JSON object a line (the score twin's output). The job
+writes every selected row with its result fields to a staging dir (mrjob's
+output dir); only when the job succeeded does the driver split it into the
+output (status enriched) and the dead letters (status dead_letter, with the
+last error), then print rows in = enriched + dead-lettered + not selected,
+calls, cache hits, tokens and cost. Counters (group `enrich`): rows_in,
+not_selected, enriched, dead_letter, cache_hits, calls, input_tokens,
+output_tokens. The API key is read in mapper_init from the variable the
+config names; it is never an argument.
+
+Run with:
+    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched \
+        [--dead-letters DL] [--dry-run] [--cache DIR]
+    (-r hadoop reads and writes hdfs:// paths; -r inline runs in one process)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from mrjob.job import MRJob
+from mrjob.protocol import JSONValueProtocol, RawValueProtocol
+from mrjob.step import MRStep
+
+log = logging.getLogger(__name__)
+
+GROUP = "enrich"
+PROMPTS_NAME = "enrich_prompts"  # the prompt templates' dir, shipped to each task under this name
+SCHEMA_NAME = "enrich_schema.json"
+STAGING_SUFFIX = "._staging"
+TASK_SWITCHES = ("--mapper", "--reducer", "--combiner", "--spark", "--steps")
+
+
+def _root() -> Path:
+    return Path(os.environ.get("AIBATCH_ROOT") or os.getcwd())
+
+
+def _absolute(path: str) -> str:
+    return path if Path(path).is_absolute() or "://" in path else str(_root() / path)
+
+
+class MREnrichRows(MRJob):
+    INPUT_PROTOCOL = JSONValueProtocol
+    OUTPUT_PROTOCOL = RawValueProtocol
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_file_arg("--config", help="pipeline settings file with an [enrich] section (shipped to the tasks)")
+        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
+        self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
+        self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
+        self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
+        self.add_passthru_arg("--dead-letters", default="", help="dead letters dir (default: OUTPUT_dead_letters)")
+        self.add_passthru_arg("--progress", action="store_true", help=argparse.SUPPRESS)  # set by the driver
+
+    # ----- driver side: what to ship -------------------------------------
+    def _driver_enrich(self):
+        from udfs.config import load_config
+
+        return load_config(self.options.config).enrich
+
+    def dirs(self):
+        return [f"{Path(_absolute(self._driver_enrich().prompts_dir)).resolve()}#{PROMPTS_NAME}"]
+
+    def files(self):
+        return [f"{Path(_absolute(self._driver_enrich().answer_schema)).resolve()}#{SCHEMA_NAME}"]
+
+    # ----- task side ------------------------------------------------------
+    def steps(self):
+        return [
+            MRStep(
+                mapper_init=self.mapper_init_client,
+                mapper=self.mapper_buffer_rows,
+                mapper_final=self.mapper_final_flush,
+            )
+        ]
+
+    def mapper_init_client(self):
+        from udfs.config import load_config
+        from udfs.enrich_run import read_api_key
+
+        ecfg = load_config(self.options.config).enrich
+        self.ecfg = ecfg.model_copy(
+            update={
+                "prompts_dir": str(Path(PROMPTS_NAME).resolve()),
+                "answer_schema": str(Path(SCHEMA_NAME).resolve()),
+                "store": store_settings(ecfg, self.options.cache),
+            }
+        )
+        from udfs.enrich.runner import load_assets, open_store
+        from udfs.enrich_run import ProgressCounters
+
+        self.assets = load_assets(self.ecfg)
+        self.buffer = []
+        self.store = open_store(self.ecfg, self.options.job_id)
+        self.counters = (
+            ProgressCounters.for_store(self.ecfg.store, self.options.job_id) if self.options.progress else None
+        )
+        if not self.options.dry_run:
+            self.api_key = read_api_key(self.ecfg.provider.api_key_env)
+
+    def mapper_buffer_rows(self, _, row):
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"enrich: an input line is not a scored row with an id: {str(row)[:80]!r}")
+        self.increment_counter(GROUP, "rows_in")
+        self.buffer.append(row)
+        if len(self.buffer) >= self.options.batch_rows:
+            yield from self._flush()
+
+    def mapper_final_flush(self):
+        yield from self._flush()
+        self.store.close()
+
+    def _flush(self):
+        import pandas as pd
+
+        from udfs.enrich.select import select_mask
+
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        mask = select_mask(pd.DataFrame(rows), self.ecfg.select).tolist()
+        selected = [r for r, keep in zip(rows, mask, strict=True) if keep]
+        self.increment_counter(GROUP, "not_selected", len(rows) - len(selected))
+        if not selected:
+            return
+        if self.options.dry_run:
+            from udfs.enrich_run import estimate_counts
+
+            calls, input_tokens, output_tokens = estimate_counts(selected, self.ecfg, self.assets, self.store)
+            self.increment_counter(GROUP, "selected", len(selected))
+            self.increment_counter(GROUP, "est_calls", calls)
+            self.increment_counter(GROUP, "est_input_tokens", input_tokens)
+            self.increment_counter(GROUP, "est_output_tokens", output_tokens)
+            return
+        from udfs.enrich.runner import enrich_batch
+        from udfs.enrich_run import result_fields
+
+        results = enrich_batch(
+            selected,
+            self.ecfg,
+            api_key=self.api_key.get_secret_value(),
+            store=self.store,
+            on_event=None if self.counters is None else self.counters.on_event,
+            assets=self.assets,
+        )
+        if self.counters is not None:
+            self.counters.flush()
+        for row, fields in zip(selected, result_fields(selected, results), strict=True):
+            self.increment_counter(GROUP, fields["status"])
+            if fields["cached"]:
+                self.increment_counter(GROUP, "cache_hits")
+            else:
+                self.increment_counter(GROUP, "calls", int(fields["attempts"] or 0))
+                self.increment_counter(GROUP, "input_tokens", int(fields["input_tokens"] or 0))
+                self.increment_counter(GROUP, "output_tokens", int(fields["output_tokens"] or 0))
+            yield None, json.dumps({**row, **fields}, ensure_ascii=False, default=str)
+
+
+# ----- the driver: run into staging, commit, report --------------------------
+
+
+def _swap_output(argv: list[str]) -> tuple[list[str], str]:
+    """argv with --output-dir pointed at its staging dir; the final dir."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--output-dir" and i + 1 < len(out):
+            final = out[i + 1]
+            out[i + 1] = final.rstrip("/") + STAGING_SUFFIX
+            return out, final
+        if a.startswith("--output-dir="):
+            final = a.split("=", 1)[1]
+            out[i] = "--output-dir=" + final.rstrip("/") + STAGING_SUFFIX
+            return out, final
+    raise SystemExit("mr_enrich_rows: --output-dir is required (the output is committed there after success)")
+
+
+def _write_dir(fs, path: str, lines: list[bytes]) -> None:
+    """Replace dir `path` with one part file holding `lines` (any mrjob fs)."""
+    if fs.exists(path):
+        fs.rm(path)
+    if "://" not in path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "part-00000").write_bytes(b"".join(lines))
+        return
+    fs.mkdir(path)
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as tmp:
+        tmp.write(b"".join(lines))
+    try:
+        fs.put(tmp.name, fs.join(path, "part-00000"))
+    finally:
+        os.unlink(tmp.name)
+
+
+def commit(runner, staging: str, output: str, dead_letters: str) -> None:
+    """Split the finished staging output by status into the output and the
+    dead letters, then remove the staging dir."""
+    enriched, failed = [], []
+    for line in runner.cat_output():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        (enriched if row.get("status") == "enriched" else failed).append(line if line.endswith(b"\n") else line + b"\n")
+    _write_dir(runner.fs, output, enriched)
+    _write_dir(runner.fs, dead_letters, failed)
+    if "://" in staging:
+        runner.fs.rm(staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def store_settings(ecfg, cache: str):
+    """The store settings the tasks use: --cache DIR's SQLite file, else the
+    config's, a relative path taken from the project root."""
+    store = ecfg.store
+    path = str(Path(cache) / "store.sqlite") if cache else store.path
+    return store.model_copy(update={"path": _absolute(path)})
+
+
+def selected_total(inputs: list[str], ecfg) -> int | None:
+    """How many rows the filter selects, for the progress bar's ETA: counted
+    here when every input is a local file, else unknown (None)."""
+    import pandas as pd
+
+    from udfs.enrich.select import select_mask
+
+    paths = [Path(p) for p in inputs]
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    return int(select_mask(pd.DataFrame(rows), ecfg.select).sum()) if rows else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from udfs.config import load_config
+    from udfs.enrich_run import (
+        EnrichTotals,
+        PriceTable,
+        ProgressBar,
+        ProgressCounters,
+        dry_run_report,
+        job_id_for,
+        progress_wanted,
+    )
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in TASK_SWITCHES for a in argv):  # mrjob started this script as a task
+        MREnrichRows.run()
+        return 0
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv += ["--config", os.environ.get("AIBATCH_CONFIG") or str(_root() / "conf" / "pipeline.toml")]
+    probe = MREnrichRows(args=argv)
+    staged_argv, output = _swap_output(argv)
+    job_id = probe.options.job_id or job_id_for(output)
+    if not probe.options.job_id:
+        staged_argv += ["--job-id", job_id]
+    ecfg = load_config(probe.options.config).enrich
+    prices = PriceTable.load(_absolute(ecfg.prices))
+    show = progress_wanted() and not probe.options.dry_run
+    counters = ProgressCounters.for_store(store_settings(ecfg, probe.options.cache), job_id)
+    total = None
+    if show:
+        staged_argv += ["--progress"]
+        counters.reset()
+        total = selected_total(probe.options.args, ecfg)
+    job = MREnrichRows(args=staged_argv)
+    with job.make_runner() as runner:
+        with ProgressBar(total, counters.snapshot, enabled=show):
+            runner.run()
+        counters_by_name: dict[str, int] = {}
+        for step in runner.counters():
+            for name, value in step.get(GROUP, {}).items():
+                counters_by_name[name] = counters_by_name.get(name, 0) + value
+        got = counters_by_name.get
+        rows_in = got("rows_in", 0)
+        if probe.options.dry_run:
+            lines = dry_run_report(
+                rows_in,
+                got("selected", 0),
+                got("est_calls", 0),
+                got("est_input_tokens", 0),
+                got("est_output_tokens", 0),
+                ecfg.provider.model,
+                prices,
+            )
+            staging = job.options.output_dir
+            if "://" in staging:
+                runner.fs.rm(staging)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+            print("\n".join(lines))
+            return 0
+        dead_letters = probe.options.dead_letters or output.rstrip("/") + "_dead_letters"
+        commit(runner, job.options.output_dir, output, dead_letters)
+    totals = EnrichTotals(
+        rows_in=rows_in,
+        enriched=got("enriched", 0),
+        dead_letter=got("dead_letter", 0),
+        not_selected=got("not_selected", 0),
+        calls=got("calls", 0),
+        cache_hits=got("cache_hits", 0),
+        input_tokens=got("input_tokens", 0),
+        output_tokens=got("output_tokens", 0),
+        by_model={ecfg.provider.model: [got("input_tokens", 0), got("output_tokens", 0)]},
+    )
+    totals.check()
+    print("\n".join(totals.report(prices)))
+    print(f"enriched: {output}\ndead letters: {dead_letters}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
