@@ -1,0 +1,83 @@
+"""The job-wide request/token budget: a sliding-window log with reservations.
+
+Mechanism only, in aiolimiter's manner: `decide()` is a pure function of the
+entries in the log, the amounts asked for, the limits and the time `now`, so
+tests drive it with a fake clock. The store (udfs/enrich/store.py) keeps the
+log where every process of the job sees it (SQLite or Redis) and calls
+`decide()` inside one transaction, so the check and the append are atomic
+across processes.
+
+Each call appends one entry: 1 request, and tokens reserved before the call
+(OpenAI: prompt estimate + max_tokens; Anthropic: input estimate, and
+max_tokens of output). When the answer's `usage` arrives the entry is
+corrected to what was really used, which gives the unused reservation back,
+as the providers do. An entry also holds a concurrency slot until it is
+settled (or its lease runs out, if its process died).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DIMS = ("requests", "tokens", "input_tokens", "output_tokens")
+POLL_S = 0.05  # how long to wait for a concurrency slot before asking again
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """Limits per window (absent dimension: not limited), plus concurrency."""
+
+    window: float  # seconds, our safety margin included
+    limits: dict[str, int]
+    max_in_flight: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    stamp: float
+    amounts: dict[str, int]
+    lease_until: float  # > now while the call is in flight; 0 once settled
+
+
+class TooLarge(ValueError):
+    """One call needs more than a whole window's limit: it can never be admitted."""
+
+
+def live(entries: Iterable[Entry], now: float, window: float) -> list[Entry]:
+    """Entries that still count: inside the window, or still in flight."""
+    return [e for e in entries if e.stamp > now - window or e.lease_until > now]
+
+
+def decide(entries: Iterable[Entry], now: float, amounts: dict[str, int], limits: BudgetLimits) -> float:
+    """0.0 if `amounts` fit now; otherwise seconds until they can (POLL_S when a slot is the wait)."""
+    for dim, limit in limits.limits.items():
+        if amounts.get(dim, 0) > limit:
+            raise TooLarge(f"one call needs {amounts[dim]} {dim}, more than the limit of {limit} per window")
+    in_window = sorted((e for e in entries if e.stamp > now - limits.window), key=lambda e: e.stamp)
+    wait = 0.0
+    for dim, limit in limits.limits.items():
+        need = amounts.get(dim, 0)
+        used = sum(e.amounts.get(dim, 0) for e in in_window)
+        if used + need <= limit:
+            continue
+        for e in in_window:  # oldest first: each expiry frees its amount
+            used -= e.amounts.get(dim, 0)
+            if used + need <= limit:
+                wait = max(wait, e.stamp + limits.window - now)
+                break
+    if wait > 0:
+        return max(wait, 1e-3)
+    in_flight = sum(1 for e in entries if e.lease_until > now)
+    if in_flight >= limits.max_in_flight:
+        return POLL_S
+    return 0.0
+
+
+def usage(entries: Iterable[Entry], now: float, window: float) -> dict[str, int]:
+    """What the window holds now, per dimension, and the calls in flight."""
+    in_window = [e for e in entries if e.stamp > now - window]
+    out = {dim: sum(e.amounts.get(dim, 0) for e in in_window) for dim in DIMS}
+    out["in_flight"] = sum(1 for e in entries if e.lease_until > now)
+    return out
