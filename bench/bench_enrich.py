@@ -368,7 +368,7 @@ def run_enrich(rows: list[dict], base: str, key: str, args: argparse.Namespace, 
         "template": TEMPLATE,
         "prompts_dir": str(REPO / "conf" / "prompts"),
         "answer_schema": str(REPO / "conf" / "enrich_schema.json"),
-        "prices": str(REPO / "conf" / "prices.toml"),
+        "prices": str(REPO / "conf" / "llm_prices.toml"),
         "select": {"op": "all"},
         "limits": {
             "requests_per_minute": args.requests_limit,

@@ -203,7 +203,7 @@ def enrich_settings(
         },
         "prompts_dir": str(ROOT / "conf" / "prompts"),
         "answer_schema": str(ROOT / "conf" / "enrich_schema.json"),
-        "prices": str(ROOT / "conf" / "prices.toml"),
+        "prices": str(ROOT / "conf" / "llm_prices.toml"),
         "select": select or {"column": "predicted", "op": "in", "values": ["negative"]},
         "store": {"backend": "sqlite", "path": str(store_dir / "store.sqlite")},
         "retry": {"max_attempts": 6, "base_delay_s": 0.05, "max_delay_s": 1.0},
