@@ -157,9 +157,9 @@ def main(spark: SparkSession, args) -> dict:
     if "id" not in scored.columns:
         raise ValueError(f"enrich: the input {args.input} has no id column (columns: {', '.join(scored.columns)})")
     input_columns = scored.columns
-    rows_in = scored.count()
     kept = None
     if args.retry_dead_letters:
+        rows_in = scored.count()
         previous = common.read_table(spark, args.output, args.output_format)
         failed = common.read_table(spark, dead_letters, args.output_format)
         todo = scored.join(failed.select("id"), "id", "left_semi").select(*input_columns)
@@ -168,8 +168,11 @@ def main(spark: SparkSession, args) -> dict:
         n_todo = todo.count()
     else:
         flagged = select_rows(scored, ecfg.select).cache()
+        counts = flagged.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_selected").cast("long")).alias("selected"))
+        first = counts.collect()[0]
+        rows_in, n_selected = int(first["rows"]), int(first["selected"] or 0)
+        n_todo = n_selected
         todo = flagged.where("_selected").drop("_selected")
-        n_selected = n_todo = todo.count()
     not_selected = rows_in - n_selected
     if args.dry_run:
         return {**dry_run(todo, ecfg, assets, job_id, rows_in, n_selected, prices), "rows_in": rows_in}
@@ -181,9 +184,11 @@ def main(spark: SparkSession, args) -> dict:
     if show:
         counters.reset()
     results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)
-    results = results.withColumn(NEW, F.lit(True))
-    if kept is not None:
-        results = kept.withColumn(NEW, F.lit(False)).unionByName(results)
+    if kept is not None:  # the previous output's rows, typed like the new ones (JSON Lines reads longs)
+        kept = kept.select(*[F.col(f.name).cast(f.dataType) for f in results.schema.fields])
+        results = kept.withColumn(NEW, F.lit(False)).unionByName(results.withColumn(NEW, F.lit(True)))
+    else:
+        results = results.withColumn(NEW, F.lit(True))
     staging = staging_path(args.output)
     # The calls happen in this write; the outputs are written only after it succeeded.
     with E.ProgressBar(n_todo, counters.snapshot, enabled=show):

@@ -111,35 +111,33 @@ def start_gateway(keys: dict[str, dict], latency: dict | None = None) -> Iterato
 # ----- input -----------------------------------------------------------------
 
 
-def scored_rows(n: int, start: int = 0) -> list[dict]:
+def scored_rows(n: int, offset: int = 0) -> list[dict]:
     """n rows shaped like the score job's output, of real text (VADER's
-    movie-review snippets); `predicted` from the human rating's sign (the
-    enrich filter reads it, not its accuracy). Row 3 is a prompt injection."""
+    movie-review snippets, spread over the whole file, which is sorted by
+    rating); `predicted` from the human rating's sign (the enrich filter
+    reads it, not its accuracy). Row 3 is a prompt injection."""
     from udfs.datasets import package_file
 
-    rows = []
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
-        next(fh)
-        for i, line in enumerate(fh):
-            if i < start:
-                continue
-            if len(rows) == n:
-                break
-            rid, rating, text = line.rstrip("\r\n").split("\t", 2)
-            r = float(rating)
-            rows.append(
-                {
-                    "id": f"movie-{rid}",
-                    "source": "vader_movie_reviews",
-                    "text": INJECTION if len(rows) == 3 else text,
-                    "label": "positive" if r >= 0.5 else "negative" if r <= -0.5 else None,
-                    "rating": r,
-                    "predicted": "negative" if r < 0 else "positive",
-                    "probability": min(1.0, 0.5 + abs(r) / 8),
-                    "head": "sentiment@1",
-                    "run_id": "test",
-                }
-            )
+        lines = fh.read().splitlines()[1:]
+    step = max(1, len(lines) // max(n, 1))
+    rows = []
+    for line in lines[offset::step][:n]:
+        rid, rating, text = line.split("\t", 2)
+        r = float(rating)
+        rows.append(
+            {
+                "id": f"movie-{rid}",
+                "source": "vader_movie_reviews",
+                "text": INJECTION if len(rows) == 3 else text,
+                "label": "positive" if r >= 0.5 else "negative" if r <= -0.5 else None,
+                "rating": r,
+                "predicted": "negative" if r < 0 or len(rows) == 3 else "positive",
+                "probability": min(1.0, 0.5 + abs(r) / 8),
+                "head": "sentiment@1",
+                "run_id": "test",
+            }
+        )
     return rows
 
 
