@@ -1,7 +1,7 @@
 """What the enrich job's two drivers (the Spark job and the mrjob twin) share
 around the core in udfs/enrich/: the API key read from the environment, the
 job id a rerun finds its work under, the end-of-run totals with their cost
-from the price table (conf/prices.toml), and the driver's progress bar.
+from the price table (conf/llm_prices.toml), and the driver's progress bar.
 
 Plain Python, no pyspark and no mrjob, so both engines and plain pytest use it.
 """
