@@ -22,18 +22,25 @@ OPENAI, ANTHROPIC = "openai", "anthropic"
 
 
 def go_duration(seconds: float) -> str:
-    """OpenAI's reset format: '20ms', '1.5s', '6m0s', '1h2m3s'."""
-    seconds = max(0.0, seconds)
-    if seconds < 1.0:
-        return f"{math.ceil(seconds * 1000)}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
+    """OpenAI's reset format, Go's time.Duration text: '0s', '20ms', '1.5s', '6m0s', '1h2m3s'.
+
+    The value is first rounded up to whole milliseconds (never tell a client to come
+    back early), then split, so 59.9996 s is '1m0s', not '60s'."""
+    # Less 1 µs: unix-time floats near 1.8e9 carry ~2e-7 s of rounding, which must not add a ms.
+    ms = max(0, math.ceil(seconds * 1000 - 1e-3))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") + "s"
     if hours:
-        return f"{int(hours)}h{int(minutes)}m{secs_text}s"
+        return f"{hours}h{minutes}m{secs}"
     if minutes:
-        return f"{int(minutes)}m{secs_text}s"
-    return f"{secs_text}s"
+        return f"{minutes}m{secs}"
+    return secs
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -175,7 +182,11 @@ class KeyLimits:
                 ledger.rate_limited += 1
                 used = limiter.limit - limiter.remaining()
                 return Rejection(name, limiter.limit, used, amount, limiter.retry_after(amount))
-        grants = {name: self.limiters[name].acquire(amount) for name, amount in amounts.items()}
+        grants: dict[str, Grant] = {}
+        for name, amount in amounts.items():
+            grant = self.limiters[name].acquire(amount)
+            assert grant is not None  # has_capacity said it fits, and no time passed (frozen clock)
+            grants[name] = grant
         self.concurrency.acquire()
         self.admissions.append((now, grants))
         ledger.requests += 1
@@ -237,8 +248,9 @@ class KeyLimits:
             ("input-tokens", self.limiters["input_tokens"]),
             ("output-tokens", self.limiters["output_tokens"]),
         ):
+            remaining = limiter.remaining()
             out[f"anthropic-ratelimit-{prefix}-limit"] = str(limiter.limit)
-            out[f"anthropic-ratelimit-{prefix}-remaining"] = str(limiter.remaining())
+            out[f"anthropic-ratelimit-{prefix}-remaining"] = str(remaining if limiter is req else thousands(remaining))
             out[f"anthropic-ratelimit-{prefix}-reset"] = rfc3339(now + limiter.reset_after())
         # tokens-*: the most restrictive of the input and output limits right now.
         tight = min(
@@ -246,9 +258,22 @@ class KeyLimits:
             key=lambda lim: lim.remaining() / lim.limit,
         )
         out["anthropic-ratelimit-tokens-limit"] = str(tight.limit)
-        out["anthropic-ratelimit-tokens-remaining"] = str(tight.remaining())
+        out["anthropic-ratelimit-tokens-remaining"] = str(thousands(tight.remaining()))
         out["anthropic-ratelimit-tokens-reset"] = rfc3339(now + tight.reset_after())
         return out
+
+    def remaining(self) -> dict[str, int]:
+        """What each limiter has left now, exact (the Anthropic headers round tokens)."""
+        try:
+            self._freeze()
+            return {name: limiter.remaining() for name, limiter in self.limiters.items()}
+        finally:
+            self._frozen = None
+
+
+def thousands(tokens: int) -> int:
+    """Anthropic's token '-remaining' headers: rounded to the nearest thousand (halves up)."""
+    return (tokens + 500) // 1000 * 1000
 
 
 def retry_headers(retry_after: float) -> dict[str, str]:
