@@ -30,9 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mrjob.job import MRJob
 from mrjob.protocol import JSONValueProtocol, RawValueProtocol
 from mrjob.step import MRStep
+
+from jobs.mapreduce.configured import ConfiguredJob
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,17 @@ STAGING_SUFFIX = "._staging"
 TASK_SWITCHES = ("--mapper", "--reducer", "--combiner", "--spark", "--steps")
 
 
-def _root() -> Path:
-    return Path(os.environ.get("AIBATCH_ROOT") or os.getcwd())
-
-
 def _absolute(path: str) -> str:
-    return path if Path(path).is_absolute() or "://" in path else str(_root() / path)
+    """A setting's path, relative ones taken from the project root (ConfiguredJob.home)."""
+    return path if Path(path).is_absolute() or "://" in path else str(ConfiguredJob.home() / path)
 
 
-class MREnrichRows(MRJob):
+class MREnrichRows(ConfiguredJob):
     INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = RawValueProtocol
 
     def configure_args(self):
         super().configure_args()
-        self.add_file_arg("--config", help="pipeline settings file with an [enrich] section (shipped to the tasks)")
         self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
         self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
         self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
@@ -66,16 +63,11 @@ class MREnrichRows(MRJob):
         self.add_passthru_arg("--progress", action="store_true", help=argparse.SUPPRESS)  # set by the driver
 
     # ----- driver side: what to ship -------------------------------------
-    def _driver_enrich(self):
-        from udfs.config import load_config
-
-        return load_config(self.options.config).enrich
-
     def dirs(self):
-        return [f"{Path(_absolute(self._driver_enrich().prompts_dir)).resolve()}#{PROMPTS_NAME}"]
+        return [f"{Path(_absolute(self.pipeline_config().enrich.prompts_dir)).resolve()}#{PROMPTS_NAME}"]
 
     def files(self):
-        return [f"{Path(_absolute(self._driver_enrich().answer_schema)).resolve()}#{SCHEMA_NAME}"]
+        return [f"{Path(_absolute(self.pipeline_config().enrich.answer_schema)).resolve()}#{SCHEMA_NAME}"]
 
     # ----- task side ------------------------------------------------------
     def steps(self):
@@ -88,10 +80,9 @@ class MREnrichRows(MRJob):
         ]
 
     def mapper_init_client(self):
-        from udfs.config import load_config
         from udfs.enrich_run import read_api_key
 
-        ecfg = load_config(self.options.config).enrich
+        ecfg = self.pipeline_config().enrich
         self.ecfg = ecfg.model_copy(
             update={
                 "prompts_dir": str(Path(PROMPTS_NAME).resolve()),
@@ -244,7 +235,6 @@ def selected_total(inputs: list[str], ecfg) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from udfs.config import load_config
     from udfs.enrich_run import (
         EnrichTotals,
         PriceTable,
@@ -259,14 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in TASK_SWITCHES for a in argv):  # mrjob started this script as a task
         MREnrichRows.run()
         return 0
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv += ["--config", os.environ.get("AIBATCH_CONFIG") or str(_root() / "conf" / "pipeline.toml")]
     probe = MREnrichRows(args=argv)
     staged_argv, output = _swap_output(argv)
     job_id = probe.options.job_id or job_id_for(output)
     if not probe.options.job_id:
         staged_argv += ["--job-id", job_id]
-    ecfg = load_config(probe.options.config).enrich
+    ecfg = probe.pipeline_config().enrich
     prices = PriceTable.load(_absolute(ecfg.prices))
     show = progress_wanted() and not probe.options.dry_run
     counters = ProgressCounters.for_store(store_settings(ecfg, probe.options.cache), job_id)

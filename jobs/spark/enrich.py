@@ -144,11 +144,10 @@ def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_sele
     return {"dry_run": True, "lines": lines, "calls": calls, "input_tokens": tin, "output_tokens": tout}
 
 
-def main(spark: SparkSession, args) -> dict:
+def main(spark: SparkSession, config, args) -> dict:
     from udfs.enrich.runner import load_assets
 
-    cfg = common.settings(args.config)
-    ecfg = enrich_settings(cfg, args.cache)
+    ecfg = enrich_settings(config, args.cache)
     prices = E.PriceTable.load(ecfg.prices)
     assets = load_assets(ecfg)  # template and schema, checked once here and shipped to the tasks
     job_id = E.job_id_for(args.output)
@@ -237,23 +236,32 @@ def parser():
     return p
 
 
-def cli(argv=None) -> int:
-    common.setup_logging()
-    args = parser().parse_args(argv)
+def prepare(config, args) -> dict:
+    """Checks that need no Spark, so a bad template, schema, price table or a
+    missing key fails in one line before the session starts."""
+    from udfs.enrich.answers import SchemaFileError
+    from udfs.enrich.prompts import PromptError
+    from udfs.enrich.runner import load_assets
+
+    ecfg = enrich_settings(config, args.cache)
     try:
-        cfg = common.settings(args.config)
-        ecfg = enrich_settings(cfg, args.cache)
         E.PriceTable.load(ecfg.prices)
+        load_assets(ecfg)
         if not args.dry_run:
-            E.read_api_key(ecfg.provider.api_key_env)  # fails here, before Spark starts
-    except (common.ConfigError, E.PriceError, E.ApiKeyMissing) as exc:
-        return common.fail(str(exc))
-    out = {}
-    common.run("enrich", lambda spark, a: out.update(main(spark, a)), args)
+            E.read_api_key(ecfg.provider.api_key_env)
+    except (E.PriceError, E.ApiKeyMissing, PromptError, SchemaFileError) as exc:
+        raise common.ConfigError(str(exc)) from None
+    return {}
+
+
+def report(out: dict) -> None:
     print("\n".join(out["lines"]))
     if not out["dry_run"]:
         print(f"enriched: {out['output']}\ndead letters: {out['dead_letters']}")
-    return 0
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("enrich", parser(), main, report, argv, prepare=prepare)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.mapreduce import mr_enrich_rows
-from jobs.spark import enrich
+from jobs.spark import common, enrich
 from udfs.enrich_run import ApiKeyMissing
 
 from .jobs_support import (
@@ -42,8 +42,10 @@ def gateway():
 
 
 def run(spark, cfg, src, out, *extra):
-    return enrich.main(
-        spark, enrich.parser().parse_args(["--config", str(cfg), "--input", src, "--output", str(out), *extra])
+    return common.run_main(
+        enrich.main,
+        spark,
+        enrich.parser().parse_args(["--config", str(cfg), "--input", src, "--output", str(out), *extra]),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.mapreduce import mr_enrich_rows
-from jobs.spark import enrich
+from jobs.spark import common, enrich
 from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .jobs_support import (
@@ -45,7 +45,7 @@ def spark_run(spark, gw, tmp, provider, stream, monkeypatch, extra=()):
     cfg = write_config(tmp / "spark.toml", enrich_settings(gw, "plain", tmp / "spark-store", provider, stream))
     src = write_parquet(ROWS, tmp / "scored")
     args = ["--config", str(cfg), "--input", src, "--output", str(tmp / "spark-out"), *extra]
-    summary = enrich.main(spark, enrich.parser().parse_args(args))
+    summary = common.run_main(enrich.main, spark, enrich.parser().parse_args(args))
     return summary, read_parquet_dir(tmp / "spark-out"), read_parquet_dir(tmp / "spark-out_dead_letters")
 
 
@@ -149,7 +149,8 @@ def test_empty_input(spark, gateway, tmp_path, monkeypatch, capsys):
     src = write_parquet(ROWS, tmp_path / "scored")
     empty = tmp_path / "empty"
     spark.read.parquet(src).limit(0).write.parquet(str(empty))
-    summary = enrich.main(
+    summary = common.run_main(
+        enrich.main,
         spark,
         enrich.parser().parse_args(["--config", str(cfg), "--input", str(empty), "--output", str(tmp_path / "o")]),
     )
@@ -175,12 +176,15 @@ def test_bad_input_names_the_fault(spark, gateway, tmp_path, monkeypatch):
     cfg = write_config(tmp_path / "c.toml", enrich_settings(gateway, "plain", tmp_path / "store"))
     no_id = write_parquet([{k: v for k, v in r.items() if k != "id"} for r in ROWS], tmp_path / "noid")
     with pytest.raises(ValueError, match="has no id column"):
-        enrich.main(
-            spark, enrich.parser().parse_args(["--config", str(cfg), "--input", no_id, "--output", str(tmp_path / "o")])
+        common.run_main(
+            enrich.main,
+            spark,
+            enrich.parser().parse_args(["--config", str(cfg), "--input", no_id, "--output", str(tmp_path / "o")]),
         )
     no_column = write_parquet([{k: v for k, v in r.items() if k != "predicted"} for r in ROWS], tmp_path / "nocol")
     with pytest.raises(Exception, match="enrich.select.column: no column 'predicted'"):
-        enrich.main(
+        common.run_main(
+            enrich.main,
             spark,
             enrich.parser().parse_args(["--config", str(cfg), "--input", no_column, "--output", str(tmp_path / "o")]),
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs.mapreduce import mr_enrich_rows
-from jobs.spark import enrich
+from jobs.spark import common, enrich
 
 from .jobs_support import (
     CANARY,
@@ -101,7 +101,7 @@ def test_spark_anthropic_stream_with_faults(spark, gateway, tmp_path, monkeypatc
     cfg = write_config(tmp_path / "c.toml", settings)
     src = write_parquet(ROWS, tmp_path / "scored")
     args = ["--config", str(cfg), "--input", src, "--output", str(tmp_path / "out"), "--tasks", "2"]
-    summary = enrich.main(spark, enrich.parser().parse_args(args))
+    summary = common.run_main(enrich.main, spark, enrich.parser().parse_args(args))
     rows, dead = read_parquet_dir(tmp_path / "out"), read_parquet_dir(tmp_path / "out_dead_letters")
     check_accounting(rows, dead)
     assert summary["enriched"] == len(rows) and summary["dead_letter"] == len(dead)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.prompts import prompt_hash as gateway_hash
-from jobs.spark import enrich
+from jobs.spark import common, enrich
 from udfs.config import load_config
 from udfs.enrich.runner import load_assets, prepared_text, prompt_hash, render, request_params
 from udfs.enrich.store import SqliteStore
@@ -66,8 +66,10 @@ def baseline(spark, gateway, scored, tmp_path_factory) -> dict:
     cfg = write_config(tmp / "c.toml", enrich_settings(gateway, "baseline", tmp / "store", limits=CLIENT_LIMITS))
     os.environ[gateway.env_name("baseline")] = gateway.keys["baseline"]
     try:
-        enrich.main(
-            spark, enrich.parser().parse_args(["--config", str(cfg), "--input", scored, "--output", str(tmp / "out")])
+        common.run_main(
+            enrich.main,
+            spark,
+            enrich.parser().parse_args(["--config", str(cfg), "--input", scored, "--output", str(tmp / "out")]),
         )
     finally:
         del os.environ[gateway.env_name("baseline")]
