@@ -161,8 +161,9 @@ class OpenAIChatClient:
             "messages": [{"role": "system", "content": system}, *messages] if system else messages,
             "max_tokens": self.cfg.max_tokens,
             "temperature": self.cfg.temperature,
-            "response_format": self.response_format,
         }
+        if self.cfg.structured_output:
+            params["response_format"] = self.response_format
         start = time.perf_counter()
         try:
             if not self.cfg.stream:
@@ -235,12 +236,13 @@ class AnthropicMessagesClient:
             "model": self.cfg.model,
             "messages": messages,
             "max_tokens": self.cfg.max_tokens,
-            "output_config": self.output_config,
             # This SDK version has no temperature argument; the Messages API still takes it.
             "extra_body": {"temperature": self.cfg.temperature},
         }
         if system:
             params["system"] = system
+        if self.cfg.structured_output:
+            params["output_config"] = self.output_config
         start = time.perf_counter()
         try:
             if not self.cfg.stream:

@@ -90,6 +90,7 @@ def request_params(cfg: EnrichConfig, assets: Assets) -> dict[str, Any]:
         "temperature": cfg.provider.temperature,
         "schema": hashlib.sha256(json.dumps(assets.schema.schema, sort_keys=True).encode()).hexdigest(),
         "repair_attempts": cfg.repair_attempts,
+        "structured_output": cfg.provider.structured_output,
     }
 
 
@@ -356,7 +357,7 @@ class BatchRunner:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         backoff = wait_exponential_jitter(
-            initial=self.cfg.retry.base_delay_s, max=self.cfg.retry.max_delay_s, jitter=self.cfg.retry.base_delay_s
+            multiplier=self.cfg.retry.base_delay_s, max=self.cfg.retry.max_delay_s, jitter=self.cfg.retry.base_delay_s
         )(state)
         if isinstance(exc, CallError) and exc.retry_after is not None:
             # The server said when: wait that long (plus a little jitter so waiters do not return together).

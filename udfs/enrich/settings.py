@@ -30,6 +30,10 @@ class ProviderConfig(_Strict):
     max_tokens: int = Field(200, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     stream: bool = False
+    # Send the answer schema as the API's structured-output format (OpenAI response_format
+    # json_schema, Anthropic output_config.format). Off for endpoints without it: the template's
+    # instructions, validation and repair attempts then do the work.
+    structured_output: bool = True
     anthropic_version: str = Field("2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
 
     @model_validator(mode="after")
