@@ -408,16 +408,20 @@ class BatchRunner:
                 # A refused call (an HTTP error status) was not counted by the server: give it all back.
                 # One that may have been served (timeout, broken stream) keeps its reservation.
                 used = None if exc.admitted else {k: 0 for k in reserve}
-                await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used)
+                await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
                 await self._adapt(exc.headers)
                 log.info(
                     "call failed (%s): %s", "will retry" if exc.retryable else "final", scrub(str(exc), self.api_key)
                 )
                 raise
+            answered = self.clock()
             self.estimator.observe(raw, res.input_tokens)
             used = amounts_for(self.kind, res.input_tokens, res.output_tokens)
-            await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used)
+            # The server stamped this request somewhere between our acquire and its answer; keeping
+            # our entry until `answered` + window covers its entry whatever the delay (a loaded
+            # machine can hold a request longer than any fixed margin).
+            await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
             self.emit("call_done", status=200, error=None)
             await self._adapt(res.headers)
             return res

@@ -76,9 +76,9 @@ class LimitsConfig(_Strict):
     output_tokens_per_minute: int = Field(40_000, ge=1)  # ...from output
     max_concurrency: int = Field(16, ge=1)
     window_seconds: float = Field(60.0, gt=0)
-    # Added to the window on our side: our clock stamps a request a little before
-    # the server does, so an entry must outlive the server's by that much.
-    safety_margin_s: float = Field(0.25, ge=0)
+    # Added to the window on our side, for clock reads that differ between us and the
+    # server (our entries are stamped when the answer arrives, after the server's).
+    safety_margin_s: float = Field(0.05, ge=0)
     # Slow down when the provider's headers say less than this share is left.
     low_water: float = Field(0.05, ge=0, lt=1)
 
