@@ -134,6 +134,11 @@ class TokenEstimator:
 
 
 _ESTIMATORS: dict[tuple[str, str, str], TokenEstimator] = {}
+# Per budget namespace: the share of the configured limits this process uses. It drops
+# when the provider refuses us with its capacity exhausted (another client of the same
+# key that does not share our store), and creeps back with each answered call.
+_SHARES: dict[str, float] = {}
+SHARE_FLOOR, SHARE_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.004
 
 
 def _estimator(cfg: EnrichConfig) -> TokenEstimator:
@@ -394,7 +399,7 @@ class BatchRunner:
                     entry,
                     now,
                     reserve,
-                    self.limits,
+                    self._shared_limits(),
                     now + self.cfg.provider.timeout_s + 5.0,
                 )
                 if wait == 0.0:
@@ -405,9 +410,18 @@ class BatchRunner:
             try:
                 res = await self.client.call(system, messages)
             except CallError as exc:
-                # A refused call (an HTTP error status) was not counted by the server: give it all back.
-                # One that may have been served (timeout, broken stream) keeps its reservation.
-                used = None if exc.admitted else {k: 0 for k in reserve}
+                # A refused call (an HTTP error status) used no tokens: give them back. One that may
+                # have been served (timeout, broken stream) keeps its reservation. A 429 keeps its
+                # request in our log although the server did not count it: otherwise, when another
+                # client of the key fills the window, our log has room, each retry is refused at
+                # once and refunded again, and we would storm the server with doomed requests.
+                limit_hit = exc.status == 429 and (self._exhausted(exc.headers) or "concurrent" in str(exc))
+                if exc.admitted:
+                    used = None
+                else:
+                    used = {k: (1 if k == "requests" and limit_hit else 0) for k in reserve}
+                if limit_hit:
+                    _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_DECREASE)
                 await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
                 await self._adapt(exc.headers)
@@ -423,8 +437,30 @@ class BatchRunner:
             # machine can hold a request longer than any fixed margin).
             await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
             self.emit("call_done", status=200, error=None)
+            _SHARES[self.ns] = min(1.0, _SHARES.get(self.ns, 1.0) + SHARE_INCREASE)
             await self._adapt(res.headers)
             return res
+
+    def _shared_limits(self) -> BudgetLimits:
+        share = _SHARES.get(self.ns, 1.0)
+        if share >= 1.0:
+            return self.limits
+        return BudgetLimits(
+            self.limits.window,
+            {dim: max(1, int(limit * share)) for dim, limit in self.limits.limits.items()},
+            max(1, int(self.limits.max_in_flight * share)),
+        )
+
+    def _exhausted(self, headers: dict[str, str]) -> bool:
+        """Do the provider's headers say one of our limits has (almost) nothing left?"""
+        for dim, rem_name, lim_name in HEADER_DIMS[self.kind]:
+            try:
+                remaining, limit = float(headers[rem_name]), float(headers[lim_name])
+            except (KeyError, ValueError):
+                continue
+            if dim in self.limits.limits and remaining <= self.cfg.limits.low_water * limit:
+                return True
+        return False
 
     async def _adapt(self, headers: dict[str, str]) -> None:
         """Another client of the same key shows up in the server's remaining counts: when the
@@ -450,7 +486,8 @@ class BatchRunner:
             ours_left = self.limits.limits[dim] - ours[dim]
             server_left = remaining - (self.limits.limits[dim] - limit)
             gap = ours_left - server_left
-            if gap > max(2, int(self.cfg.limits.low_water * limit)):
+            # Requests are counted exactly on both sides; token counts differ a little (estimates).
+            if gap >= (1 if dim == "requests" else max(2, int(self.cfg.limits.low_water * limit))):
                 extra[dim] = gap
         if extra:
             log.info("provider reports less capacity than our budget shows; holding back %s", extra)
