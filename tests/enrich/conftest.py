@@ -44,7 +44,19 @@ LATENCY = {"distribution": "uniform", "min_ms": 20, "max_ms": 80, "per_chunk_ms"
 
 
 def _keys() -> list[dict[str, Any]]:
-    keys: list[dict[str, Any]] = [{"name": "main", "admin": True}, {"name": "cache"}, {"name": "leak"}]
+    keys: list[dict[str, Any]] = [{"name": "main", "admin": True}, {"name": "cache"}]
+    keys.append(
+        {
+            "name": "leak",
+            "faults": {
+                "seed": 8,
+                "rate_limit": 0.3,
+                "server_error": 0.2,
+                "stream_drop": 0.2,
+                "retry_after_seconds": 0.1,
+            },
+        }
+    )
     for kind in ("server_error", "unavailable", "overloaded", "rate_limit", "timeout", "malformed_json"):
         keys.append(
             {"name": f"always-{kind}", "faults": {kind: 1.0, "timeout_hold_seconds": 3, "retry_after_seconds": 0.1}}

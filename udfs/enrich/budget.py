@@ -11,7 +11,9 @@ Each call appends one entry: 1 request, and tokens reserved before the call
 (OpenAI: prompt estimate + max_tokens; Anthropic: input estimate, and
 max_tokens of output). When the answer's `usage` arrives the entry is
 corrected to what was really used, which gives the unused reservation back,
-as the providers do. An entry also holds a concurrency slot until it is
+as the providers do, and its stamp moves to the time the answer came: the
+server admitted the call somewhere between our stamp and then, so the entry
+then outlives the server's whatever the network or scheduling delay. An entry also holds a concurrency slot until it is
 settled (or its lease runs out, if its process died).
 """
 
@@ -55,17 +57,21 @@ def decide(entries: Iterable[Entry], now: float, amounts: dict[str, int], limits
     for dim, limit in limits.limits.items():
         if amounts.get(dim, 0) > limit:
             raise TooLarge(f"one call needs {amounts[dim]} {dim}, more than the limit of {limit} per window")
-    in_window = sorted((e for e in entries if e.stamp > now - limits.window), key=lambda e: e.stamp)
+    # A call still in flight counts as if stamped now: the server may admit it any moment yet.
+    stamped = sorted(
+        ((max(e.stamp, now) if e.lease_until > now else e.stamp, e) for e in entries), key=lambda pair: pair[0]
+    )
+    in_window = [(stamp, e) for stamp, e in stamped if stamp > now - limits.window]
     wait = 0.0
     for dim, limit in limits.limits.items():
         need = amounts.get(dim, 0)
-        used = sum(e.amounts.get(dim, 0) for e in in_window)
+        used = sum(e.amounts.get(dim, 0) for _, e in in_window)
         if used + need <= limit:
             continue
-        for e in in_window:  # oldest first: each expiry frees its amount
+        for stamp, e in in_window:  # oldest first: each expiry frees its amount
             used -= e.amounts.get(dim, 0)
             if used + need <= limit:
-                wait = max(wait, e.stamp + limits.window - now)
+                wait = max(wait, stamp + limits.window - now)
                 break
     if wait > 0:
         return max(wait, 1e-3)
@@ -77,7 +83,7 @@ def decide(entries: Iterable[Entry], now: float, amounts: dict[str, int], limits
 
 def usage(entries: Iterable[Entry], now: float, window: float) -> dict[str, int]:
     """What the window holds now, per dimension, and the calls in flight."""
-    in_window = [e for e in entries if e.stamp > now - window]
+    in_window = [e for e in entries if e.stamp > now - window or e.lease_until > now]
     out = {dim: sum(e.amounts.get(dim, 0) for e in in_window) for dim in DIMS}
     out["in_flight"] = sum(1 for e in entries if e.lease_until > now)
     return out

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import anthropic
 import httpx
-import openai
 
 from .settings import ProviderConfig
 
@@ -91,18 +90,25 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
 
 
+def _sdk_errors(name: str) -> tuple[type[BaseException], ...]:
+    """Error classes `name` of whichever SDKs are loaded (each is imported only when used:
+    importing both costs seconds per task)."""
+    return tuple(getattr(sys.modules[m], name) for m in ("openai", "anthropic") if m in sys.modules)
+
+
 def classify(exc: BaseException) -> CallError:
     """Turn an SDK or transport exception into a CallError that says what to do."""
     if isinstance(exc, CallError):
         return exc
-    status_error = (openai.APIStatusError, anthropic.APIStatusError)
-    if isinstance(exc, status_error):
-        status = exc.status_code
-        headers = rate_headers(exc.response.headers)
-        body = exc.body if isinstance(exc.body, dict) else {}
+    if isinstance(exc, _sdk_errors("APIStatusError")):
+        status = exc.status_code  # type: ignore[attr-defined]
+        response = exc.response  # type: ignore[attr-defined]
+        headers = rate_headers(response.headers)
+        raw_body = exc.body  # type: ignore[attr-defined]
+        body = raw_body if isinstance(raw_body, dict) else {}
         inner = body.get("error", body) if isinstance(body.get("error", body), dict) else body
         code = str(inner.get("code") or inner.get("type") or "")
-        message = _short(str(inner.get("message") or exc.message))
+        message = _short(str(inner.get("message") or exc.message))  # type: ignore[attr-defined]
         text = f"HTTP {status} {code}: {message}".replace(": :", ":")
         if status < 400:
             # An error event after a 200 (streaming): the provider failed mid-answer.
@@ -110,21 +116,21 @@ def classify(exc: BaseException) -> CallError:
                 f"error event in the stream ({code}): {message}", retryable=True, status=status, admitted=True
             )
         if status == 429:
-            never = code == "insufficient_quota" or exc.response.headers.get("x-should-retry") == "false"
+            never = code == "insufficient_quota" or response.headers.get("x-should-retry") == "false"
             return CallError(
                 text, retryable=not never, retry_after=retry_after_of(headers), status=status, headers=headers
             )
         retryable = status not in NO_RETRY_STATUS and (status >= 500 or status in (408, 409))
         return CallError(text, retryable=retryable, retry_after=retry_after_of(headers), status=status, headers=headers)
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
+    if isinstance(exc, _sdk_errors("APITimeoutError")):
         return CallError("timeout: no answer in time", retryable=True, admitted=True)
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+    if isinstance(exc, _sdk_errors("APIConnectionError")):
         return CallError(f"connection failed: {type(exc.__cause__ or exc).__name__}", retryable=True, admitted=True)
-    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError | json.JSONDecodeError):
+    if isinstance(exc, (*_sdk_errors("APIResponseValidationError"), json.JSONDecodeError)):
         return CallError("malformed response body (not valid JSON)", retryable=True, admitted=True)
-    if isinstance(exc, openai.APIError | anthropic.APIError):
+    if isinstance(exc, _sdk_errors("APIError")):
         # e.g. an error object inside an OpenAI stream after a 200
-        return CallError(f"error in the stream: {_short(exc.message)}", retryable=True, admitted=True)
+        return CallError(f"error in the stream: {_short(exc.message)}", retryable=True, admitted=True)  # type: ignore[attr-defined]
     if isinstance(exc, IncompleteStream):
         return CallError(f"stream ended early: {exc}", retryable=True, admitted=True)
     if isinstance(exc, httpx.HTTPError | TimeoutError | OSError) or type(exc).__module__.startswith("httpx"):
@@ -148,6 +154,8 @@ class OpenAIChatClient:
     kind = "openai"
 
     def __init__(self, cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> None:
+        import openai
+
         self.cfg = cfg
         self.client = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout_s)
         self.response_format = {
@@ -161,8 +169,9 @@ class OpenAIChatClient:
             "messages": [{"role": "system", "content": system}, *messages] if system else messages,
             "max_tokens": self.cfg.max_tokens,
             "temperature": self.cfg.temperature,
-            "response_format": self.response_format,
         }
+        if self.cfg.structured_output:
+            params["response_format"] = self.response_format
         start = time.perf_counter()
         try:
             if not self.cfg.stream:
@@ -220,6 +229,8 @@ class AnthropicMessagesClient:
     kind = "anthropic"
 
     def __init__(self, cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> None:
+        import anthropic
+
         self.cfg = cfg
         self.client = anthropic.AsyncAnthropic(
             api_key=api_key,
@@ -235,12 +246,13 @@ class AnthropicMessagesClient:
             "model": self.cfg.model,
             "messages": messages,
             "max_tokens": self.cfg.max_tokens,
-            "output_config": self.output_config,
             # This SDK version has no temperature argument; the Messages API still takes it.
             "extra_body": {"temperature": self.cfg.temperature},
         }
         if system:
             params["system"] = system
+        if self.cfg.structured_output:
+            params["output_config"] = self.output_config
         start = time.perf_counter()
         try:
             if not self.cfg.stream:

@@ -90,6 +90,7 @@ def request_params(cfg: EnrichConfig, assets: Assets) -> dict[str, Any]:
         "temperature": cfg.provider.temperature,
         "schema": hashlib.sha256(json.dumps(assets.schema.schema, sort_keys=True).encode()).hexdigest(),
         "repair_attempts": cfg.repair_attempts,
+        "structured_output": cfg.provider.structured_output,
     }
 
 
@@ -133,6 +134,11 @@ class TokenEstimator:
 
 
 _ESTIMATORS: dict[tuple[str, str, str], TokenEstimator] = {}
+# Per budget namespace: the share of the configured limits this process uses. It drops
+# when the provider refuses us with its capacity exhausted (another client of the same
+# key that does not share our store), and creeps back with each answered call.
+_SHARES: dict[str, float] = {}
+SHARE_FLOOR, SHARE_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.004
 
 
 def _estimator(cfg: EnrichConfig) -> TokenEstimator:
@@ -356,7 +362,7 @@ class BatchRunner:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         backoff = wait_exponential_jitter(
-            initial=self.cfg.retry.base_delay_s, max=self.cfg.retry.max_delay_s, jitter=self.cfg.retry.base_delay_s
+            multiplier=self.cfg.retry.base_delay_s, max=self.cfg.retry.max_delay_s, jitter=self.cfg.retry.base_delay_s
         )(state)
         if isinstance(exc, CallError) and exc.retry_after is not None:
             # The server said when: wait that long (plus a little jitter so waiters do not return together).
@@ -393,7 +399,7 @@ class BatchRunner:
                     entry,
                     now,
                     reserve,
-                    self.limits,
+                    self._shared_limits(),
                     now + self.cfg.provider.timeout_s + 5.0,
                 )
                 if wait == 0.0:
@@ -404,22 +410,57 @@ class BatchRunner:
             try:
                 res = await self.client.call(system, messages)
             except CallError as exc:
-                # A refused call (an HTTP error status) was not counted by the server: give it all back.
-                # One that may have been served (timeout, broken stream) keeps its reservation.
-                used = None if exc.admitted else {k: 0 for k in reserve}
-                await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used)
+                # A refused call (an HTTP error status) used no tokens: give them back. One that may
+                # have been served (timeout, broken stream) keeps its reservation. A 429 keeps its
+                # request in our log although the server did not count it: otherwise, when another
+                # client of the key fills the window, our log has room, each retry is refused at
+                # once and refunded again, and we would storm the server with doomed requests.
+                limit_hit = exc.status == 429 and (self._exhausted(exc.headers) or "concurrent" in str(exc))
+                if exc.admitted:
+                    used = None
+                else:
+                    used = {k: (1 if k == "requests" and limit_hit else 0) for k in reserve}
+                if limit_hit:
+                    _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_DECREASE)
+                await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
                 await self._adapt(exc.headers)
                 log.info(
                     "call failed (%s): %s", "will retry" if exc.retryable else "final", scrub(str(exc), self.api_key)
                 )
                 raise
+            answered = self.clock()
             self.estimator.observe(raw, res.input_tokens)
             used = amounts_for(self.kind, res.input_tokens, res.output_tokens)
-            await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used)
+            # The server stamped this request somewhere between our acquire and its answer; keeping
+            # our entry until `answered` + window covers its entry whatever the delay (a loaded
+            # machine can hold a request longer than any fixed margin).
+            await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
             self.emit("call_done", status=200, error=None)
+            _SHARES[self.ns] = min(1.0, _SHARES.get(self.ns, 1.0) + SHARE_INCREASE)
             await self._adapt(res.headers)
             return res
+
+    def _shared_limits(self) -> BudgetLimits:
+        share = _SHARES.get(self.ns, 1.0)
+        if share >= 1.0:
+            return self.limits
+        return BudgetLimits(
+            self.limits.window,
+            {dim: max(1, int(limit * share)) for dim, limit in self.limits.limits.items()},
+            max(1, int(self.limits.max_in_flight * share)),
+        )
+
+    def _exhausted(self, headers: dict[str, str]) -> bool:
+        """Do the provider's headers say one of our limits has (almost) nothing left?"""
+        for dim, rem_name, lim_name in HEADER_DIMS[self.kind]:
+            try:
+                remaining, limit = float(headers[rem_name]), float(headers[lim_name])
+            except (KeyError, ValueError):
+                continue
+            if dim in self.limits.limits and remaining <= self.cfg.limits.low_water * limit:
+                return True
+        return False
 
     async def _adapt(self, headers: dict[str, str]) -> None:
         """Another client of the same key shows up in the server's remaining counts: when the
@@ -445,7 +486,8 @@ class BatchRunner:
             ours_left = self.limits.limits[dim] - ours[dim]
             server_left = remaining - (self.limits.limits[dim] - limit)
             gap = ours_left - server_left
-            if gap > max(2, int(self.cfg.limits.low_water * limit)):
+            # Requests are counted exactly on both sides; token counts differ a little (estimates).
+            if gap >= (1 if dim == "requests" else max(2, int(self.cfg.limits.low_water * limit))):
                 extra[dim] = gap
         if extra:
             log.info("provider reports less capacity than our budget shows; holding back %s", extra)

@@ -30,6 +30,10 @@ class ProviderConfig(_Strict):
     max_tokens: int = Field(200, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     stream: bool = False
+    # Send the answer schema as the API's structured-output format (OpenAI response_format
+    # json_schema, Anthropic output_config.format). Off for endpoints without it: the template's
+    # instructions, validation and repair attempts then do the work.
+    structured_output: bool = True
     anthropic_version: str = Field("2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
 
     @model_validator(mode="after")
@@ -72,9 +76,9 @@ class LimitsConfig(_Strict):
     output_tokens_per_minute: int = Field(40_000, ge=1)  # ...from output
     max_concurrency: int = Field(16, ge=1)
     window_seconds: float = Field(60.0, gt=0)
-    # Added to the window on our side: our clock stamps a request a little before
-    # the server does, so an entry must outlive the server's by that much.
-    safety_margin_s: float = Field(0.25, ge=0)
+    # Added to the window on our side, for clock reads that differ between us and the
+    # server (our entries are stamped when the answer arrives, after the server's).
+    safety_margin_s: float = Field(0.05, ge=0)
     # Slow down when the provider's headers say less than this share is left.
     low_water: float = Field(0.05, ge=0, lt=1)
 

@@ -33,8 +33,9 @@ class Store(ABC):
         """Append an entry if `amounts` fit (returns 0.0), else seconds to wait (nothing taken)."""
 
     @abstractmethod
-    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None) -> None:
-        """The call is over: free its slot and, if given, correct its amounts to what was used."""
+    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None, stamp: float) -> None:
+        """The call is over: free its slot, correct its amounts to what was used (None: keep the
+        reservation), and move its stamp to `stamp` (when the answer came) if that is later."""
 
     @abstractmethod
     def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
@@ -119,13 +120,13 @@ class SqliteStore(Store):
                 )
             return wait
 
-    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None) -> None:
+    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None, stamp: float) -> None:
         with self._tx() as db:
             row = db.execute("SELECT entry FROM budget WHERE ns = ? AND id = ?", (ns, entry_id)).fetchone()
             if row is None:
                 return  # already out of the window
             e = _entry_from(entry_id, row[0])
-            new = Entry(entry_id, e.stamp, e.amounts if amounts is None else amounts, 0.0)
+            new = Entry(entry_id, max(e.stamp, stamp), e.amounts if amounts is None else amounts, 0.0)
             db.execute("UPDATE budget SET entry = ? WHERE ns = ? AND id = ?", (_entry_json(new), ns, entry_id))
 
     def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
@@ -203,7 +204,7 @@ class RedisStore(Store):
                 except self._redis_mod.WatchError:
                     continue  # another process changed the log between our read and write: decide again
 
-    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None) -> None:
+    def budget_settle(self, ns: str, entry_id: str, amounts: dict[str, int] | None, stamp: float) -> None:
         key = self._k("budget", ns)
         while True:
             with self._r.pipeline() as pipe:
@@ -213,7 +214,7 @@ class RedisStore(Store):
                     if text is None:
                         return
                     e = _entry_from(entry_id, str(text))
-                    new = Entry(entry_id, e.stamp, e.amounts if amounts is None else amounts, 0.0)
+                    new = Entry(entry_id, max(e.stamp, stamp), e.amounts if amounts is None else amounts, 0.0)
                     pipe.multi()
                     pipe.hset(key, entry_id, _entry_json(new))
                     pipe.execute()
