@@ -92,7 +92,7 @@ def free_port() -> int:
 
 def workload(n: int) -> list[dict]:
     """n scored-like rows of real text (VADER's movie-review snippets)."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     rows = []
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:

@@ -116,7 +116,7 @@ def scored_rows(n: int, offset: int = 0) -> list[dict]:
     movie-review snippets, spread over the whole file, which is sorted by
     rating); `predicted` from the human rating's sign (the enrich filter
     reads it, not its accuracy). Row 3 is a prompt injection."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
         lines = fh.read().splitlines()[1:]
