@@ -94,7 +94,7 @@ def workload(n: int) -> list[dict]:
     """n scored-like rows of real text (VADER's movie-review snippets)."""
     from scripts.datasets import package_file
 
-    rows = []
+    rows: list[dict] = []
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
         next(fh)
         for line in fh:

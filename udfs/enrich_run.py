@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -74,7 +74,7 @@ RESULT_DTYPES: dict[str, str] = {
 }
 
 
-def result_fields(rows: list[Mapping[str, Any]], results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def result_fields(rows: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The runner's results in RESULT_FIELDS, checked to answer the input rows
     one for one and in order (a missing or extra result would lose a row)."""
     if len(results) != len(rows):
@@ -89,7 +89,7 @@ def result_fields(rows: list[Mapping[str, Any]], results: list[Mapping[str, Any]
     return out
 
 
-def results_frame(rows: list[Mapping[str, Any]], results: list[Mapping[str, Any]]) -> Any:
+def results_frame(rows: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]) -> Any:
     """result_fields() as a pandas DataFrame with nullable dtypes."""
     import pandas as pd
 
@@ -457,7 +457,7 @@ class ProgressBar:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         with tqdm(
             total=self.total, unit="row", file=self.stream, dynamic_ncols=True, desc="enrich", disable=False

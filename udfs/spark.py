@@ -85,7 +85,7 @@ def enrich_result_fields() -> list[StructField]:
     return [StructField(name, _SPARK_TYPES[dtype], True) for name, dtype in RESULT_DTYPES.items()]
 
 
-def select_udf(flt: Any):
+def select_udf(flt: Any) -> Callable[..., Column]:
     """pandas UDF: struct of the row's columns -> whether the enrich filter
     selects the row (udfs.enrich.select.select_mask, the twin's rule too)."""
     from .enrich.select import select_mask
@@ -97,7 +97,12 @@ def select_udf(flt: Any):
     return selected
 
 
-def enrich_partitions(cfg: Any, assets: Any, job_id: str, api_key: SecretStr, chunk_rows: int, progress: bool):
+PartitionFn = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
+
+
+def enrich_partitions(
+    cfg: Any, assets: Any, job_id: str, api_key: SecretStr, chunk_rows: int, progress: bool
+) -> PartitionFn:
     """mapInPandas function: a partition of selected rows -> the same rows with
     the runner's result fields (enrich_result_fields) appended.
 
@@ -147,7 +152,7 @@ def enrich_partitions(cfg: Any, assets: Any, job_id: str, api_key: SecretStr, ch
     return enrich
 
 
-def estimate_partitions(cfg: Any, assets: Any, job_id: str):
+def estimate_partitions(cfg: Any, assets: Any, job_id: str) -> PartitionFn:
     """mapInPandas function: selected rows -> one row (calls, input_tokens,
     output_tokens) per batch, what enriching them would cost (--dry-run;
     prompts already in the store's cache are not counted)."""

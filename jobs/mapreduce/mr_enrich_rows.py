@@ -198,7 +198,8 @@ def _write_dir(fs, path: str, lines: list[bytes]) -> None:
 def commit(runner, staging: str, output: str, dead_letters: str) -> None:
     """Split the finished staging output by status into the output and the
     dead letters, then remove the staging dir."""
-    enriched, failed = [], []
+    enriched: list[bytes] = []
+    failed: list[bytes] = []
     for line in runner.cat_output():
         if not line.strip():
             continue

@@ -75,7 +75,7 @@ def start_gateway(keys: dict[str, dict], latency: dict | None = None) -> Iterato
     """The real gateway (uvicorn in a thread) with one key per entry of `keys`
     (name -> its limits/faults/latency tables) plus an admin key."""
     secrets_by_name = {name: f"{CANARY}{name}-{secrets.token_hex(12)}" for name in [*keys, "admin"]}
-    entries = [{"name": "admin", "env": "ENRICH_TEST_KEY_ADMIN", "admin": True}]
+    entries: list[dict[str, Any]] = [{"name": "admin", "env": "ENRICH_TEST_KEY_ADMIN", "admin": True}]
     for name, tables in keys.items():
         entries.append({"name": name, "env": f"ENRICH_TEST_KEY_{name.upper().replace('-', '_')}", **tables})
     raw = {
@@ -121,7 +121,7 @@ def scored_rows(n: int, offset: int = 0) -> list[dict]:
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
         lines = fh.read().splitlines()[1:]
     step = max(1, len(lines) // max(n, 1))
-    rows = []
+    rows: list[dict] = []
     for line in lines[offset::step][:n]:
         rid, rating, text = line.split("\t", 2)
         r = float(rating)

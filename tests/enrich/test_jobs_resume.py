@@ -155,7 +155,7 @@ def gateway_hashes(cfg_path: Path, rows: list[dict]) -> dict[str, str]:
     }
 
 
-def kill_mid_run(gateway, key: str, cfg: Path, scored: str, out: Path, find) -> subprocess.CompletedProcess:
+def kill_mid_run(gateway, key: str, cfg: Path, scored: str, out: Path, find) -> tuple:
     env = submit_env(gateway, key)
     cmd = [
         str(ROOT / "submit.sh"),
