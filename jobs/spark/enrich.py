@@ -16,7 +16,7 @@ rows already answered from the cache, without a call.
 Run with:
     AIBATCH_GATEWAY_KEY=... ./submit.sh enrich --input hdfs://127.0.0.1:19820/user/$USER/aibatch/scored \
         --output hdfs://127.0.0.1:19820/user/$USER/aibatch/enriched [--dead-letters DL] [--dry-run] \
-        [--retry-dead-letters] [--cache DIR] [--tasks N]
+        [--retry-dead-letters] [--cache DIR] [--tasks N] [--sample-percent P] [--set enrich.KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pyspark.sql import types as T
 
 from jobs.spark import common
 from udfs import enrich_run as E
-from udfs.spark import enrich_partitions, enrich_result_fields, select_udf
+from udfs.spark import enrich_partitions, enrich_result_fields, in_sample_udf, select_udf
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ def main(spark: SparkSession, config, args) -> dict:
     scored = common.read_table(spark, args.input, args.input_format)
     if "id" not in scored.columns:
         raise ValueError(f"enrich: the input {args.input} has no id column (columns: {', '.join(scored.columns)})")
+    if args.sample_percent < 100:  # the same id hash as score --sample-percent, so a smaller sample nests in it
+        scored = scored.where(in_sample_udf(args.sample_percent)(F.col("id")))
     input_columns = scored.columns
     kept = None
     if args.retry_dead_letters:
@@ -233,6 +235,12 @@ def parser():
     p.add_argument("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
     p.add_argument("--tasks", type=int, help="Spark tasks making calls (default: the default parallelism)")
     p.add_argument("--chunk-rows", type=int, default=5000, help="rows handed to the runner at once per task")
+    p.add_argument(
+        "--sample-percent",
+        type=float,
+        default=100.0,
+        help="enrich only the input rows whose id hashes below this per cent (rows in counts those; default 100)",
+    )
     return p
 
 
