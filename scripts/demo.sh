@@ -23,8 +23,9 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --full) sample=100; shift ;;
     --sample-percent) sample="$2"; shift 2 ;;
+    # The llama backend answers one request at a time: one in flight, a patient timeout.
     --smollm2) model_set=(--set enrich.provider.model=smollm2 --set enrich.provider.max_tokens=128
-                          --set enrich.provider.timeout_s=120)
+                          --set enrich.provider.timeout_s=120 --set enrich.limits.max_concurrency=1)
                enrich_sample=0.2; llm="SmolLM2-135M (llama.cpp)"; shift ;;
     -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (try --help)" >&2; exit 2 ;;
