@@ -212,7 +212,6 @@ def test_kill_and_rerun(spark, gateway, scored, baseline, tmp_path, victim):
     assert set(after) == set(hashes.values())  # the hashes we compute are the server's
     for rid in answered:
         assert after[hashes[rid]] == before[hashes[rid]] == 1, rid  # no second call
-    assert f"cache hits {len(answered)}" in rerun.stdout or "cache hits" in rerun.stdout
     hits = int(rerun.stdout.split("cache hits ")[1].split(",")[0])
     assert hits >= len(answered)
     for text in (killed.stdout, killed.stderr, rerun.stdout, rerun.stderr):
