@@ -196,3 +196,19 @@ def test_scrub_masks_the_key_and_key_shaped_strings():
     key = "sk-RECOGNISABLE-0123456789"
     text = scrub(f"Incorrect API key provided: {key}; also sk-abcdef123456 and key-zzzzzzzz", key)
     assert key not in text and "sk-abcdef123456" not in text and "key-zzzzzzzz" not in text
+
+
+def test_example_settings_file_is_complete_and_valid():
+    import tomllib
+
+    doc = tomllib.loads((REPO / "conf" / "enrich.example.toml").read_text())["enrich"]
+    cfg = EnrichConfig.model_validate(doc)
+    assert cfg.select.op == "in" and cfg.select.values == ["negative"]
+
+    def keys(model: type) -> set[str]:
+        return set(model.model_fields)
+
+    # Every setting is spelled out in the example (so it documents them all).
+    assert set(doc) == keys(EnrichConfig)
+    for section in ("provider", "select", "limits", "store", "retry"):
+        assert set(doc[section]) == keys(type(getattr(cfg, section))), section

@@ -424,7 +424,6 @@ class BatchRunner:
                     _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_DECREASE)
                 await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
-                await self._adapt(exc.headers)
                 log.info(
                     "call failed (%s): %s", "will retry" if exc.retryable else "final", scrub(str(exc), self.api_key)
                 )
@@ -438,7 +437,6 @@ class BatchRunner:
             await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
             self.emit("call_done", status=200, error=None)
             _SHARES[self.ns] = min(1.0, _SHARES.get(self.ns, 1.0) + SHARE_INCREASE)
-            await self._adapt(res.headers)
             return res
 
     def _shared_limits(self) -> BudgetLimits:
@@ -461,38 +459,6 @@ class BatchRunner:
             if dim in self.limits.limits and remaining <= self.cfg.limits.low_water * limit:
                 return True
         return False
-
-    async def _adapt(self, headers: dict[str, str]) -> None:
-        """Another client of the same key shows up in the server's remaining counts: when the
-        server has less left than our log says, record the difference in the log (it ages out
-        of the window like any entry, so we speed back up when the other client stops)."""
-        if not headers:
-            return
-        now = self.clock()
-        ours = await asyncio.to_thread(self.store.budget_usage, self.ns, now, self.limits.window)
-        extra: dict[str, int] = {}
-        for dim, rem_name, lim_name in HEADER_DIMS[self.kind]:
-            if dim not in self.limits.limits:
-                continue
-            try:
-                remaining = int(float(headers[rem_name]))
-            except (KeyError, ValueError):
-                continue
-            limit = self.limits.limits[dim]
-            try:
-                limit = min(limit, int(float(headers[lim_name])))  # the server's limit wins if lower
-            except (KeyError, ValueError):
-                pass
-            ours_left = self.limits.limits[dim] - ours[dim]
-            server_left = remaining - (self.limits.limits[dim] - limit)
-            gap = ours_left - server_left
-            # Requests are counted exactly on both sides; token counts differ a little (estimates).
-            if gap >= (1 if dim == "requests" else max(2, int(self.cfg.limits.low_water * limit))):
-                extra[dim] = gap
-        if extra:
-            log.info("provider reports less capacity than our budget shows; holding back %s", extra)
-            self.emit("throttle", held_back=extra)
-            await asyncio.to_thread(self.store.budget_add, self.ns, "ext-" + secrets.token_hex(8), now, extra)
 
 
 def enrich_batch(

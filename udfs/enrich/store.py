@@ -38,10 +38,6 @@ class Store(ABC):
         reservation), and move its stamp to `stamp` (when the answer came) if that is later."""
 
     @abstractmethod
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        """Record use seen elsewhere (another client of the key): counts in the window, holds no slot."""
-
-    @abstractmethod
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]: ...
 
     # --- answers ---
@@ -129,13 +125,6 @@ class SqliteStore(Store):
             new = Entry(entry_id, max(e.stamp, stamp), e.amounts if amounts is None else amounts, 0.0)
             db.execute("UPDATE budget SET entry = ? WHERE ns = ? AND id = ?", (_entry_json(new), ns, entry_id))
 
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO budget VALUES (?, ?, ?)",
-                (ns, entry_id, _entry_json(Entry(entry_id, now, amounts, 0.0))),
-            )
-
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]:
         with self._tx() as db:
             return usage(self._entries(db, ns), now, window)
@@ -221,9 +210,6 @@ class RedisStore(Store):
                     return
                 except self._redis_mod.WatchError:
                     continue
-
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        self._r.hset(self._k("budget", ns), entry_id, _entry_json(Entry(entry_id, now, amounts, 0.0)))
 
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]:
         entries = [_entry_from(str(i), str(t)) for i, t in self._r.hgetall(self._k("budget", ns)).items()]
