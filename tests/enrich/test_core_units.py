@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tests.enrich.conftest import REPO
 from tests.gateway.conftest import FakeClock
@@ -205,7 +205,7 @@ def test_example_settings_file_is_complete_and_valid():
     cfg = EnrichConfig.model_validate(doc)
     assert cfg.select.op == "in" and cfg.select.values == ["negative"]
 
-    def keys(model: type) -> set[str]:
+    def keys(model: type[BaseModel]) -> set[str]:
         return set(model.model_fields)
 
     # Every setting is spelled out in the example (so it documents them all).
