@@ -213,6 +213,26 @@ HEADER_DIMS = {
 }
 
 
+def claim_owner() -> str:
+    """host/pid/random: unique per runner, and says which process holds a claim."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
+
+
+def dead_local_owner(owner: str) -> bool:
+    """Was this claim taken by a process of this machine that no longer exists?"""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 class BatchRunner:
     """The state of one enrich_batch call: client, store, budget, claims, counters."""
 
@@ -232,7 +252,7 @@ class BatchRunner:
         self.params = request_params(cfg, assets)
         self.ns = budget_namespace(cfg, api_key)
         self.limits = budget_limits(cfg)
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
+        self.owner = claim_owner()
         self.held: set[str] = set()
         self.estimator = _estimator(cfg)
         self.client: Client | None = None
@@ -293,6 +313,12 @@ class BatchRunner:
                 return cached, False
             if await asyncio.to_thread(self.store.claim, h, self.owner, self.clock(), self.cfg.store.claim_ttl_s):
                 break
+            holder = await asyncio.to_thread(self.store.claim_holder, h)
+            if holder is not None and dead_local_owner(holder):
+                # A process of this machine that died mid-call (kill -9) left it: no need to wait out its lease.
+                log.info("taking over a claim left by a dead process (%s)", holder)
+                await asyncio.to_thread(self.store.release, h, holder)
+                continue
             await asyncio.sleep(CLAIM_POLL_S)  # another task is calling for this prompt: wait for its answer
         self.held.add(h)
         try:

@@ -55,6 +55,10 @@ class Store(ABC):
     @abstractmethod
     def release(self, key: str, owner: str) -> None: ...
 
+    @abstractmethod
+    def claim_holder(self, key: str) -> str | None:
+        """The owner of the claim on `key`, live or lapsed; None if there is none."""
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass
 
@@ -149,6 +153,11 @@ class SqliteStore(Store):
     def release(self, key: str, owner: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, owner))
+
+    def claim_holder(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         with self._lock:
@@ -253,6 +262,10 @@ class RedisStore(Store):
                     pipe.execute()
             except self._redis_mod.WatchError:
                 pass  # someone else took it over: nothing of ours to release
+
+    def claim_holder(self, key: str) -> str | None:
+        text = self._r.get(self._k("claim", key))
+        return None if text is None else str(json.loads(str(text))[0])
 
     def close(self) -> None:
         self._r.close()
