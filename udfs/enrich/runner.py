@@ -50,6 +50,7 @@ Row = Mapping[str, Any]
 EventSink = Callable[[dict[str, Any]], None]
 ENRICHED, DEAD_LETTER = "enriched", "dead_letter"
 CLAIM_POLL_S = 0.1
+REFUND_POLL_S = 0.25  # how long a waiting call may miss another process's refund
 KEY_LIKE = re.compile(r"(sk|key)-[A-Za-z0-9_\-]{6,}")
 
 
@@ -138,7 +139,7 @@ _ESTIMATORS: dict[tuple[str, str, str], TokenEstimator] = {}
 # when the provider refuses us with its capacity exhausted (another client of the same
 # key that does not share our store), and creeps back with each answered call.
 _SHARES: dict[str, float] = {}
-SHARE_FLOOR, SHARE_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.004
+SHARE_FLOOR, SHARE_DECREASE, SHARE_SOFT_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.95, 0.004
 
 
 def _estimator(cfg: EnrichConfig) -> TokenEstimator:
@@ -257,6 +258,7 @@ class BatchRunner:
         self.estimator = _estimator(cfg)
         self.client: Client | None = None
         self.local_slots = asyncio.Semaphore(cfg.limits.max_concurrency)
+        self._settled = asyncio.Event()
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
@@ -430,7 +432,14 @@ class BatchRunner:
                 )
                 if wait == 0.0:
                     break
-                await asyncio.sleep(wait + random.uniform(0, 0.02))
+                # Sleep until the log's oldest entries leave the window, or until a call of this
+                # process settles (its unused reservation comes back at once), whichever is first;
+                # at most REFUND_POLL_S, for the refunds of other processes.
+                woken = self._settled
+                try:
+                    await asyncio.wait_for(woken.wait(), timeout=min(wait, REFUND_POLL_S) + random.uniform(0, 0.01))
+                except TimeoutError:
+                    pass
             state["attempts"] += 1
             self.emit("call")
             try:
@@ -449,6 +458,7 @@ class BatchRunner:
                 if limit_hit:
                     _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_DECREASE)
                 await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
+                self._wake_waiters()
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
                 log.info(
                     "call failed (%s): %s", "will retry" if exc.retryable else "final", scrub(str(exc), self.api_key)
@@ -461,9 +471,31 @@ class BatchRunner:
             # our entry until `answered` + window covers its entry whatever the delay (a loaded
             # machine can hold a request longer than any fixed margin).
             await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
+            self._wake_waiters()
             self.emit("call_done", status=200, error=None)
             _SHARES[self.ns] = min(1.0, _SHARES.get(self.ns, 1.0) + SHARE_INCREASE)
+            await self._watch_headers(res.headers)
             return res
+
+    async def _watch_headers(self, headers: dict[str, str]) -> None:
+        """Slow down before the 429s: when the provider says its request capacity is running
+        low and more requests are in its window than in our log, another client of the key
+        is using it, and this process takes a smaller share. (Requests only: the server counts
+        them exactly as we do, while its token counts include reservations ours has corrected.)"""
+        names = HEADER_DIMS[self.kind][0]
+        try:
+            remaining, limit = float(headers[names[1]]), float(headers[names[2]])
+        except (KeyError, ValueError):
+            return
+        if remaining > self.cfg.limits.low_water * limit:
+            return
+        ours = await asyncio.to_thread(self.store.budget_usage, self.ns, self.clock(), self.limits.window)
+        if (limit - remaining) - ours["requests"] > max(2.0, 0.1 * limit):
+            _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_SOFT_DECREASE)
+
+    def _wake_waiters(self) -> None:
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     def _shared_limits(self) -> BudgetLimits:
         share = _SHARES.get(self.ns, 1.0)
