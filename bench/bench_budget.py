@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from infra.hdfs import free_ports  # noqa: E402
-from udfs.datasets import package_file  # noqa: E402
+from scripts.datasets import package_file  # noqa: E402
 from udfs.enrich.answers import AnswerError, parse_answer  # noqa: E402
 from udfs.enrich.prompts import render  # noqa: E402
 from udfs.enrich.providers import CallError, make_client  # noqa: E402

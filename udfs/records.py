@@ -67,7 +67,7 @@ class SourceSpec:
     positive_min: float = 0.5
     negative_max: float = -0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.source:
             raise ValueError("source name must be non-empty")
         if self.format not in FORMATS:
