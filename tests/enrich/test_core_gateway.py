@@ -117,3 +117,18 @@ def test_claims_left_by_dead_or_silent_owners_are_taken_over(gw, tmp_path):
     assert [o["status"] for o in out] == ["enriched", "enriched"]
     assert [o["cached"] for o in out] == [False, False]
     assert totals(usage_of(gw, "cache"))["requests"] - before == 2
+
+
+def test_rows_without_text_are_dead_letters_without_a_call(gw, tmp_path):
+    cfg = make_cfg(gw, tmp_path / "store.sqlite")
+    rows = [
+        {"id": "none", "text": None, "predicted": "negative"},
+        {"id": "blank", "text": "  \n", "predicted": "negative"},
+        *rows_of(1, "withtext"),
+    ]
+    before = totals(usage_of(gw, "cache"))["requests"]
+    out = enrich_batch(rows, cfg, api_key=gw.key("cache"), store=open_store(cfg, "job-empty"))
+    assert totals(usage_of(gw, "cache"))["requests"] - before == 1
+    assert [o["id"] for o in out] == ["none", "blank", "withtext0"]
+    assert [o["status"] for o in out] == ["dead_letter", "dead_letter", "enriched"]
+    assert all("no text" in o["error"] and o["attempts"] == 0 for o in out[:2])

@@ -269,12 +269,17 @@ class BatchRunner:
 
     async def run(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
         groups: dict[str, list[int]] = {}
+        empty: list[int] = []
         prepared: dict[str, tuple[str, str]] = {}
         for i, row in enumerate(rows):
             if "id" not in row or row["id"] is None:
                 raise EnrichError(f"row {i} of the batch has no id")
             if self.cfg.text_column not in row:
                 raise EnrichError(f"row {row['id']!r} has no column {self.cfg.text_column!r} (enrich.text_column)")
+            text = row[self.cfg.text_column]
+            if not isinstance(text, str) or not text.strip():
+                empty.append(i)  # nothing to label: a dead letter with its reason, no call
+                continue
             user = render(self.assets.template, row)
             h = prompt_hash(
                 self.kind,
@@ -298,6 +303,11 @@ class BatchRunner:
                 cached = not called or n > 0  # duplicates in the batch ride on the first one's call
                 out[i] = {"id": rows[i]["id"], **record, "cached": cached, "prompt_hash": h}
                 self.emit("row", id=rows[i]["id"], status=record["status"], cached=cached)
+        for i in empty:
+            reason = f"no text: column {self.cfg.text_column!r} is empty or not a string"
+            record = self._record(DEAD_LETTER, {}, None, 0, time.perf_counter(), reason)
+            out[i] = {"id": rows[i]["id"], **record, "cached": False, "prompt_hash": None}
+            self.emit("row", id=rows[i]["id"], status=DEAD_LETTER, cached=False)
         return out
 
     async def _renew_claims(self) -> None:
