@@ -3,14 +3,18 @@ the answer cache and the claims (identical prompts sent once)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import jsonschema
 import pytest
 
 from tests.enrich.conftest import REPO, make_cfg, rows_of, totals, usage_of
 from udfs.enrich.answers import load_schema
-from udfs.enrich.runner import enrich_batch, open_store
+from udfs.enrich.runner import enrich_batch, load_assets, open_store, prepared_text, prompt_hash, request_params
 
 SCHEMA = load_schema(REPO / "conf" / "enrich_schema.json").schema
 OUTPUT_KEYS = {
@@ -91,3 +95,40 @@ def test_concurrent_batches_claim_before_calling(gw, tmp_path):
     called = [sum(not o["cached"] for o in res) for res in results]
     assert sum(called) == len(rows)
     assert [o["summary"] for o in results[0]] == [o["summary"] for o in results[1]]
+
+
+def test_claims_left_by_dead_or_silent_owners_are_taken_over(gw, tmp_path):
+    """A claim whose process died (same machine) is taken over at once; one from
+    elsewhere that stops renewing is taken over when its lease lapses."""
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", store={"claim_ttl_s": 1.0})
+    rows = rows_of(2, prefix="orphan")
+    store = open_store(cfg, "job-orphan")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{socket.gethostname()}/{int(dead.stdout)}/gone"
+    elsewhere = "another-host/1/silent"
+    params = request_params(cfg, load_assets(cfg))
+    assets = load_assets(cfg)
+    # The dead process's lease would last 5 minutes: only seeing that it died frees it in time.
+    for row, owner, ttl in zip(rows, (dead_owner, elsewhere), (300.0, 1.0), strict=True):
+        h = prompt_hash("openai", cfg.provider.model, assets.template.id, params, prepared_text(assets.template, row))
+        assert store.claim(h, owner, time.time(), ttl)
+    before = totals(usage_of(gw, "cache"))["requests"]
+    out = enrich_batch(rows, cfg, api_key=gw.key("cache"), store=store)
+    assert [o["status"] for o in out] == ["enriched", "enriched"]
+    assert [o["cached"] for o in out] == [False, False]
+    assert totals(usage_of(gw, "cache"))["requests"] - before == 2
+
+
+def test_rows_without_text_are_dead_letters_without_a_call(gw, tmp_path):
+    cfg = make_cfg(gw, tmp_path / "store.sqlite")
+    rows = [
+        {"id": "none", "text": None, "predicted": "negative"},
+        {"id": "blank", "text": "  \n", "predicted": "negative"},
+        *rows_of(1, "withtext"),
+    ]
+    before = totals(usage_of(gw, "cache"))["requests"]
+    out = enrich_batch(rows, cfg, api_key=gw.key("cache"), store=open_store(cfg, "job-empty"))
+    assert totals(usage_of(gw, "cache"))["requests"] - before == 1
+    assert [o["id"] for o in out] == ["none", "blank", "withtext0"]
+    assert [o["status"] for o in out] == ["dead_letter", "dead_letter", "enriched"]
+    assert all("no text" in o["error"] and o["attempts"] == 0 for o in out[:2])

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tests.enrich.conftest import REPO
 from tests.gateway.conftest import FakeClock
@@ -196,3 +196,81 @@ def test_scrub_masks_the_key_and_key_shaped_strings():
     key = "sk-RECOGNISABLE-0123456789"
     text = scrub(f"Incorrect API key provided: {key}; also sk-abcdef123456 and key-zzzzzzzz", key)
     assert key not in text and "sk-abcdef123456" not in text and "key-zzzzzzzz" not in text
+
+
+def test_example_settings_file_is_complete_and_valid():
+    import tomllib
+
+    doc = tomllib.loads((REPO / "conf" / "enrich.example.toml").read_text())["enrich"]
+    cfg = EnrichConfig.model_validate(doc)
+    assert cfg.select.op == "in" and cfg.select.values == ["negative"]
+
+    def keys(model: type[BaseModel]) -> set[str]:
+        return set(model.model_fields)
+
+    # Every setting is spelled out in the example (so it documents them all).
+    assert set(doc) == keys(EnrichConfig)
+    for section in ("provider", "select", "limits", "store", "retry"):
+        assert set(doc[section]) == keys(type(getattr(cfg, section))), section
+
+
+# ----- error classification (the SDKs' exceptions, built as the SDKs build them) -----
+
+
+def _status_error(status: int, body: dict, headers: dict[str, str] | None = None) -> Exception:
+    import httpx2
+    import openai
+
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    response = httpx2.Response(status, request=request, headers=headers or {}, json=body)
+    cls = {429: openai.RateLimitError, 500: openai.InternalServerError, 400: openai.BadRequestError}[status]
+    return cls(body["error"]["message"], response=response, body=body)
+
+
+def test_classify_quota_and_limit_429s_and_client_errors():
+    from udfs.enrich.providers import classify
+
+    quota = classify(
+        _status_error(429, {"error": {"message": "You exceeded your quota", "code": "insufficient_quota"}})
+    )
+    assert not quota.retryable and "insufficient_quota" in str(quota)
+    limit = classify(
+        _status_error(
+            429,
+            {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}},
+            {"retry-after-ms": "1500", "x-ratelimit-remaining-requests": "0"},
+        )
+    )
+    assert limit.retryable and limit.retry_after == 1.5 and limit.headers["x-ratelimit-remaining-requests"] == "0"
+    assert not classify(_status_error(429, {"error": {"message": "too big"}}, {"x-should-retry": "false"})).retryable
+    assert classify(_status_error(500, {"error": {"message": "boom"}})).retryable
+    bad = classify(_status_error(400, {"error": {"message": "Invalid value for 'temperature'"}}))
+    assert not bad.retryable and bad.status == 400
+
+
+# ----- the stores' budget, on a fake clock (the same decisions in SQLite and Redis) -----
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_store_budget_transactions(tmp_path, redis_url, backend):
+    from udfs.enrich.store import RedisStore, SqliteStore
+
+    store = SqliteStore(tmp_path / "b.sqlite") if backend == "sqlite" else RedisStore(redis_url)
+    ns, clock = f"ns-{tmp_path.name}", FakeClock()
+    limits = BudgetLimits(window=10.0, limits={"requests": 2, "tokens": 100}, max_in_flight=5)
+    lease = clock() + 30
+    assert store.budget_acquire(ns, "a", clock(), {"requests": 1, "tokens": 80}, limits, lease) == 0.0
+    clock.advance(1)
+    # 80 of 100 tokens reserved: 40 more must wait until "a" leaves the window (at 11 s)... or settles.
+    wait = store.budget_acquire(ns, "b", clock(), {"requests": 1, "tokens": 40}, limits, lease)
+    assert wait > 0
+    store.budget_settle(ns, "a", {"requests": 1, "tokens": 30}, clock())  # used 30: 50 come back
+    assert store.budget_acquire(ns, "b", clock(), {"requests": 1, "tokens": 40}, limits, lease) == 0.0
+    assert store.budget_usage(ns, clock(), 10.0) == {
+        "requests": 2, "tokens": 70, "input_tokens": 0, "output_tokens": 0, "in_flight": 1,
+    }  # fmt: skip
+    # Two requests in the window: the third waits for "a", restamped at settle (t = 1 s) to 11 s.
+    assert store.budget_acquire(ns, "c", clock(), {"requests": 1, "tokens": 1}, limits, lease) == pytest.approx(10.0)
+    clock.advance(10.001)
+    assert store.budget_acquire(ns, "c", clock(), {"requests": 1, "tokens": 1}, limits, lease) == 0.0
+    store.close()

@@ -50,6 +50,7 @@ Row = Mapping[str, Any]
 EventSink = Callable[[dict[str, Any]], None]
 ENRICHED, DEAD_LETTER = "enriched", "dead_letter"
 CLAIM_POLL_S = 0.1
+REFUND_POLL_S = 0.25  # how long a waiting call may miss another process's refund
 KEY_LIKE = re.compile(r"(sk|key)-[A-Za-z0-9_\-]{6,}")
 
 
@@ -138,7 +139,7 @@ _ESTIMATORS: dict[tuple[str, str, str], TokenEstimator] = {}
 # when the provider refuses us with its capacity exhausted (another client of the same
 # key that does not share our store), and creeps back with each answered call.
 _SHARES: dict[str, float] = {}
-SHARE_FLOOR, SHARE_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.004
+SHARE_FLOOR, SHARE_DECREASE, SHARE_SOFT_DECREASE, SHARE_INCREASE = 0.2, 0.85, 0.95, 0.004
 
 
 def _estimator(cfg: EnrichConfig) -> TokenEstimator:
@@ -213,6 +214,26 @@ HEADER_DIMS = {
 }
 
 
+def claim_owner() -> str:
+    """host/pid/random: unique per runner, and says which process holds a claim."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
+
+
+def dead_local_owner(owner: str) -> bool:
+    """Was this claim taken by a process of this machine that no longer exists?"""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 class BatchRunner:
     """The state of one enrich_batch call: client, store, budget, claims, counters."""
 
@@ -232,11 +253,12 @@ class BatchRunner:
         self.params = request_params(cfg, assets)
         self.ns = budget_namespace(cfg, api_key)
         self.limits = budget_limits(cfg)
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
+        self.owner = claim_owner()
         self.held: set[str] = set()
         self.estimator = _estimator(cfg)
         self.client: Client | None = None
         self.local_slots = asyncio.Semaphore(cfg.limits.max_concurrency)
+        self._settled = asyncio.Event()
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
@@ -247,12 +269,17 @@ class BatchRunner:
 
     async def run(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
         groups: dict[str, list[int]] = {}
+        empty: list[int] = []
         prepared: dict[str, tuple[str, str]] = {}
         for i, row in enumerate(rows):
             if "id" not in row or row["id"] is None:
                 raise EnrichError(f"row {i} of the batch has no id")
             if self.cfg.text_column not in row:
                 raise EnrichError(f"row {row['id']!r} has no column {self.cfg.text_column!r} (enrich.text_column)")
+            text = row[self.cfg.text_column]
+            if not isinstance(text, str) or not text.strip():
+                empty.append(i)  # nothing to label: a dead letter with its reason, no call
+                continue
             user = render(self.assets.template, row)
             h = prompt_hash(
                 self.kind,
@@ -276,6 +303,11 @@ class BatchRunner:
                 cached = not called or n > 0  # duplicates in the batch ride on the first one's call
                 out[i] = {"id": rows[i]["id"], **record, "cached": cached, "prompt_hash": h}
                 self.emit("row", id=rows[i]["id"], status=record["status"], cached=cached)
+        for i in empty:
+            reason = f"no text: column {self.cfg.text_column!r} is empty or not a string"
+            record = self._record(DEAD_LETTER, {}, None, 0, time.perf_counter(), reason)
+            out[i] = {"id": rows[i]["id"], **record, "cached": False, "prompt_hash": None}
+            self.emit("row", id=rows[i]["id"], status=DEAD_LETTER, cached=False)
         return out
 
     async def _renew_claims(self) -> None:
@@ -293,6 +325,12 @@ class BatchRunner:
                 return cached, False
             if await asyncio.to_thread(self.store.claim, h, self.owner, self.clock(), self.cfg.store.claim_ttl_s):
                 break
+            holder = await asyncio.to_thread(self.store.claim_holder, h)
+            if holder is not None and dead_local_owner(holder):
+                # A process of this machine that died mid-call (kill -9) left it: no need to wait out its lease.
+                log.info("taking over a claim left by a dead process (%s)", holder)
+                await asyncio.to_thread(self.store.release, h, holder)
+                continue
             await asyncio.sleep(CLAIM_POLL_S)  # another task is calling for this prompt: wait for its answer
         self.held.add(h)
         try:
@@ -404,7 +442,14 @@ class BatchRunner:
                 )
                 if wait == 0.0:
                     break
-                await asyncio.sleep(wait + random.uniform(0, 0.02))
+                # Sleep until the log's oldest entries leave the window, or until a call of this
+                # process settles (its unused reservation comes back at once), whichever is first;
+                # at most REFUND_POLL_S, for the refunds of other processes.
+                woken = self._settled
+                try:
+                    await asyncio.wait_for(woken.wait(), timeout=min(wait, REFUND_POLL_S) + random.uniform(0, 0.01))
+                except TimeoutError:
+                    pass
             state["attempts"] += 1
             self.emit("call")
             try:
@@ -423,8 +468,8 @@ class BatchRunner:
                 if limit_hit:
                     _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_DECREASE)
                 await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, self.clock())
+                self._wake_waiters()
                 self.emit("call_done", status=exc.status, error=scrub(str(exc), self.api_key))
-                await self._adapt(exc.headers)
                 log.info(
                     "call failed (%s): %s", "will retry" if exc.retryable else "final", scrub(str(exc), self.api_key)
                 )
@@ -436,10 +481,31 @@ class BatchRunner:
             # our entry until `answered` + window covers its entry whatever the delay (a loaded
             # machine can hold a request longer than any fixed margin).
             await asyncio.to_thread(self.store.budget_settle, self.ns, entry, used, answered)
+            self._wake_waiters()
             self.emit("call_done", status=200, error=None)
             _SHARES[self.ns] = min(1.0, _SHARES.get(self.ns, 1.0) + SHARE_INCREASE)
-            await self._adapt(res.headers)
+            await self._watch_headers(res.headers)
             return res
+
+    async def _watch_headers(self, headers: dict[str, str]) -> None:
+        """Slow down before the 429s: when the provider says its request capacity is running
+        low and more requests are in its window than in our log, another client of the key
+        is using it, and this process takes a smaller share. (Requests only: the server counts
+        them exactly as we do, while its token counts include reservations ours has corrected.)"""
+        names = HEADER_DIMS[self.kind][0]
+        try:
+            remaining, limit = float(headers[names[1]]), float(headers[names[2]])
+        except (KeyError, ValueError):
+            return
+        if remaining > self.cfg.limits.low_water * limit:
+            return
+        ours = await asyncio.to_thread(self.store.budget_usage, self.ns, self.clock(), self.limits.window)
+        if (limit - remaining) - ours["requests"] > max(2.0, 0.1 * limit):
+            _SHARES[self.ns] = max(SHARE_FLOOR, _SHARES.get(self.ns, 1.0) * SHARE_SOFT_DECREASE)
+
+    def _wake_waiters(self) -> None:
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     def _shared_limits(self) -> BudgetLimits:
         share = _SHARES.get(self.ns, 1.0)
@@ -461,38 +527,6 @@ class BatchRunner:
             if dim in self.limits.limits and remaining <= self.cfg.limits.low_water * limit:
                 return True
         return False
-
-    async def _adapt(self, headers: dict[str, str]) -> None:
-        """Another client of the same key shows up in the server's remaining counts: when the
-        server has less left than our log says, record the difference in the log (it ages out
-        of the window like any entry, so we speed back up when the other client stops)."""
-        if not headers:
-            return
-        now = self.clock()
-        ours = await asyncio.to_thread(self.store.budget_usage, self.ns, now, self.limits.window)
-        extra: dict[str, int] = {}
-        for dim, rem_name, lim_name in HEADER_DIMS[self.kind]:
-            if dim not in self.limits.limits:
-                continue
-            try:
-                remaining = int(float(headers[rem_name]))
-            except (KeyError, ValueError):
-                continue
-            limit = self.limits.limits[dim]
-            try:
-                limit = min(limit, int(float(headers[lim_name])))  # the server's limit wins if lower
-            except (KeyError, ValueError):
-                pass
-            ours_left = self.limits.limits[dim] - ours[dim]
-            server_left = remaining - (self.limits.limits[dim] - limit)
-            gap = ours_left - server_left
-            # Requests are counted exactly on both sides; token counts differ a little (estimates).
-            if gap >= (1 if dim == "requests" else max(2, int(self.cfg.limits.low_water * limit))):
-                extra[dim] = gap
-        if extra:
-            log.info("provider reports less capacity than our budget shows; holding back %s", extra)
-            self.emit("throttle", held_back=extra)
-            await asyncio.to_thread(self.store.budget_add, self.ns, "ext-" + secrets.token_hex(8), now, extra)
 
 
 def enrich_batch(

@@ -79,7 +79,8 @@ class LimitsConfig(_Strict):
     # Added to the window on our side, for clock reads that differ between us and the
     # server (our entries are stamped when the answer arrives, after the server's).
     safety_margin_s: float = Field(0.05, ge=0)
-    # Slow down when the provider's headers say less than this share is left.
+    # A 429 whose rate-limit headers show less than this share left means the key's
+    # capacity is used up by someone outside our budget: this process slows down.
     low_water: float = Field(0.05, ge=0, lt=1)
 
 

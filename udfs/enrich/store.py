@@ -38,10 +38,6 @@ class Store(ABC):
         reservation), and move its stamp to `stamp` (when the answer came) if that is later."""
 
     @abstractmethod
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        """Record use seen elsewhere (another client of the key): counts in the window, holds no slot."""
-
-    @abstractmethod
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]: ...
 
     # --- answers ---
@@ -58,6 +54,10 @@ class Store(ABC):
 
     @abstractmethod
     def release(self, key: str, owner: str) -> None: ...
+
+    @abstractmethod
+    def claim_holder(self, key: str) -> str | None:
+        """The owner of the claim on `key`, live or lapsed; None if there is none."""
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass
@@ -129,13 +129,6 @@ class SqliteStore(Store):
             new = Entry(entry_id, max(e.stamp, stamp), e.amounts if amounts is None else amounts, 0.0)
             db.execute("UPDATE budget SET entry = ? WHERE ns = ? AND id = ?", (_entry_json(new), ns, entry_id))
 
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO budget VALUES (?, ?, ?)",
-                (ns, entry_id, _entry_json(Entry(entry_id, now, amounts, 0.0))),
-            )
-
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]:
         with self._tx() as db:
             return usage(self._entries(db, ns), now, window)
@@ -160,6 +153,11 @@ class SqliteStore(Store):
     def release(self, key: str, owner: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, owner))
+
+    def claim_holder(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         with self._lock:
@@ -222,9 +220,6 @@ class RedisStore(Store):
                 except self._redis_mod.WatchError:
                     continue
 
-    def budget_add(self, ns: str, entry_id: str, now: float, amounts: dict[str, int]) -> None:
-        self._r.hset(self._k("budget", ns), entry_id, _entry_json(Entry(entry_id, now, amounts, 0.0)))
-
     def budget_usage(self, ns: str, now: float, window: float) -> dict[str, int]:
         entries = [_entry_from(str(i), str(t)) for i, t in self._r.hgetall(self._k("budget", ns)).items()]
         return usage(entries, now, window)
@@ -267,6 +262,10 @@ class RedisStore(Store):
                     pipe.execute()
             except self._redis_mod.WatchError:
                 pass  # someone else took it over: nothing of ours to release
+
+    def claim_holder(self, key: str) -> str | None:
+        text = self._r.get(self._k("claim", key))
+        return None if text is None else str(json.loads(str(text))[0])
 
     def close(self) -> None:
         self._r.close()
