@@ -3,19 +3,20 @@ configured filter (udfs.enrich.select) and hands them to the same runner
 (udfs.enrich.runner.enrich_batch) in batches; the calls run concurrently
 inside the task under the one budget the whole job shares through the store.
 
-Input: scored rows, one JSON object a line (the score twin's output). The job
-writes every selected row with its result fields to a staging dir (mrjob's
-output dir); only when the job succeeded does the driver split it into the
-output (status enriched) and the dead letters (status dead_letter, with the
-last error), then print rows in = enriched + dead-lettered + not selected,
-calls, cache hits, tokens and cost. Counters (group `enrich`): rows_in,
+Input: scored rows, one JSON object a line (the score twin's output).
+Output: every selected row with its result fields, `status` enriched or
+dead_letter (the dead letters, with their last error: the Spark job writes
+them to a dir of their own); ./submit.sh mr commits it only when the job
+succeeded (jobs.commit). The driver prints rows in = enriched + dead-lettered
++ not selected, calls, cache hits, tokens and cost. Counters (group `enrich`): rows_in,
 not_selected, enriched, dead_letter, cache_hits, calls, input_tokens,
 output_tokens. The API key is read in mapper_init from the variable the
 config names; it is never an argument.
 
 Run with:
-    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched \
-        [--dead-letters DL] [--dry-run] [--cache DIR]
+    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched [--overwrite] \
+        [--cache DIR] [--set enrich.KEY=VALUE]
+    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --dry-run   (no output dir: writes nothing)
     (-r hadoop reads and writes hdfs:// paths; -r inline runs in one process)
 """
 
@@ -24,10 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from mrjob.protocol import JSONValueProtocol, RawValueProtocol
@@ -40,7 +38,6 @@ log = logging.getLogger(__name__)
 GROUP = "enrich"
 PROMPTS_NAME = "enrich_prompts"  # the prompt templates' dir, shipped to each task under this name
 SCHEMA_NAME = "enrich_schema.json"
-STAGING_SUFFIX = "._staging"
 TASK_SWITCHES = ("--mapper", "--reducer", "--combiner", "--spark", "--steps")
 
 
@@ -59,7 +56,6 @@ class MREnrichRows(ConfiguredJob):
         self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
         self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
         self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
-        self.add_passthru_arg("--dead-letters", default="", help="dead letters dir (default: OUTPUT_dead_letters)")
         self.add_passthru_arg("--progress", action="store_true", help=argparse.SUPPRESS)  # set by the driver
 
     # ----- driver side: what to ship -------------------------------------
@@ -163,56 +159,6 @@ class MREnrichRows(ConfiguredJob):
 # ----- the driver: run into staging, commit, report --------------------------
 
 
-def _swap_output(argv: list[str]) -> tuple[list[str], str]:
-    """argv with --output-dir pointed at its staging dir; the final dir."""
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a == "--output-dir" and i + 1 < len(out):
-            final = out[i + 1]
-            out[i + 1] = final.rstrip("/") + STAGING_SUFFIX
-            return out, final
-        if a.startswith("--output-dir="):
-            final = a.split("=", 1)[1]
-            out[i] = "--output-dir=" + final.rstrip("/") + STAGING_SUFFIX
-            return out, final
-    raise SystemExit("mr_enrich_rows: --output-dir is required (the output is committed there after success)")
-
-
-def _write_dir(fs, path: str, lines: list[bytes]) -> None:
-    """Replace dir `path` with one part file holding `lines` (any mrjob fs)."""
-    if fs.exists(path):
-        fs.rm(path)
-    if "://" not in path:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / "part-00000").write_bytes(b"".join(lines))
-        return
-    fs.mkdir(path)
-    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as tmp:
-        tmp.write(b"".join(lines))
-    try:
-        fs.put(tmp.name, fs.join(path, "part-00000"))
-    finally:
-        os.unlink(tmp.name)
-
-
-def commit(runner, staging: str, output: str, dead_letters: str) -> None:
-    """Split the finished staging output by status into the output and the
-    dead letters, then remove the staging dir."""
-    enriched: list[bytes] = []
-    failed: list[bytes] = []
-    for line in runner.cat_output():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        (enriched if row.get("status") == "enriched" else failed).append(line if line.endswith(b"\n") else line + b"\n")
-    _write_dir(runner.fs, output, enriched)
-    _write_dir(runner.fs, dead_letters, failed)
-    if "://" in staging:
-        runner.fs.rm(staging)
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def store_settings(ecfg, cache: str):
     """The store settings the tasks use: --cache DIR's SQLite file, else the
     config's, a relative path taken from the project root."""
@@ -251,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         MREnrichRows.run()
         return 0
     probe = MREnrichRows(args=argv)
-    staged_argv, output = _swap_output(argv)
-    job_id = probe.options.job_id or job_id_for(output)
-    if not probe.options.job_id:
-        staged_argv += ["--job-id", job_id]
+    output = probe.options.output_dir
+    job_id = probe.options.job_id or job_id_for(output or "-".join(probe.options.args))
+    staged_argv = list(argv) if probe.options.job_id else [*argv, "--job-id", job_id]
     ecfg = probe.pipeline_config().enrich
     prices = PriceTable.load(_absolute(ecfg.prices))
     show = progress_wanted() and not probe.options.dry_run
@@ -268,45 +213,36 @@ def main(argv: list[str] | None = None) -> int:
     with job.make_runner() as runner:
         with ProgressBar(total, counters.snapshot, enabled=show):
             runner.run()
-        counters_by_name: dict[str, int] = {}
+        got: dict[str, int] = {}
         for step in runner.counters():
             for name, value in step.get(GROUP, {}).items():
-                counters_by_name[name] = counters_by_name.get(name, 0) + value
-        got = counters_by_name.get
-        rows_in = got("rows_in", 0)
-        if probe.options.dry_run:
-            lines = dry_run_report(
-                rows_in,
-                got("selected", 0),
-                got("est_calls", 0),
-                got("est_input_tokens", 0),
-                got("est_output_tokens", 0),
-                ecfg.provider.model,
-                prices,
-            )
-            staging = job.options.output_dir
-            if "://" in staging:
-                runner.fs.rm(staging)
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
-            print("\n".join(lines))
-            return 0
-        dead_letters = probe.options.dead_letters or output.rstrip("/") + "_dead_letters"
-        commit(runner, job.options.output_dir, output, dead_letters)
+                got[name] = got.get(name, 0) + value
+    rows_in = got.get("rows_in", 0)
+    if probe.options.dry_run:
+        lines = dry_run_report(
+            rows_in,
+            got.get("selected", 0),
+            got.get("est_calls", 0),
+            got.get("est_input_tokens", 0),
+            got.get("est_output_tokens", 0),
+            ecfg.provider.model,
+            prices,
+        )
+        print("\n".join(lines))
+        return 0
     totals = EnrichTotals(
         rows_in=rows_in,
-        enriched=got("enriched", 0),
-        dead_letter=got("dead_letter", 0),
-        not_selected=got("not_selected", 0),
-        calls=got("calls", 0),
-        cache_hits=got("cache_hits", 0),
-        input_tokens=got("input_tokens", 0),
-        output_tokens=got("output_tokens", 0),
-        by_model={ecfg.provider.model: [got("input_tokens", 0), got("output_tokens", 0)]},
+        enriched=got.get("enriched", 0),
+        dead_letter=got.get("dead_letter", 0),
+        not_selected=got.get("not_selected", 0),
+        calls=got.get("calls", 0),
+        cache_hits=got.get("cache_hits", 0),
+        input_tokens=got.get("input_tokens", 0),
+        output_tokens=got.get("output_tokens", 0),
+        by_model={ecfg.provider.model: [got.get("input_tokens", 0), got.get("output_tokens", 0)]},
     )
     totals.check()
     print("\n".join(totals.report(prices)))
-    print(f"enriched: {output}\ndead letters: {dead_letters}")
     return 0
 
 

@@ -8,31 +8,29 @@ last error; rows in = enriched + dead-lettered + not selected.
 
 The calls run in udfs.enrich.runner (asyncio inside each task, one budget
 shared by the whole job through the store); this job is the thin Spark edge:
-select, spread the rows over the tasks (mapInPandas), write everything to a
-staging location, and only when that succeeded write the output and the dead
-letters from it. A rerun of the same command (after a crash, say) answers the
+select, spread the rows over the tasks (mapInPandas), write every result to
+a hidden staging dir, write the output and the dead letters from it, and
+commit both together only when all of that succeeded (jobs.commit: an
+existing output is replaced only with --overwrite, never merged into). A rerun of the same command (after a crash, say) answers the
 rows already answered from the cache, without a call.
 
 Run with:
     AIBATCH_GATEWAY_KEY=... ./submit.sh enrich --input hdfs://127.0.0.1:19820/user/$USER/aibatch/scored \
-        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/enriched [--dead-letters DL] [--dry-run] \
+        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/enriched [--dead-letters DL] [--overwrite] [--dry-run] \
         [--retry-dead-letters] [--cache DIR] [--tasks N] [--sample-percent P] [--set enrich.KEY=VALUE]
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs import commit
 from jobs.spark import common
 from udfs import enrich_run as E
 from udfs.spark import enrich_partitions, enrich_result_fields, in_sample_udf, select_udf
@@ -44,10 +42,6 @@ NEW = "_enriched_now"  # staging-only column: the row was processed by this run
 
 def dead_letters_path(args) -> str:
     return args.dead_letters or args.output.rstrip("/") + "_dead_letters"
-
-
-def staging_path(output: str) -> str:
-    return output.rstrip("/") + "._staging"
 
 
 def enrich_settings(cfg, cache: str | None):
@@ -69,21 +63,6 @@ def enrich_settings(cfg, cache: str | None):
             "store": store.model_copy(update={"path": absolute(store_path)}),
         }
     )
-
-
-def remove_tree(path: str) -> None:
-    """Delete a staging dir: local paths here; other file systems through the
-    hadoop command (Hadoop's FileSystem, any scheme it knows), when there is one."""
-    parsed = urlparse(path)
-    if parsed.scheme in ("", "file"):
-        shutil.rmtree(parsed.path if parsed.scheme else path, ignore_errors=True)
-        return
-    hadoop = Path(os.environ.get("HADOOP_HOME") or common.home() / "var" / "hadoop-3.5.0") / "bin" / "hadoop"
-    if hadoop.exists():
-        done = subprocess.run([str(hadoop), "fs", "-rm", "-r", "-f", "-skipTrash", path], capture_output=True)
-        if done.returncode == 0:
-            return
-    log.warning("enrich: could not remove the staging dir %s (remove it by hand); the output is complete", path)
 
 
 def select_rows(scored: DataFrame, flt) -> DataFrame:
@@ -190,17 +169,27 @@ def main(spark: SparkSession, config, args) -> dict:
         results = kept.withColumn(NEW, F.lit(False)).unionByName(results.withColumn(NEW, F.lit(True)))
     else:
         results = results.withColumn(NEW, F.lit(True))
-    staging = staging_path(args.output)
-    # The calls happen in this write; the outputs are written only after it succeeded.
-    with E.ProgressBar(n_todo, counters.snapshot, enabled=show):
-        common.write_table(results, staging, "parquet")
-    staged = spark.read.parquet(staging)
-    final = staged.drop(NEW)
-    common.write_table(final.where(F.col("status") == E.ENRICHED), args.output, args.output_format)
-    common.write_table(final.where(F.col("status") == E.DEAD_LETTER), dead_letters, args.output_format)
-    totals = totals_of(staged, rows_in, not_selected)
-    totals.check()
-    remove_tree(staging)
+    outputs = {"output": args.output, "dead_letters": dead_letters}
+    # --retry-dead-letters replaces the outputs it read by design; else an existing output needs --overwrite.
+    overwrite = args.overwrite or args.retry_dead_letters
+    with common.committed_outputs(spark, outputs, overwrite=overwrite, inputs=[args.input]) as staging:
+        # Every result goes to a hidden dir beside the staging output first (the calls
+        # happen in this write); the two outputs are written from it, and committed
+        # together only when all of this succeeded.
+        everything = staging["output"] + ".results"
+        try:
+            with E.ProgressBar(n_todo, counters.snapshot, enabled=show):
+                common.write_table(results, everything, "parquet")
+            staged = spark.read.parquet(everything)
+            final = staged.drop(NEW)
+            common.write_table(final.where(F.col("status") == E.ENRICHED), staging["output"], args.output_format)
+            common.write_table(
+                final.where(F.col("status") == E.DEAD_LETTER), staging["dead_letters"], args.output_format
+            )
+            totals = totals_of(staged, rows_in, not_selected)
+            totals.check()
+        finally:
+            commit.filesystem(everything).delete(everything)
     summary = {
         "dry_run": False,
         "lines": totals.report(prices),
@@ -224,6 +213,7 @@ def parser():
     p.add_argument("--input", required=True, help="scored rows (the score job's output)")
     p.add_argument("--output", required=True, help="enriched rows (overwritten when the run succeeded)")
     p.add_argument("--dead-letters", help="rows that failed, with their last error (default: OUTPUT_dead_letters)")
+    common.add_output_args(p, outputs=("output", "dead_letters"))
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
@@ -252,6 +242,11 @@ def prepare(config, args) -> dict:
     from udfs.enrich.runner import load_assets
 
     ecfg = enrich_settings(config, args.cache)
+    args.dead_letters = dead_letters_path(args)  # so the output checks before Spark starts see it
+    if args.dry_run:
+        args.output_dests = ()  # a dry run writes nothing
+    elif args.retry_dead_letters:
+        args.overwrite = True  # it replaces the outputs it reads, by design
     try:
         E.PriceTable.load(ecfg.prices)
         load_assets(ecfg)

@@ -63,17 +63,7 @@ def test_dry_run_calls_nothing(spark, gateway, tmp_path, monkeypatch, capsys):
     assert f"would make {n} calls to gpt-4o-mini" in dry["lines"][1] and "$" in dry["lines"][1]
     # the twin counts the same
     code = mr_enrich_rows.main(
-        [
-            "-r",
-            "inline",
-            "--no-conf",
-            "--config",
-            str(cfg),
-            write_jsonl(ROWS, tmp_path / "s.jsonl"),
-            "--output-dir",
-            str(tmp_path / "mo"),
-            "--dry-run",
-        ]
+        ["-r", "inline", "--no-conf", "--config", str(cfg), write_jsonl(ROWS, tmp_path / "s.jsonl"), "--dry-run"]
     )
     assert code == 0 and "\n".join(dry["lines"]) in capsys.readouterr().out
     # after a real run every prompt is cached: a dry run then finds nothing to send
@@ -116,8 +106,8 @@ def test_wrong_key_dead_letters_without_the_key(gateway, tmp_path):
     env[gateway.env_name("good")] = wrong
     done = run_twin("inline", ["--config", str(cfg), src, "--output-dir", str(tmp_path / "out")], env)
     assert done.returncode == 0, done.stderr[-2000:]
-    dead = read_jsonl_dir(tmp_path / "out_dead_letters")
-    assert sorted(r["id"] for r in dead) == SELECTED and read_jsonl_dir(tmp_path / "out") == []
+    dead = read_jsonl_dir(tmp_path / "out")
+    assert sorted(r["id"] for r in dead) == SELECTED and {r["status"] for r in dead} == {"dead_letter"}
     assert all("401" in r["error"] for r in dead) and all(r["attempts"] == 1 for r in dead)
     assert CANARY not in done.stdout + done.stderr
     for f in tmp_path.rglob("*"):
