@@ -86,7 +86,7 @@ PY
 echo "  http://127.0.0.1:$port (log: $logs/gateway.log)"
 
 say "enrich the negative rows of a ${enrich_sample} % sample with $llm"
-./submit.sh enrich --input "$base/scored" --output "$base/enriched" --dead-letters "$base/enriched_dead_letters" \
+./submit.sh enrich --input "$base/scored" --output "$base/enriched" --dead-letters "$base/enriched_dead_letters" --overwrite \
   --sample-percent "$enrich_sample" --set "enrich.provider.base_url=http://127.0.0.1:$port/v1" \
   --set enrich.select.op=in --set 'enrich.select.values=["negative"]' "${model_set[@]}" \
   2>"$logs/enrich.log" | tee "$logs/enrich.out"
