@@ -171,17 +171,23 @@ def kill_mid_run(gateway, key: str, cfg: Path, scored: str, out: Path, find) -> 
         "--tasks",
         "2",
     ]
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+    # Files, not pipes: a pipe nobody reads until the kill could fill and stall the job.
+    stdout_file, stderr_file = out.parent / "killed.out", out.parent / "killed.err"
+    with open(stdout_file, "w") as so, open(stderr_file, "w") as se:
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=so, stderr=se, text=True)
+    deadline = time.monotonic() + 400
     victim = None
     while victim is None:
-        assert job.poll() is None, "the job ended before it could be killed"
-        assert time.monotonic() < deadline
+        assert job.poll() is None, f"the job ended before it could be killed: {stderr_file.read_text()[-2000:]}"
+        if time.monotonic() > deadline:
+            job.kill()
+            raise AssertionError(f"no {KILL_AFTER} calls in 400 s: {stderr_file.read_text()[-3000:]}")
         if sum(prompts(gateway, key).values()) >= KILL_AFTER:
             victim = find(job.pid)
         time.sleep(0.05)
     os.kill(victim, signal.SIGKILL)
-    stdout, stderr = job.communicate(timeout=120)
+    job.wait(timeout=120)
+    stdout, stderr = stdout_file.read_text(), stderr_file.read_text()
     assert job.returncode != 0  # the killed run failed
     # let calls that were in flight at the kill settle on the server
     deadline = time.monotonic() + 30
