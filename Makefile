@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set up first
 # (scripts/setup.sh is idempotent and takes seconds once installed).
-.PHONY: setup demo test test-fast hdfs-start hdfs-stop
+.PHONY: setup demo test test-fast lint format hdfs-start hdfs-stop
 
 setup:
 	./scripts/setup.sh
@@ -10,6 +10,18 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# ruff lint, ruff format check and mypy, as CI runs them (settings in
+# pyproject.toml); any finding fails.
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+# Rewrite the tree in the project's format.
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
 
 # Without the slow end-to-end tests.
 test-fast: setup

@@ -7,7 +7,7 @@
 # project code (udfs/, jobs/) as a zip for --py-files; local mode unless
 # --master names a cluster whose workers have the project's Python
 # environment at the same path (or PYSPARK_PYTHON names theirs).
-# Environment: PYSPARK_PYTHON (workers' Python, default .venv/bin/python),
+# Environment: AIBATCH_CONFIG (pipeline settings file, as --config), PYSPARK_PYTHON (workers' Python, default .venv/bin/python),
 # SPARK_LOCAL_IP (default 127.0.0.1), AIBATCH_BUILD_DIR (where the zip is
 # built, default var/build).
 set -euo pipefail
@@ -21,7 +21,7 @@ die() { printf 'submit.sh: %s\n' "$*" >&2; exit 2; }
 
 master=""
 spark_conf="$root/conf/spark-defaults.conf"
-config="$root/conf/pipeline.toml"
+config="${AIBATCH_CONFIG:-$root/conf/pipeline.toml}"
 
 usage() {
   cat <<USAGE
@@ -29,7 +29,8 @@ usage: ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job
 
   --master URL       Spark master (default: spark.master in the Spark conf, local[*])
   --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
-  --config FILE      pipeline settings (default conf/pipeline.toml)
+  --config FILE      pipeline settings (default \$AIBATCH_CONFIG, else conf/pipeline.toml);
+                     a job's --set KEY=VALUE overrides one key (repeatable)
 
 USAGE
 }
@@ -73,7 +74,7 @@ build_zip() {
 run_spark() {
   local name="$1"; shift
   local main="$root/jobs/spark/$name.py"
-  [[ "$name" =~ ^[a-z_]+$ && -f "$main" && "$name" != "common" && "$name" != "catalog" ]] \
+  [[ "$name" =~ ^[a-z_]+$ && -f "$main" ]] && PYTHONPATH="$root" "$python" -m jobs.spark.catalog --is-job "$name" \
     || die "unknown job '$name' (./submit.sh --help lists the jobs)"
   local zip; zip="$(build_zip)"
   local args=(--properties-file "$spark_conf" --py-files "$zip"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bench_spark import default_rows  # the same real rows as the Spark benchmark
 
-from udfs.config import load_config
+from infra.hdfs import LocalHDFS
+from udfs.config import EncoderConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,7 @@ def plain_python(rows, registry, ref, threads: int) -> float:
     from udfs.predict import ScoreSettings, score_texts
 
     head = registry.load(ref)
-    settings = ScoreSettings(head_arrays=dict(head.arrays), torch_threads=threads)
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), torch_threads=threads)
     M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):  # the twin's flush size: same batching
@@ -50,8 +51,8 @@ def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env
         "score",
         "-r",
         runner,
-        "--registry-dir",
-        str(registry_root),
+        "--set",
+        f"registry_dir={registry_root}",
         "--model",
         ref,
         src,
@@ -84,7 +85,7 @@ def main() -> int:
     rows = default_rows(load_config(ROOT / "conf" / "pipeline.toml"), args.rows).to_dict("records")
     if len(rows) < args.rows:
         raise SystemExit(f"--rows {args.rows}: the default data has only {len(rows)} records")
-    cores = os.cpu_count()
+    cores = os.cpu_count() or 1
     print(f"{len(rows)} real rows, {cores} cores, head {ref}")
 
     results = {}
@@ -102,11 +103,10 @@ def main() -> int:
         mib = 1 << 20
         block_size = max(mib, -(-src.stat().st_size // cores // mib) * mib)
         env = dict(os.environ)
-        node = None
+        node: LocalHDFS | None = None
         if "hadoop" in runners:
             from hdfs import InsecureClient
 
-            from infra.hdfs import LocalHDFS
             from infra.settings import load_settings
 
             node = LocalHDFS(load_settings())
@@ -119,6 +119,7 @@ def main() -> int:
         try:
             for runner in runners:
                 if runner == "hadoop":
+                    assert node is not None
                     s = run_twin(
                         runner,
                         f"{node.hdfs_url}{base}/records.jsonl",

@@ -31,10 +31,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 
 import bench_precision as precision  # noqa: E402
 
+from scripts.datasets import package_file  # noqa: E402
 from udfs import model as M  # noqa: E402
 from udfs import records as R  # noqa: E402
 from udfs.config import load_config  # noqa: E402
-from udfs.datasets import package_file  # noqa: E402
 from udfs.predict import ScoreSettings, score_texts, set_threads  # noqa: E402
 from udfs.registry import Registry  # noqa: E402
 
@@ -138,12 +138,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     head = Registry(cfg.registry_path(REPO)).load(args.model)
-    settings = ScoreSettings(
-        head_arrays=dict(head.arrays),
-        batch_size=cfg.encoder.batch_size,
-        max_length=cfg.encoder.max_length,
-        torch_threads=1,
-    )
+    settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), precision="fp32", torch_threads=1)
     frame = default_rows(cfg, args.rows)
     texts = frame["text"].tolist()
     n = len(texts)

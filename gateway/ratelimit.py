@@ -22,18 +22,25 @@ OPENAI, ANTHROPIC = "openai", "anthropic"
 
 
 def go_duration(seconds: float) -> str:
-    """OpenAI's reset format: '20ms', '1.5s', '6m0s', '1h2m3s'."""
-    seconds = max(0.0, seconds)
-    if seconds < 1.0:
-        return f"{math.ceil(seconds * 1000)}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
+    """OpenAI's reset format, Go's time.Duration text: '0s', '20ms', '1.5s', '6m0s', '1h2m3s'.
+
+    The value is first rounded up to whole milliseconds (never tell a client to come
+    back early), then split, so 59.9996 s is '1m0s', not '60s'."""
+    # Less 1 µs: unix-time floats near 1.8e9 carry ~2e-7 s of rounding, which must not add a ms.
+    ms = max(0, math.ceil(seconds * 1000 - 1e-3))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") + "s"
     if hours:
-        return f"{int(hours)}h{int(minutes)}m{secs_text}s"
+        return f"{hours}h{minutes}m{secs}"
     if minutes:
-        return f"{int(minutes)}m{secs_text}s"
-    return f"{secs_text}s"
+        return f"{minutes}m{secs}"
+    return secs
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -94,6 +101,29 @@ class UsageLedger:
         ]
 
 
+def peak_in_any_window(events: list[tuple[float, int]], window: float) -> int:
+    """The largest total of amounts stamped within any interval (t - window, t]:
+    the span a sliding window limiter counts, so for that algorithm it never exceeds the limit."""
+    events = sorted(events)
+    peak = total = left = 0
+    for stamp, amount in events:
+        total += amount
+        while events[left][0] + window <= stamp:
+            total -= events[left][1]
+            left += 1
+        peak = max(peak, total)
+    return peak
+
+
+def peak_in_aligned_window(events: list[tuple[float, int]], window: float) -> int:
+    """The largest total within one clock-aligned window [k * window, (k + 1) * window):
+    what a fixed window limiter counts."""
+    totals: dict[int, int] = defaultdict(int)
+    for stamp, amount in events:
+        totals[math.floor(stamp / window)] += amount
+    return max(totals.values(), default=0)
+
+
 @dataclass
 class KeyLimits:
     """All limiters of one key, and its ledger."""
@@ -113,6 +143,9 @@ class KeyLimits:
         }
         self.concurrency = ConcurrencyLimiter(lim.concurrent)
         self.ledger = UsageLedger(lim.window_seconds)
+        # Every admission's time and grants; a grant's amount shrinks when unused
+        # reserved output is given back, so peaks count what the limiter holds.
+        self.admissions: list[tuple[float, dict[str, Grant]]] = []
 
     def _now(self) -> float:
         # One decision reads the clock once, so the ledger's window and the
@@ -149,8 +182,13 @@ class KeyLimits:
                 ledger.rate_limited += 1
                 used = limiter.limit - limiter.remaining()
                 return Rejection(name, limiter.limit, used, amount, limiter.retry_after(amount))
-        grants = {name: self.limiters[name].acquire(amount) for name, amount in amounts.items()}
+        grants: dict[str, Grant] = {}
+        for name, amount in amounts.items():
+            grant = self.limiters[name].acquire(amount)
+            assert grant is not None  # has_capacity said it fits, and no time passed (frozen clock)
+            grants[name] = grant
         self.concurrency.acquire()
+        self.admissions.append((now, grants))
         ledger.requests += 1
         ledger.input_tokens += input_tokens
         return Admission(style, grants, max_output)
@@ -170,6 +208,21 @@ class KeyLimits:
             self.ledger.windows[self.ledger.index(now)].output_tokens += output_tokens
         finally:
             self._frozen = None
+
+    def peaks(self) -> dict[str, object]:
+        """Per limit, the most admitted within any window and within one aligned window,
+        and the peak concurrency, beside the limits, so a test can assert none was exceeded."""
+        lim = self.key.limits
+        out: dict[str, object] = {"window_seconds": lim.window_seconds}
+        for name, limiter in self.limiters.items():
+            events = [(stamp, grants[name].amount) for stamp, grants in self.admissions if name in grants]
+            out[name] = {
+                "limit": limiter.limit,
+                "any_window": peak_in_any_window(events, lim.window_seconds),
+                "aligned_window": peak_in_aligned_window(events, lim.window_seconds),
+            }
+        out["concurrent"] = {"limit": self.concurrency.limit, "peak": self.concurrency.peak}
+        return out
 
     def headers(self, style: str) -> dict[str, str]:
         try:
@@ -195,8 +248,9 @@ class KeyLimits:
             ("input-tokens", self.limiters["input_tokens"]),
             ("output-tokens", self.limiters["output_tokens"]),
         ):
+            remaining = limiter.remaining()
             out[f"anthropic-ratelimit-{prefix}-limit"] = str(limiter.limit)
-            out[f"anthropic-ratelimit-{prefix}-remaining"] = str(limiter.remaining())
+            out[f"anthropic-ratelimit-{prefix}-remaining"] = str(remaining if limiter is req else thousands(remaining))
             out[f"anthropic-ratelimit-{prefix}-reset"] = rfc3339(now + limiter.reset_after())
         # tokens-*: the most restrictive of the input and output limits right now.
         tight = min(
@@ -204,9 +258,22 @@ class KeyLimits:
             key=lambda lim: lim.remaining() / lim.limit,
         )
         out["anthropic-ratelimit-tokens-limit"] = str(tight.limit)
-        out["anthropic-ratelimit-tokens-remaining"] = str(tight.remaining())
+        out["anthropic-ratelimit-tokens-remaining"] = str(thousands(tight.remaining()))
         out["anthropic-ratelimit-tokens-reset"] = rfc3339(now + tight.reset_after())
         return out
+
+    def remaining(self) -> dict[str, int]:
+        """What each limiter has left now, exact (the Anthropic headers round tokens)."""
+        try:
+            self._freeze()
+            return {name: limiter.remaining() for name, limiter in self.limiters.items()}
+        finally:
+            self._frozen = None
+
+
+def thousands(tokens: int) -> int:
+    """Anthropic's token '-remaining' headers: rounded to the nearest thousand (halves up)."""
+    return (tokens + 500) // 1000 * 1000
 
 
 def retry_headers(retry_after: float) -> dict[str, str]:

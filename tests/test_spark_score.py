@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs.spark import common, score
-from udfs.config import load_config
+from udfs.config import EncoderConfig, load_config
 from udfs.predict import ScoreSettings, score_texts
 from udfs.registry import Registry
 from udfs.spark import score_udf
@@ -32,7 +32,7 @@ def head(trained):
 
 def test_udf_equals_direct_python_to_1e5(spark, trained, head):
     records = spark.read.parquet(trained["records"]).orderBy("id").limit(120).repartition(3)
-    settings = ScoreSettings(head_arrays=dict(head.arrays))
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays))
     scored = score.score_frame(records, score_udf(settings, with_embedding=True), LINEAGE, with_embedding=True)
     rows = sorted(scored.select("id", "text", "predicted", "probability", "embedding").collect(), key=lambda r: r["id"])
     direct = score_texts([r["text"] for r in rows], settings, with_embedding=True)
@@ -52,7 +52,7 @@ def test_transform_on_literal_frame(spark, head):
         ],
         "id string, source string, text string, label string, rating double",
     )
-    settings = ScoreSettings(head_arrays=dict(head.arrays))
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays))
     scored = score.score_frame(records, score_udf(settings), LINEAGE)
     assert scored.columns == [
         "id",
@@ -85,10 +85,11 @@ def test_end_to_end_on_hdfs(spark, trained, hdfs):
             out,
             "--model",
             trained["model"],
-            "--with-embedding",
+            "--set",
+            "score.with_embedding=true",
         ]
     )
-    summary = score.main(spark, args)
+    summary = common.run_main(score.main, spark, args)
     records = spark.read.parquet(trained["records"])
     scored = spark.read.parquet(out)
     assert summary["rows"] == records.count() == scored.count()
@@ -115,7 +116,7 @@ def test_empty_input(spark, tmp_path, trained, head):
             trained["model"],
         ]
     )
-    assert score.main(spark, args, head)["rows"] == 0
+    assert common.run_main(score.main, spark, args, head=head)["rows"] == 0
     assert spark.read.parquet(str(tmp_path / "out")).columns[-len(score.LINEAGE_COLUMNS) :] == list(
         score.LINEAGE_COLUMNS
     )
@@ -127,14 +128,16 @@ def test_bad_input_without_text_column_fails(spark, tmp_path, trained, head):
         ["--config", trained["config"], "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
     )
     with pytest.raises(Exception, match="text"):
-        score.main(spark, args, head)
+        common.run_main(score.main, spark, args, head=head)
 
 
 def test_unknown_model_fails_before_spark_starts(trained, monkeypatch, capsys):
-    def no_spark(*a, **k):
-        raise AssertionError("Spark must not start for an unknown model")
+    class NoSpark:
+        @property
+        def builder(self):
+            raise AssertionError("Spark must not start for an unknown model")
 
-    monkeypatch.setattr(common, "run", no_spark)
+    monkeypatch.setattr(common, "SparkSession", NoSpark())
     rc = score.cli(["--config", trained["config"], "--input", "x", "--output", "y", "--model", "sentiment@99"])
     assert rc == 2
     err = capsys.readouterr().err
@@ -151,4 +154,4 @@ def test_head_trained_on_other_encoder_weights_fails(spark, tmp_path, trained, h
         ["--config", trained["config"], "--input", trained["records"], "--output", str(tmp_path / "out")]
     )
     with pytest.raises(ValueError, match="trained on encoder weights 000000000000"):
-        score.main(spark, args, other)
+        common.run_main(score.main, spark, args, head=other)

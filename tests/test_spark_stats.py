@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from jobs.spark import stats
+from jobs.spark import common, stats
 
 SCHEMA = "id string, source string, text string, predicted string"
 ROWS = [
@@ -39,9 +39,9 @@ def test_end_to_end_on_hdfs_writes_ordered_json_lines(spark, hdfs, tmp_path, pip
     spark.createDataFrame(ROWS, SCHEMA).repartition(3).write.parquet(src)
     out = f"{hdfs.hdfs_url}/user/{hdfs.user}/tests/stats"
     args = stats.parser().parse_args(
-        ["--config", str(pipeline_config), "--input", src, "--output", out, "--top-k", "1"]
+        ["--config", str(pipeline_config), "--input", src, "--output", out, "--set", "stats.top_k=1"]
     )
-    summary = stats.main(spark, args)
+    summary = common.run_main(stats.main, spark, args)
     assert summary["rows"] == {"term_freq": 5, "counts": 4, "top_terms": 2}
     lines = [r["value"] for r in spark.read.text(f"{out}/top_terms").collect()]
     assert [json.loads(x) for x in lines] == [
@@ -58,4 +58,4 @@ def test_empty_input(spark, tmp_path, pipeline_config):
     args = stats.parser().parse_args(
         ["--config", str(pipeline_config), "--input", src, "--output", str(tmp_path / "o")]
     )
-    assert stats.main(spark, args)["rows"] == {"term_freq": 0, "counts": 0, "top_terms": 0}
+    assert common.run_main(stats.main, spark, args)["rows"] == {"term_freq": 0, "counts": 0, "top_terms": 0}

@@ -32,7 +32,7 @@ def test_help_lists_jobs_and_their_arguments(tmp_path):
     assert r.returncode == 0, r.stderr
     for job in ("ingest", "train", "score", "stats", "hdfs_roundtrip"):
         assert f"=== {job} ===" in r.stdout
-    for arg in ("--rejects", "--sample-percent", "--model", "--top-k", "--master", "--spark-conf"):
+    for arg in ("--rejects", "--sample-percent", "--model", "--set", "--master", "--spark-conf"):
         assert arg in r.stdout
 
 

@@ -46,7 +46,7 @@ def test_empty_input_is_an_error(spark, tmp_path, trained):
     )
     args = train.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in")])
     with pytest.raises(ValueError, match="no labelled rows"):
-        train.main(spark, args)
+        common.run_main(train.main, spark, args)
 
 
 def test_one_split_only_is_an_error(spark, tmp_path, trained):
@@ -56,4 +56,4 @@ def test_one_split_only_is_an_error(spark, tmp_path, trained):
     ).write.parquet(str(tmp_path / "in"))
     args = train.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in")])
     with pytest.raises(ValueError, match="both splits"):
-        train.main(spark, args)
+        common.run_main(train.main, spark, args)

@@ -8,7 +8,15 @@ import pytest
 
 from udfs import head as H
 from udfs import model as M
+from udfs.config import EncoderConfig, TrainConfig
 from udfs.predict import ScoreSettings, score_texts
+
+
+def embed(encoder, texts, batch_size=None):
+    """M.embed at the default settings (udfs/config.py), batch size as given."""
+    enc = EncoderConfig()
+    return M.embed(encoder, texts, batch_size or enc.batch_size, enc.max_length)
+
 
 TEXTS = [
     "A wonderful, moving film with brilliant performances.",
@@ -25,17 +33,17 @@ def encoder():
 
 
 def test_embeddings_are_normalised_and_independent_of_batching(encoder):
-    full = M.embed(encoder, TEXTS, batch_size=64)
+    full = embed(encoder, TEXTS, batch_size=64)
     assert full.shape == (5, 384) and full.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
-    one_by_one = np.vstack([M.embed(encoder, [t]) for t in TEXTS])
+    one_by_one = np.vstack([embed(encoder, [t]) for t in TEXTS])
     np.testing.assert_allclose(full, one_by_one, atol=1e-5)
-    np.testing.assert_allclose(M.embed(encoder, TEXTS, batch_size=2), full, atol=1e-5)
-    assert M.embed(encoder, []).shape == (0, 384)
+    np.testing.assert_allclose(embed(encoder, TEXTS, batch_size=2), full, atol=1e-5)
+    assert embed(encoder, []).shape == (0, 384)
 
 
 def test_similar_sentences_are_closer(encoder):
-    e = M.embed(encoder, ["a great movie", "an excellent film", "the stock market fell"])
+    e = embed(encoder, ["a great movie", "an excellent film", "the stock market fell"])
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
 
 
@@ -62,15 +70,17 @@ def test_bf16_falls_back_to_fp32_where_unsupported(monkeypatch, caplog):
 def test_head_trains_and_predicts_on_real_embeddings(encoder):
     pos = ["great fun", "a delight", "superb acting", "I loved it", "brilliant and moving", "wonderful"]
     neg = ["awful", "a bore", "terrible acting", "I hated it", "dull and lifeless", "dreadful"]
-    x = M.embed(encoder, pos + neg)
-    arrays = H.train_head(x, ["positive"] * 6 + ["negative"] * 6, H.TrainSettings(hidden=8, epochs=100, seed=1))
-    labels, probs = H.predict_labels(arrays, M.embed(encoder, ["what a lovely film", "boring and bad"]))
+    x = embed(encoder, pos + neg)
+    arrays = H.train_head(x, ["positive"] * 6 + ["negative"] * 6, TrainConfig(hidden=8, epochs=100, seed=1))
+    labels, probs = H.predict_labels(arrays, embed(encoder, ["what a lovely film", "boring and bad"]))
     assert labels == ["positive", "negative"] and (probs > 0.5).all()
     p = H.predict_proba(arrays, x)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert H.majority_baseline(["positive", "positive", "negative"], ["negative", "positive"]) == ("positive", 0.5)
 
-    out = score_texts(["lovely", None, "", "awful"], ScoreSettings(head_arrays=arrays), with_embedding=True)
+    out = score_texts(
+        ["lovely", None, "", "awful"], ScoreSettings.from_config(EncoderConfig(), arrays), with_embedding=True
+    )
     assert list(out.columns) == ["predicted", "probability", "embedding"]
     assert out["predicted"].tolist()[1:3] == [None, None] and np.isnan(out["probability"][1])
     assert out["embedding"][1] is None and len(out["embedding"][0]) == 384

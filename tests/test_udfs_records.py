@@ -8,8 +8,8 @@ import gzip
 
 import pytest
 
+from scripts.datasets import package_file
 from udfs import records as R
-from udfs.datasets import package_file
 
 JSONL = R.SourceSpec("s", "jsonl", rating_field="rating", label_field="label")
 RATED_CSV = R.SourceSpec("c", "csv", rating_field="sentiment")

@@ -7,26 +7,15 @@ executors need nothing but the arrays, shipped as plain values.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .config import TrainConfig
 from .records import LABELS
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    # Chosen on a 15 % sample of the default data (test accuracy 0.78 against
-    # 0.76-0.78 for wider, longer-trained or linear heads); see docs/spark_jobs.md.
-    hidden: int = 64
-    epochs: int = 150
-    learning_rate: float = 0.005
-    weight_decay: float = 0.01
-    seed: int = 0
 
 
 def layer_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -58,7 +47,7 @@ def predict_labels(arrays: Mapping[str, np.ndarray], embeddings: np.ndarray) -> 
     return [LABELS[i] for i in best], probs[np.arange(len(best)), best]
 
 
-def train_head(embeddings: np.ndarray, labels: Sequence[str], settings: TrainSettings) -> dict[str, np.ndarray]:
+def train_head(embeddings: np.ndarray, labels: Sequence[str], settings: TrainConfig) -> dict[str, np.ndarray]:
     """Fit the head on embeddings with labels in LABELS; returns its arrays."""
     import torch
 

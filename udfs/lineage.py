@@ -34,7 +34,12 @@ def lineage(
 
 
 def scored_row_json(
-    record: Mapping, predicted, probability, lineage_values: Mapping, embedding=None, with_embedding: bool = False
+    record: Mapping,
+    predicted: str | None,
+    probability: float | None,
+    lineage_values: Mapping,
+    embedding: list[float] | None = None,
+    with_embedding: bool = False,
 ) -> str:
     """A scored row as one JSON Lines line: the record's fields, predicted,
     probability[, embedding], then lineage (time in RFC 3339)."""
@@ -57,7 +62,7 @@ class EncoderMismatch(ValueError):
     """A head applied to embeddings of other encoder weights than it was trained on."""
 
 
-def check_head_encoder(head_ref: str, head_meta: Mapping, encoder_version: str, encoder_dir) -> None:
+def check_head_encoder(head_ref: str, head_meta: Mapping, encoder_version: str, encoder_dir: object) -> None:
     """Refuse a head trained on other encoder weights: its probabilities
     would be meaningless. Both engines call this before scoring."""
     trained_on = head_meta.get("encoder", {}).get("version")

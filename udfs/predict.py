@@ -11,6 +11,7 @@ import pandas as pd
 
 from . import head as head_mod
 from . import model
+from .config import EncoderConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +19,28 @@ class ScoreSettings:
     """Plain values an executor needs to rebuild the scorer (picklable)."""
 
     head_arrays: Mapping[str, np.ndarray]
-    model_dir: str | None = None
-    precision: str = "fp32"
-    batch_size: int = model.DEFAULT_BATCH_SIZE
-    max_length: int = model.MAX_SEQ_LENGTH
-    torch_threads: int = 1
+    model_dir: str | None
+    precision: str
+    batch_size: int
+    max_length: int
+    torch_threads: int
+
+    @classmethod
+    def from_config(
+        cls, encoder: EncoderConfig, head_arrays: Mapping[str, np.ndarray], **changes: object
+    ) -> ScoreSettings:
+        """The settings for encoder (the pipeline config's [encoder]), with
+        changes (for example model_dir of a shipped copy) applied."""
+        values: dict = {
+            "head_arrays": head_arrays,
+            "model_dir": encoder.model_dir or None,
+            "precision": model.effective_precision(encoder.precision),
+            "batch_size": encoder.batch_size,
+            "max_length": encoder.max_length,
+            "torch_threads": encoder.torch_threads,
+        }
+        values.update(changes)
+        return cls(**values)
 
 
 def set_threads(n: int) -> None:
@@ -34,17 +52,17 @@ def set_threads(n: int) -> None:
 
 def embed_texts(
     texts: Sequence[str | None],
-    model_dir=None,
-    precision="fp32",
-    batch_size=model.DEFAULT_BATCH_SIZE,
-    max_length=model.MAX_SEQ_LENGTH,
+    model_dir: str | None,
+    precision: str,
+    batch_size: int,
+    max_length: int,
 ) -> np.ndarray:
     """Embeddings (n, 384); rows whose text is null or empty get NaN."""
-    present = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
+    present = [(i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
     out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)
     if present:
         enc = model.load_encoder(model_dir, precision)
-        out[present] = model.embed(enc, [texts[i] for i in present], batch_size, max_length)
+        out[[i for i, _ in present]] = model.embed(enc, [t for _, t in present], batch_size, max_length)
     return out
 
 

@@ -60,6 +60,19 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def load_version_dir(d: Path) -> HeadVersion:
+    """One version's directory (in the registry, or a copy shipped to a
+    task), its weights checked against the SHA-256 recorded at training."""
+    from safetensors.numpy import load_file
+
+    meta = json.loads((d / META_FILE).read_text())
+    ref = f"{meta['name']}@{meta['version']}"
+    digest = weights_digest(d / WEIGHTS_FILE)
+    if digest != meta["weights_sha256"]:
+        raise RegistryError(f"{ref} in {d}: weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}")
+    return HeadVersion(meta["name"], int(meta["version"]), load_file(str(d / WEIGHTS_FILE)), meta)
+
+
 class Registry:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -93,17 +106,8 @@ class Registry:
         return f"{name}@{int(version)}"
 
     def load(self, ref: str) -> HeadVersion:
-        from safetensors.numpy import load_file
-
         name, version = parse_ref(self.resolve(ref))
-        d = self.root / name / version
-        meta = json.loads((d / META_FILE).read_text())
-        digest = weights_digest(d / WEIGHTS_FILE)
-        if digest != meta["weights_sha256"]:
-            raise RegistryError(
-                f"{name}@{version}: weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}"
-            )
-        return HeadVersion(name, int(version), load_file(str(d / WEIGHTS_FILE)), meta)
+        return load_version_dir(self.root / name / version)
 
     def register(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping) -> HeadVersion:
         """Write a new immutable version (the next number) and return it."""

@@ -7,17 +7,17 @@ the encoder itself loads there, once per Python worker (udfs.model caches it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pandas as pd
+from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
-from . import model
 from .predict import ScoreSettings, embed_texts, score_texts, set_threads
 from .records import in_sample, split_of
 
 
-def score_udf(settings: ScoreSettings, with_embedding: bool = False):
+def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable[..., Column]:
     """Iterator pandas UDF: text -> struct(predicted, probability[, embedding])."""
     fields = "predicted string, probability double"
     if with_embedding:
@@ -32,12 +32,12 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False):
 
 
 def embed_udf(
-    model_dir: str | None = None,
-    precision: str = "fp32",
-    batch_size: int = model.DEFAULT_BATCH_SIZE,
-    max_length: int = model.MAX_SEQ_LENGTH,
-    torch_threads: int = 1,
-):
+    model_dir: str | None,
+    precision: str,
+    batch_size: int,
+    max_length: int,
+    torch_threads: int,
+) -> Callable[..., Column]:
     """Iterator pandas UDF: text -> array<float> (384-d, L2-normalised)."""
 
     @pandas_udf("array<float>")
@@ -50,7 +50,7 @@ def embed_udf(
     return embed
 
 
-def in_sample_udf(percent: float):
+def in_sample_udf(percent: float) -> Callable[..., Column]:
     """pandas UDF: id -> whether the record is in the `percent` % subset."""
 
     @pandas_udf("boolean")
@@ -60,7 +60,7 @@ def in_sample_udf(percent: float):
     return sample
 
 
-def split_udf(test_percent: int):
+def split_udf(test_percent: int) -> Callable[..., Column]:
     """pandas UDF: id -> 'train' or 'test'."""
 
     @pandas_udf("string")

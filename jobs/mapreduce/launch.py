@@ -1,8 +1,9 @@
 """Launches an mrjob twin the way `./submit.sh mr <job> ...` does: the job
 script runs in a fresh Python that imports only the shipped zip of the
 project code (udfs/, jobs/), with conf/mrjob.conf, the project's Python for
-the tasks, the project's Hadoop home, and the pipeline config's defaults
-(model registry and version, top-k).
+the tasks, the project's Hadoop home, and the pipeline settings file
+(--config, validated with the --set overrides before any work, shipped with
+the job).
 
 Run with:
     ./submit.sh mr ingest|score|stats -r inline|local|hadoop [job args] INPUT... [--output-dir DIR]
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from jobs.pyfiles import build_zip
+from udfs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 JOBS = {
@@ -30,14 +32,32 @@ def _has(args: list[str], *flags: str) -> bool:
     return any(a == f or a.startswith(f + "=") for a in args for f in flags)
 
 
+def _values(args: list[str], flag: str) -> list[str]:
+    """Every value given to flag in args (`--flag V` or `--flag=V`)."""
+    found = []
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif a.startswith(flag + "="):
+            found.append(a.split("=", 1)[1])
+    return found
+
+
 def job_command(job: str, args: list[str], config_path: str | None = None) -> tuple[list[str], dict]:
-    """The command line and environment that run one twin."""
+    """The command line and environment that run one twin. The settings file
+    (--config in args, else config_path, else $AIBATCH_CONFIG, else
+    conf/pipeline.toml) is validated here with the --set overrides in args, so
+    a bad key fails before any MapReduce work, and is shipped with the job."""
     if job not in JOBS:
         raise SystemExit(f"submit.sh mr: unknown job {job!r}; the jobs are: {', '.join(JOBS)}")
+    from infra.settings import DEFAULT_HADOOP_HOME, load_settings
     from udfs.config import load_config
 
-    config = Path(config_path or os.environ.get("AIBATCH_CONFIG") or ROOT / "conf" / "pipeline.toml")
-    cfg = load_config(config)
+    given = _values(args, "--config")
+    config = Path(
+        given[-1] if given else config_path or os.environ.get("AIBATCH_CONFIG") or ROOT / "conf" / "pipeline.toml"
+    )
+    load_config(config, _values(args, "--set"))
     python = os.environ.get("AIBATCH_PYTHON") or sys.executable
     zip_path = build_zip(Path(os.environ.get("AIBATCH_BUILD_DIR") or ROOT / "var" / "build") / "aibatch-pyfiles.zip")
     extra: list[str] = []
@@ -46,25 +66,16 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
     if not _has(args, "--python-bin"):
         extra += ["--python-bin", python]
     extra += ["--py-files", str(zip_path)]
-    if job == "score":
-        registry_dir = cfg.registry_path(ROOT)
-        if not _has(args, "--registry-dir"):
-            extra += ["--registry-dir", str(registry_dir)]
-        if not _has(args, "--model"):
-            extra += ["--model", cfg.score.model]
-        if not _has(args, "--precision"):
-            extra += ["--precision", cfg.encoder.precision]
-        if cfg.encoder.model_dir and not _has(args, "--encoder-dir"):
-            extra += ["--encoder-dir", str(cfg.encoder.model_dir)]
-    if job == "stats" and not _has(args, "--top-k"):
-        extra += ["--top-k", str(cfg.stats.top_k)]
+    if not given:
+        extra += ["--config", str(config)]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(zip_path)  # the job imports only the shipped code
-    env["AIBATCH_ROOT"] = str(ROOT)
-    env.setdefault("HADOOP_HOME", str(ROOT / "var" / "hadoop-3.5.0"))
-    default_conf = ROOT / "var" / "hdfs" / "conf"
-    if "HADOOP_CONF_DIR" not in env and default_conf.is_dir():
-        env["HADOOP_CONF_DIR"] = str(default_conf)
+    env["AIBATCH_HOME"] = str(ROOT)  # what relative settings (registry_dir) resolve against
+    env.setdefault("HADOOP_HOME", str(DEFAULT_HADOOP_HOME))
+    if "HADOOP_CONF_DIR" not in env:
+        default_conf = load_settings().data_dir / "conf"
+        if default_conf.is_dir():
+            env["HADOOP_CONF_DIR"] = str(default_conf)
     env.update(TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return [python, str(ROOT / "jobs" / "mapreduce" / JOBS[job]), *extra, *args], env
 
@@ -72,19 +83,13 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
 def _check_model(args: list[str], cmd: list[str]) -> str | None:
     """An unknown model fails here, before any MapReduce work, listing the
     known versions."""
+    from udfs.config import load_config
     from udfs.registry import Registry, RegistryError
 
-    def value(flag: str) -> str | None:
-        found = None  # the last occurrence wins, as in argparse
-        for i, a in enumerate(cmd):
-            if a == flag and i + 1 < len(cmd):
-                found = cmd[i + 1]
-            elif a.startswith(flag + "="):
-                found = a.split("=", 1)[1]
-        return found
-
+    cfg = load_config(_values(cmd, "--config")[-1], _values(cmd, "--set"))
+    models = _values(cmd, "--model")
     try:
-        Registry(value("--registry-dir")).resolve(value("--model"))
+        Registry(cfg.registry_path(ROOT)).resolve(models[-1] if models else cfg.score.model)
     except RegistryError as exc:
         return str(exc)
     return None
@@ -96,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if argv else 2
     job, args = argv[0], argv[1:]
-    cmd, env = job_command(job, args)
+    try:
+        cmd, env = job_command(job, args)
+    except ConfigError as exc:
+        print(f"submit.sh mr {job}: {exc}", file=sys.stderr)
+        return 2
     if job == "score" and not _has(args, "-h", "--help"):
         error = _check_model(args, cmd)
         if error:

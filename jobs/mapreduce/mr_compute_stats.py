@@ -9,17 +9,17 @@ reducer, so the output is one ordered file.
 
 Run with:
     ./submit.sh mr stats -r hadoop hdfs:///user/$USER/aibatch/mr/scored \
-        --output-dir hdfs:///user/$USER/aibatch/mr/stats [--top-k 25]
+        --output-dir hdfs:///user/$USER/aibatch/mr/stats [--set stats.top_k=25]
 """
 
 from __future__ import annotations
 
 import json
 
-from mrjob.job import MRJob
 from mrjob.protocol import BytesValueProtocol, JSONProtocol
 from mrjob.step import MRStep
 
+from jobs.mapreduce.configured import ConfiguredJob
 from udfs import terms
 
 GROUP = "stats"
@@ -42,14 +42,10 @@ def parse_scored_line(line: bytes) -> dict:
     return row
 
 
-class MRComputeStats(MRJob):
+class MRComputeStats(ConfiguredJob):
     INPUT_PROTOCOL = BytesValueProtocol
     INTERNAL_PROTOCOL = JSONProtocol
     OUTPUT_PROTOCOL = JSONProtocol
-
-    def configure_args(self):
-        super().configure_args()
-        self.add_passthru_arg("--top-k", type=int, default=25, help="top terms per label (default 25)")
 
     def steps(self):
         return [
@@ -90,7 +86,9 @@ class MRComputeStats(MRJob):
             for label, term, count in rows:
                 by_label.setdefault(label, []).append((term, count))
             ranked = [
-                t for label in by_label for t in terms.ranked_top_terms(label, by_label[label], self.options.top_k)
+                t
+                for label in by_label
+                for t in terms.ranked_top_terms(label, by_label[label], self.pipeline_config().stats.top_k)
             ]
             lines = (terms.top_terms_row(*r) for r in sorted(ranked, key=lambda r: terms.top_terms_sort_key(*r)))
         for line in lines:

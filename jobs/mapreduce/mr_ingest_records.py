@@ -17,17 +17,18 @@ or directly:
 
 from __future__ import annotations
 
-from mrjob.job import MRJob
 from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
 from mrjob.step import MRStep
 
+from jobs.mapreduce.configured import ConfiguredJob
 from udfs import input_files
 from udfs import records as R
+from udfs.config import parse_label_map
 
 GROUP = "ingest"
 
 
-class MRIngestRecords(MRJob):
+class MRIngestRecords(ConfiguredJob):
     INPUT_PROTOCOL = BytesValueProtocol  # raw bytes: invalid UTF-8 must reach the parser
     INTERNAL_PROTOCOL = JSONProtocol
     OUTPUT_PROTOCOL = JSONValueProtocol
@@ -42,24 +43,30 @@ class MRIngestRecords(MRJob):
         self.add_passthru_arg("--text-field", default="text")
         self.add_passthru_arg("--rating-field")
         self.add_passthru_arg("--label-field")
-        self.add_passthru_arg("--positive-min", type=float, default=0.5)
-        self.add_passthru_arg("--negative-max", type=float, default=-0.5)
+        self.add_passthru_arg("--label-map", help="map raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled)")
 
     def steps(self):
         return [
             MRStep(mapper_init=self.mapper_init_spec, mapper=self.mapper_parse_line, reducer=self.reducer_keep_first)
         ]
 
+    def load_args(self, args):
+        super().load_args(args)
+        if self.options.label_map and not self.is_task():
+            parse_label_map(self.options.label_map)  # a bad map fails before any task starts
+
     def mapper_init_spec(self):
         o = self.options
+        ingest = self.pipeline_config().ingest
         self.spec = R.SourceSpec(
             source=o.source,
             format=o.format,
             text_field=o.text_field,
             rating_field=o.rating_field,
             label_field=o.label_field,
-            positive_min=o.positive_min,
-            negative_max=o.negative_max,
+            label_map=parse_label_map(o.label_map) if o.label_map else None,
+            positive_min=ingest.positive_min,
+            negative_max=ingest.negative_max,
         )
         self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
         if o.format == "tsv" and not self.header:

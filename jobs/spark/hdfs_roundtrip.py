@@ -10,9 +10,13 @@ Run with: ./submit.sh hdfs_roundtrip --input hdfs://127.0.0.1:19820/user/$USER/s
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from jobs.spark import common
+from udfs.config import PipelineConfig
 
 
 def word_counts(lines: DataFrame) -> DataFrame:
@@ -27,24 +31,32 @@ def word_counts(lines: DataFrame) -> DataFrame:
     )
 
 
-def main(spark: SparkSession, input_path: str, output_path: str) -> int:
+def roundtrip(spark: SparkSession, input_path: str, output_path: str) -> int:
+    """Word counts of input_path written as Parquet to output_path; the number
+    of distinct words read back."""
     counts = word_counts(spark.read.text(input_path))
     counts.coalesce(1).write.mode("overwrite").parquet(output_path)
     return spark.read.parquet(output_path).count()
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hdfs_roundtrip", description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="text file or dir (hdfs:// or local)")
-    parser.add_argument("--output", required=True, help="Parquet output dir (overwritten)")
-    return parser.parse_args(argv)
+def main(spark: SparkSession, config: PipelineConfig, args) -> dict:
+    return {"words": roundtrip(spark, args.input, args.output), "output": args.output}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = common.base_parser("hdfs_roundtrip", __doc__)
+    p.add_argument("--input", required=True, help="text file or dir (hdfs:// or local)")
+    p.add_argument("--output", required=True, help="Parquet output dir (overwritten)")
+    return p
+
+
+def report(out: dict) -> None:
+    print(f"wrote {out['words']} word counts to {out['output']}")
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("hdfs_roundtrip", parser(), main, report, argv)
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    session = SparkSession.builder.appName("aibatch-hdfs-roundtrip").getOrCreate()
-    try:
-        n = main(session, args.input, args.output)
-        print(f"wrote {n} word counts to {args.output}")
-    finally:
-        session.stop()
+    sys.exit(cli())

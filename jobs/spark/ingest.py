@@ -13,6 +13,7 @@ or one file or dir of one format:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -28,6 +29,7 @@ from pyspark.sql import types as T
 from jobs.spark import common
 from udfs import ingest_batches as B
 from udfs import records as R
+from udfs.config import ConfigError, PipelineConfig, parse_label_map
 from udfs.input_files import UnreadableInputError
 
 log = logging.getLogger(__name__)
@@ -207,8 +209,7 @@ def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partiti
     return IngestResult(records, rejects, parsed)
 
 
-def main(spark: SparkSession, args) -> dict:
-    cfg = common.settings(args.config)
+def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     if args.format:
         specs = [
             (
@@ -219,6 +220,7 @@ def main(spark: SparkSession, args) -> dict:
                     text_field=args.text_field,
                     rating_field=args.rating_field,
                     label_field=args.label_field,
+                    label_map=args.label_map,
                     positive_min=cfg.ingest.positive_min,
                     negative_max=cfg.ingest.negative_max,
                 ),
@@ -270,24 +272,33 @@ def parser():
     p.add_argument("--text-field", default="text")
     p.add_argument("--rating-field")
     p.add_argument("--label-field")
+    p.add_argument(
+        "--label-map",
+        type=parse_label_map_arg,
+        help="with --format: map raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled)",
+    )
     p.add_argument("--partitions", type=int, help="partitions to parse and deduplicate in")
     return p
 
 
-def cli(argv=None) -> int:
-    common.setup_logging()
-    args = parser().parse_args(argv)
+def parse_label_map_arg(text: str) -> dict:
     try:
-        common.settings(args.config)
-    except common.ConfigError as exc:
-        return common.fail(str(exc))
-    out = {}
-    common.run("ingest", lambda spark, a: out.update(main(spark, a)), args)
+        return parse_label_map(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def report(out: dict) -> None:
     print(f"ingest: input rows {out['input']} = good {out['good']} + rejected {out['rejected']}")
     for reason, n in sorted(out["reasons"].items()):
         print(f"  rejected {reason}: {n}")
+    for reason, n in sorted(out.get("skipped", {}).items()):
+        print(f"  skipped (not records) {reason}: {n}")
     print(f"records: {out['output']}\nrejects: {out['rejects']}")
-    return 0
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("ingest", parser(), main, report, argv)
 
 
 if __name__ == "__main__":

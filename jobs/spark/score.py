@@ -21,8 +21,9 @@ from pyspark.sql import functions as F
 from jobs.spark import common
 from udfs import lineage as L
 from udfs import model as M
-from udfs.predict import ScoreSettings
-from udfs.registry import Registry, RegistryError
+from udfs.config import PipelineConfig
+from udfs.registry import HeadVersion, Registry
+from udfs.scoring import plan_scoring
 from udfs.spark import in_sample_udf, score_udf
 
 log = logging.getLogger(__name__)
@@ -43,38 +44,21 @@ def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool 
     return scored.select(*[F.col(c) for c in records.columns], *extra)
 
 
-def resolve_model(cfg, ref: str | None):
-    """The head version named by --model or the config; RegistryError (listing
-    the known versions) before any Spark work when it is unknown."""
+def resolve_model(cfg: PipelineConfig, args) -> dict:
+    """The head version named by --model or the config, loaded (weights hash
+    checked); RegistryError, listing the known versions, before Spark starts."""
     registry = Registry(cfg.registry_path(common.home()))
-    return registry.load(ref or cfg.score.model)
+    return {"head": registry.load(args.model or cfg.score.model)}
 
 
-def main(spark: SparkSession, args, head=None) -> dict:
-    cfg = common.settings(args.config)
-    head = head or resolve_model(cfg, args.model)
-    enc = cfg.encoder
-    model_dir = enc.model_dir or None
-    precision = M.effective_precision(args.precision or enc.precision)
-    if precision != head.meta["encoder"]["precision"]:
-        log.warning(
-            "scoring in %s; %s was trained on %s embeddings", precision, head.ref, head.meta["encoder"]["precision"]
-        )
-    settings = ScoreSettings(
-        head_arrays=dict(head.arrays),
-        model_dir=model_dir,
-        precision=precision,
-        batch_size=enc.batch_size,
-        max_length=enc.max_length,
-        torch_threads=enc.torch_threads,
-    )
-    encoder_version = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
-    L.check_head_encoder(head.ref, head.meta, encoder_version, M.resolve_model_dir(model_dir))
-    lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, common.new_run_id())
+def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | None = None) -> dict:
+    head = head or resolve_model(cfg, args)["head"]
+    plan = plan_scoring(cfg, head, common.new_run_id(), precision=args.precision)
+    settings, lineage, precision = plan.settings, plan.lineage, plan.settings.precision
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
         records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
-    with_embedding = args.with_embedding or cfg.score.with_embedding
+    with_embedding = cfg.score.with_embedding
     scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
     started = time.perf_counter()
     common.write_table(scored, args.output, args.output_format)
@@ -109,7 +93,6 @@ def parser():
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
     p.add_argument("--precision", choices=M.PRECISIONS, help="override encoder.precision")
-    p.add_argument("--with-embedding", action="store_true", help="also write the 384-d embedding")
     p.add_argument(
         "--sample-percent",
         type=float,
@@ -119,16 +102,7 @@ def parser():
     return p
 
 
-def cli(argv=None) -> int:
-    common.setup_logging()
-    args = parser().parse_args(argv)
-    try:
-        cfg = common.settings(args.config)
-        head = resolve_model(cfg, args.model)  # fails here, before Spark starts
-    except (common.ConfigError, RegistryError) as exc:
-        return common.fail(str(exc))
-    out = {}
-    common.run("score", lambda spark, a: out.update(main(spark, a, head)), args)
+def report(out: dict) -> None:
     print(
         f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
         f"({out['rows_per_s']} rows/s, Spark start-up excluded)"
@@ -142,7 +116,10 @@ def cli(argv=None) -> int:
         f"  run {out['run_id']}, encoder {out['encoder']}@{out['encoder_version']}, head {out['head']}@{out['head_version']}"
     )
     print(f"scored: {out['output']}")
-    return 0
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("score", parser(), main, report, argv, prepare=resolve_model)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from jobs.spark import common
 from udfs import terms
+from udfs.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,8 @@ def to_json_lines(stats: Stats) -> dict[str, RDD]:
     }
 
 
-def main(spark: SparkSession, args) -> dict:
-    cfg = common.settings(args.config)
-    top_k = args.top_k or cfg.stats.top_k
+def main(spark: SparkSession, config: PipelineConfig, args) -> dict:
+    top_k = config.stats.top_k
     scored = common.read_table(spark, args.input, args.input_format)
     tables = to_json_lines(compute_stats(scored, top_k))
     sizes = {}
@@ -89,19 +89,10 @@ def parser():
     p.add_argument("--input", required=True, help="scored records (Parquet or JSON Lines dir)")
     p.add_argument("--output", required=True, help="output dir: term_freq/, counts/, top_terms/ (overwritten)")
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
-    p.add_argument("--top-k", type=int, help="top terms per label (default: stats.top_k in the config)")
     return p
 
 
-def cli(argv=None) -> int:
-    common.setup_logging()
-    args = parser().parse_args(argv)
-    try:
-        common.settings(args.config)
-    except common.ConfigError as exc:
-        return common.fail(str(exc))
-    out = {}
-    common.run("stats", lambda spark, a: out.update(main(spark, a)), args)
+def report(out: dict) -> None:
     rows = out["rows"]
     print(
         f"stats: {rows['term_freq']} term counts, {rows['counts']} source/label counts, "
@@ -110,7 +101,10 @@ def cli(argv=None) -> int:
     for line in out["counts"]:
         print(f"  {line}")
     print(f"stats: {out['output']}")
-    return 0
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("stats", parser(), main, report, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from jobs.spark import common
 from udfs import head as H
 from udfs import model as M
+from udfs.config import PipelineConfig
 from udfs.registry import Registry
 from udfs.spark import embed_udf, in_sample_udf, split_udf
 
@@ -42,14 +43,7 @@ def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settin
     tr, te = splits == "train", splits == "test"
     if not tr.any() or not te.any():
         raise ValueError(f"need labelled rows in both splits, got train {int(tr.sum())}, test {int(te.sum())}")
-    settings = H.TrainSettings(
-        hidden=cfg.hidden,
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-    )
-    arrays = H.train_head(embeddings[tr], list(labels[tr]), settings)
+    arrays = H.train_head(embeddings[tr], list(labels[tr]), cfg)
     predicted, _ = H.predict_labels(arrays, embeddings[te])
     acc = H.accuracy(predicted, list(labels[te]))
     majority, base = H.majority_baseline(list(labels[tr]), list(labels[te]))
@@ -59,14 +53,13 @@ def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settin
         "test_accuracy": round(acc, 6),
         "majority_label": majority,
         "majority_baseline": round(base, 6),
-        "train_settings": settings.__dict__,
+        "train_settings": cfg.model_dump(include={"hidden", "epochs", "learning_rate", "weight_decay", "seed"}),
         "encoder": encoder_settings,
     }
     return arrays, report
 
 
-def main(spark: SparkSession, args) -> dict:
-    cfg = common.settings(args.config)
+def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     enc = cfg.encoder
     model_dir = enc.model_dir or None
     records = common.read_table(spark, args.input, args.input_format)
@@ -113,15 +106,7 @@ def parser():
     return p
 
 
-def cli(argv=None) -> int:
-    common.setup_logging()
-    args = parser().parse_args(argv)
-    try:
-        common.settings(args.config)
-    except common.ConfigError as exc:
-        return common.fail(str(exc))
-    out = {}
-    common.run("train", lambda spark, a: out.update(main(spark, a)), args)
+def report(out: dict) -> None:
     print(f"train: registered {out['model']} (weights {out['weights_sha256'][:12]}) in {out['registry']}")
     print(f"  rows: train {out['train_rows']}, test {out['test_rows']}")
     print(
@@ -129,7 +114,10 @@ def cli(argv=None) -> int:
         f"{out['majority_baseline']:.4f} (always '{out['majority_label']}')"
     )
     print("  " + json.dumps({k: out[k] for k in ("model", "test_accuracy", "majority_baseline")}))
-    return 0
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("train", parser(), main, report, argv)
 
 
 if __name__ == "__main__":

@@ -167,12 +167,12 @@ FAULT_KINDS = [
 def gateway() -> Iterator[RunningGateway]:
     """One shared server: an admin key with roomy limits, a second plain key, and
     one key per fault kind with that fault at probability 1."""
-    keys = [{"name": "main", "admin": True}, {"name": "other"}]
+    keys: list[dict] = [{"name": "main", "admin": True}, {"name": "other"}]
     for kind in FAULT_KINDS:
         keys.append(
             {"name": f"fault-{kind}", "faults": {kind: 1.0, "timeout_hold_seconds": 5, "retry_after_seconds": 0.2}}
         )
-    with run_gateway(make_raw_config(keys, max_request_bytes=65536)) as gw:
+    with run_gateway(make_raw_config(keys, max_request_bytes=65536, docs=True)) as gw:
         yield gw
 
 

@@ -112,3 +112,24 @@ def test_commented_example_key_in_the_shipped_config_parses(tmp_path):
     config = load_config(tmp_path / "g.toml", environ={"AIBATCH_GATEWAY_KEY": "a", "AIBATCH_GATEWAY_FLAKY_KEY": "b"})
     flaky = config.keys[1]
     assert flaky.name == "flaky-batch" and flaky.limits.algorithm == "token_bucket" and flaky.faults.overloaded == 0.05
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda r: r.update(colour="blue"), "gateway.toml: unknown key 'colour'"),
+        (lambda r: r["server"].update(colour="blue"), "server: unknown key 'colour'"),
+        (lambda r: r["keys"][0].update(limits={"rpm": 5}), "keys[0].limits: unknown key 'rpm'"),
+        (lambda r: r["keys"][0].update(colour="blue"), "keys[0]: unknown key 'colour'"),
+        (lambda r: r["models"][0].update(colour="blue"), "models[0]: unknown key 'colour'"),
+        (lambda r: r["limits"].update(requests=True), "limits.requests: "),  # no bool for a number
+        (lambda r: r["limits"].update(requests="60"), "limits.requests: "),  # no string for a number
+        (lambda r: r.update(faults={"seed": 1.5}), "faults.seed: "),
+    ],
+)
+def test_unknown_keys_and_wrong_types_are_refused_by_name(mutate, message):
+    raw = make_raw_config([{"name": "main"}])
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env_for(raw))
+    assert str(err.value).startswith(message)

