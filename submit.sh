@@ -77,6 +77,16 @@ run_spark() {
   [[ "$name" =~ ^[a-z_]+$ && -f "$main" ]] && PYTHONPATH="$root" "$python" -m jobs.spark.catalog --is-job "$name" \
     || die "unknown job '$name' (./submit.sh --help lists the jobs)"
   local zip; zip="$(build_zip)"
+  # The job's log: the Python driver's log and trace and Spark's own log
+  # (conf/spark-log4j2.properties) both go there; stderr gets one line.
+  export AIBATCH_JOB_LOG="${AIBATCH_JOB_LOG:-$root/var/log/$name-$(date -u +%Y%m%d-%H%M%S)-$$.log}"
+  mkdir -p "$(dirname "$AIBATCH_JOB_LOG")"
+  # Settings, model, input and output checks in plain Python first: a usage
+  # error is one line and exit status 2 without starting a JVM.
+  case " $* " in
+    *" -h "*|*" --help "*) ;;
+    *) AIBATCH_PREFLIGHT=1 PYTHONPATH="$zip" "$python" "$main" "$@" || exit $? ;;
+  esac
   local args=(--properties-file "$spark_conf" --py-files "$zip"
               --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
   [[ -n "$master" ]] && args+=(--master "$master")

@@ -142,7 +142,6 @@ def main() -> int:
 
     env = dict(os.environ)
     node = None
-    hdfs_base = hdfs_file = ""  # set when HDFS is started
     with tempfile.TemporaryDirectory(dir=ROOT / "var") as tmp:
         if {"spark-hdfs", "hadoop"} & set(runs):
             from hdfs import InsecureClient
@@ -150,16 +149,8 @@ def main() -> int:
             from infra.hdfs import LocalHDFS, free_ports
             from infra.settings import HdfsSettings
 
-            nn, nn_http, dn, dn_http, dn_ipc = free_ports(5)
-            settings = HdfsSettings(
-                namenode_port=nn,
-                namenode_http_port=nn_http,
-                datanode_port=dn,
-                datanode_http_port=dn_http,
-                datanode_ipc_port=dn_ipc,
-                data_dir=Path(tmp) / "hdfs",
-            )
-            node = LocalHDFS(settings)
+            ports = dict(zip(HdfsSettings.PORT_KEYS, free_ports(len(HdfsSettings.PORT_KEYS)), strict=True))
+            node = LocalHDFS(HdfsSettings(data_dir=Path(tmp) / "hdfs").with_overrides(**ports))
             node.start()
             env.update(node.env())
             client = InsecureClient(node.webhdfs_url, user=node.user)
@@ -168,8 +159,7 @@ def main() -> int:
             mib = 1 << 20
             block = max(mib, -(-path.stat().st_size // cores // mib) * mib)
             client.upload(f"/user/{node.user}/bench/posts.jsonl", str(path), blocksize=block)
-            hdfs_base = f"{node.hdfs_url}/user/{node.user}/bench"
-            hdfs_file = f"{hdfs_base}/posts.jsonl"
+            hdfs_file = f"{node.hdfs_url}/user/{node.user}/bench/posts.jsonl"
         try:
             for run in runs:
                 if run == "spark":
@@ -178,11 +168,15 @@ def main() -> int:
                         run_spark(path.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/spark", env),
                     )
                 elif run == "spark-hdfs":
-                    name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, f"{hdfs_base}/spark", env)
+                    assert node is not None
+                    out = f"{node.hdfs_url}/user/{node.user}/bench/spark"
+                    name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, out, env)
                 elif run == "local":
                     name, (s, c) = "mrjob -r local", run_twin("local", str(path), f"{tmp}/local", env)
                 elif run == "hadoop":
-                    name, (s, c) = "mrjob -r hadoop, HDFS file", run_twin("hadoop", hdfs_file, f"{hdfs_base}/mr", env)
+                    assert node is not None
+                    out = f"{node.hdfs_url}/user/{node.user}/bench/mr"
+                    name, (s, c) = "mrjob -r hadoop, HDFS file", run_twin("hadoop", hdfs_file, out, env)
                 else:
                     raise SystemExit(f"unknown run {run!r}")
                 results[name] = (s, c, cores)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hadoop_home import render_conf_dir
-from .settings import DEFAULT_HADOOP_HOME, HdfsSettings, hdfs_user
+from .settings import DEFAULT_HADOOP_HOME, HdfsSettings, check_exposure, hdfs_user
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class LocalHDFS:
     def start(self, timeout: float = 120.0) -> bool:
         """Start both daemons and wait until HDFS is usable. Returns False if
         it was already running (nothing done), True if it started it."""
+        check_exposure(self.settings, "HDFS settings")  # settings built without load_settings too
         pids = self.running()
         if all(pids.values()):
             log.info("HDFS already running (pids %s)", pids)

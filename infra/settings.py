@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ class HdfsSettings:
     data_dir: Path = REPO_ROOT / "var" / "hdfs"
     local_map_tasks: int = 2
     daemon_heap: str = "512m"
+    # Serve on a non-loopback host only when the user says so (see check_exposure).
+    allow_remote_access: bool = False
 
     PORT_KEYS = (
         "namenode_port",
@@ -64,7 +67,13 @@ def _coerce(key: str, raw, where: str, base: Path):
         known = ", ".join(f.name for f in dataclasses.fields(HdfsSettings))
         raise SettingsError(f"{where}: unknown key '{key}' (known keys: {known})")
     default = field.default
-    if isinstance(default, bool) or not isinstance(default, (int, str, Path)):
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise SettingsError(f"{where}: '{key}' must be true or false, got {raw!r}")
+    if not isinstance(default, (int, str, Path)):
         raise SettingsError(f"{where}: key '{key}' cannot be set")
     if isinstance(default, int):
         try:
@@ -96,17 +105,44 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         raise SettingsError(f"HDFS config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    given_by: dict[str, str] = {}
     for key, raw in data.items():
         values[key] = _coerce(key, raw, str(path), REPO_ROOT)
+        given_by[key] = str(path)
     for name, raw in env.items():
         if name.startswith("AIBATCH_HDFS_"):
             key = name[len("AIBATCH_HDFS_") :].lower()
             values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd())
+            given_by[key] = f"environment variable {name}"
     settings = HdfsSettings(**values)
     ports = settings.ports()
     if len(set(ports.values())) != len(ports):
         raise SettingsError(f"{path}: the HDFS ports must differ from each other, got {ports}")
+    check_exposure(settings, given_by.get("host", str(path)))
     return settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def check_exposure(settings: HdfsSettings, where: str) -> None:
+    """Refuse a non-loopback host unless allow_remote_access is set: this HDFS
+    runs with simple authentication, so whoever reaches its ports is whoever
+    they say they are."""
+    if is_loopback(settings.host) or settings.allow_remote_access:
+        return
+    raise SettingsError(
+        f"{where}: host {settings.host!r} is not a loopback address. This HDFS uses simple authentication: anyone "
+        "who can reach its ports can read, write and delete every file as any user (WebHDFS takes the user from "
+        '?user.name=, RPC from the client\'s word). Use host = "127.0.0.1", or, if the network is trusted, set '
+        "allow_remote_access = true (or AIBATCH_HDFS_ALLOW_REMOTE_ACCESS=true)."
+    )
 
 
 def hdfs_user(env: Mapping[str, str] | None = None) -> str:

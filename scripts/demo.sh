@@ -37,7 +37,7 @@ echo "  $raw"
 base="${raw%/raw}"
 
 say "ingest"
-./submit.sh ingest --input "$raw" --output "$base/records" --rejects "$base/rejects" 2>"$logs/ingest.log" \
+./submit.sh ingest --input "$raw" --output "$base/records" --rejects "$base/rejects" --overwrite 2>"$logs/ingest.log" \
   | tee "$logs/ingest.out"
 
 say "train (sample ${sample} %)"
@@ -46,11 +46,11 @@ model="$(sed -n 's/^train: registered \([^ ]*\) .*/\1/p' "$logs/train.out")"
 [[ -n "$model" ]] || { echo "error: train registered no model (see $logs/train.log)" >&2; exit 1; }
 
 say "score with $model (sample ${sample} %)"
-./submit.sh score --input "$base/records" --output "$base/scored" --model "$model" --sample-percent "$sample" \
+./submit.sh score --input "$base/records" --output "$base/scored" --overwrite --model "$model" --sample-percent "$sample" \
   2>"$logs/score.log" | tee "$logs/score.out"
 
 say "stats"
-./submit.sh stats --input "$base/scored" --output "$base/stats" 2>"$logs/stats.log" | tee "$logs/stats.out"
+./submit.sh stats --input "$base/scored" --output "$base/stats" --overwrite 2>"$logs/stats.log" | tee "$logs/stats.out"
 
 say "summary"
 grep '^ingest:' "$logs/ingest.out" | sed 's/^ingest: /  ingest: /'

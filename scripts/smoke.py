@@ -44,7 +44,9 @@ def main() -> int:
         t0 = time.monotonic()
         spark = SparkSession.builder.master("local[2]").appName("aibatch-smoke").getOrCreate()
         try:
-            n = hdfs_roundtrip.roundtrip(spark, f"{node.hdfs_url}{base}/in.txt", f"{node.hdfs_url}{base}/counts")
+            n = hdfs_roundtrip.roundtrip(
+                spark, f"{node.hdfs_url}{base}/in.txt", f"{node.hdfs_url}{base}/counts", overwrite=True
+            )
         finally:
             spark.stop()
         print(

@@ -37,9 +37,14 @@ def make_hdfs(base: Path) -> LocalHDFS:
 
 @pytest.fixture(scope="session")
 def hdfs(tmp_path_factory) -> Iterator[LocalHDFS]:
+    from jobs import commit
+
     node = make_hdfs(tmp_path_factory.mktemp("hdfs"))
     try:
         node.start()
+        # Jobs commit their outputs by renames through this node's WebHDFS,
+        # in this process and in the jobs the tests start.
+        os.environ[commit.WEBHDFS_ENV] = f"{node.hdfs_url}={node.webhdfs_url}"
         yield node
     finally:
         node.stop()
@@ -57,7 +62,9 @@ def spark():
     from pyspark.sql import SparkSession
 
     session = (
-        SparkSession.builder.master("local[2]")
+        # Up to 4 attempts per task, as conf/spark-defaults.conf's local[*,4]:
+        # a lost Python worker is retried, not a failed job.
+        SparkSession.builder.master("local[2,4]")
         .appName("aibatch-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")

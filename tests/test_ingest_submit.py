@@ -72,7 +72,7 @@ def test_a_spark_style_folder_gives_the_same_rows_and_skips_on_both(tmp_path):
     spark = spark_ingest(src, tmp_path / "spark")
     assert spark.returncode == 0, spark.stdout[-3000:] + spark.stderr[-3000:]
     assert "ingest: input rows 9 = good 5 + rejected 4" in spark.stdout
-    assert "skipped (not records) blank_line: 2" in spark.stdout
+    assert "skipped, not records (blank_line): 2" in spark.stdout
 
     twin = twin_ingest(src, tmp_path / "twin")
     assert twin.returncode == 0, twin.stderr[-3000:]

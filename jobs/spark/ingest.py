@@ -231,20 +231,23 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
         chosen = [cfg.source(n) for n in names]
         specs = [(args.input.rstrip("/") + "/" + s.file, cfg.ingest.spec(s)) for s in chosen]
     result = ingest(spark, specs, args.partitions)
-    try:
-        common.write_table(result.records, args.output, args.output_format)
-        common.write_table(result.rejects, args.rejects, args.output_format)
-        counts = result.counts()
-    finally:
-        result.release()
-    good = common.read_table(spark, args.output, args.output_format, RECORD_SCHEMA).count()
-    rejected_rows = common.read_table(spark, args.rejects, args.output_format, REJECT_SCHEMA)
-    rejected = rejected_rows.count()
-    # Input rows counted before duplicates are resolved and outputs written.
-    total = counts["input"]
-    reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
-    if total != good + rejected:
-        raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
+    # Records and rejects are one commit: both in place, or neither touched.
+    outputs = {"records": args.output, "rejects": args.rejects}
+    with common.committed_outputs(spark, outputs, overwrite=args.overwrite, inputs=[args.input]) as staging:
+        try:
+            common.write_table(result.records, staging["records"], args.output_format)
+            common.write_table(result.rejects, staging["rejects"], args.output_format)
+            counts = result.counts()
+        finally:
+            result.release()
+        good = common.read_table(spark, staging["records"], args.output_format, RECORD_SCHEMA).count()
+        rejected_rows = common.read_table(spark, staging["rejects"], args.output_format, REJECT_SCHEMA)
+        rejected = rejected_rows.count()
+        # Input rows counted before duplicates are resolved and outputs written.
+        total = counts["input"]
+        reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
+        if total != good + rejected:
+            raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
     summary = {
         "input": total,
         "good": good,
@@ -263,8 +266,9 @@ def parser():
     p.add_argument(
         "--input", required=True, help="dir holding the configured sources' files, or (with --format) a file or dir"
     )
-    p.add_argument("--output", required=True, help="records output dir (overwritten)")
-    p.add_argument("--rejects", required=True, help="rejects output dir (overwritten)")
+    p.add_argument("--output", required=True, help="records output dir (must not exist unless --overwrite)")
+    p.add_argument("--rejects", required=True, help="rejects output dir (must not exist unless --overwrite)")
+    common.add_output_args(p, outputs=("output", "rejects"))
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--sources", help="comma-separated configured source names (default: all)")
     p.add_argument("--format", choices=R.FORMATS, help="read --input as one source of this format")
@@ -292,13 +296,22 @@ def report(out: dict) -> None:
     print(f"ingest: input rows {out['input']} = good {out['good']} + rejected {out['rejected']}")
     for reason, n in sorted(out["reasons"].items()):
         print(f"  rejected {reason}: {n}")
-    for reason, n in sorted(out.get("skipped", {}).items()):
-        print(f"  skipped (not records) {reason}: {n}")
+    for what, n in sorted(out.get("skipped", {}).items()):
+        print(f"  skipped, not records ({what}): {n}")
     print(f"records: {out['output']}\nrejects: {out['rejects']}")
 
 
+def check_sources(cfg: PipelineConfig, args) -> dict:
+    """Before Spark starts: every --sources name is configured (ConfigError
+    naming it and the known ones)."""
+    if not args.format and args.sources:
+        for name in args.sources.split(","):
+            cfg.source(name)
+    return {}
+
+
 def cli(argv=None) -> int:
-    return common.run_cli("ingest", parser(), main, report, argv)
+    return common.run_cli("ingest", parser(), main, report, argv, prepare=check_sources)
 
 
 if __name__ == "__main__":

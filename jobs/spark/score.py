@@ -22,9 +22,10 @@ from jobs.spark import common
 from udfs import lineage as L
 from udfs import model as M
 from udfs.config import PipelineConfig
+from udfs.partitioning import task_count
 from udfs.registry import HeadVersion, Registry
 from udfs.scoring import plan_scoring
-from udfs.spark import in_sample_udf, score_udf
+from udfs.spark import balance_by_cost, in_sample_udf, score_udf, task_slots
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool 
 def resolve_model(cfg: PipelineConfig, args) -> dict:
     """The head version named by --model or the config, loaded (weights hash
     checked); RegistryError, listing the known versions, before Spark starts."""
+    common.check_encoder(cfg)
     registry = Registry(cfg.registry_path(common.home()))
     return {"head": registry.load(args.model or cfg.score.model)}
 
@@ -58,21 +60,29 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
         records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
+    # Parallelism follows the cluster, not the input's files: partitions_per_core
+    # tasks per task slot, rows dealt to them by estimated cost (token count).
+    partitions = task_count(task_slots(spark), cfg.score.partitions_per_core)
+    records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length)
     with_embedding = cfg.score.with_embedding
     scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
     started = time.perf_counter()
-    common.write_table(scored, args.output, args.output_format)
-    seconds = time.perf_counter() - started
-    out = common.read_table(spark, args.output, args.output_format)
-    rows = out.count()
-    by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
-    labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
-    n_lab = labelled.count()
-    correct = labelled.where(F.col("label") == F.col("predicted")).count()
+    with common.committed_outputs(
+        spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
+    ) as staging:
+        common.write_table(scored, staging["output"], args.output_format)
+        seconds = time.perf_counter() - started
+        out = common.read_table(spark, staging["output"], args.output_format)
+        rows = out.count()
+        by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
+        labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
+        n_lab = labelled.count()
+        correct = labelled.where(F.col("label") == F.col("predicted")).count()
     summary = {
         "rows": rows,
         "seconds": round(seconds, 1),
         "rows_per_s": round(rows / seconds, 1) if seconds else None,
+        "partitions": partitions,
         "by_label": by_label,
         "labelled": n_lab,
         "agreement": (correct / n_lab) if n_lab else None,
@@ -88,7 +98,8 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
 def parser():
     p = common.base_parser("score", __doc__)
     p.add_argument("--input", required=True, help="ingested records (Parquet or JSON Lines dir)")
-    p.add_argument("--output", required=True, help="scored output dir (overwritten)")
+    p.add_argument("--output", required=True, help="scored output dir (must not exist unless --overwrite)")
+    common.add_output_args(p)
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
@@ -105,7 +116,7 @@ def parser():
 def report(out: dict) -> None:
     print(
         f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
-        f"({out['rows_per_s']} rows/s, Spark start-up excluded)"
+        f"({out['rows_per_s']} rows/s, Spark start-up excluded), {out['partitions']} tasks balanced by token cost"
     )
     print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
     if out["agreement"] is not None:

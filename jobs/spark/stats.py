@@ -72,13 +72,16 @@ def main(spark: SparkSession, config: PipelineConfig, args) -> dict:
     scored = common.read_table(spark, args.input, args.input_format)
     tables = to_json_lines(compute_stats(scored, top_k))
     sizes = {}
-    for name, lines in tables.items():
-        path = f"{args.output.rstrip('/')}/{name}"
-        # coalesce(1) merges the sorted partitions in order (no shuffle): one
-        # ordered file. The DataFrame writer only to overwrite a previous run.
-        frame = spark.createDataFrame(lines.map(lambda line: (line,)), "value string")
-        frame.coalesce(1).write.mode("overwrite").text(path)
-        sizes[name] = spark.read.text(path).count()
+    with common.committed_outputs(
+        spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
+    ) as staging:
+        for name, lines in tables.items():
+            path = f"{staging['output']}/{name}"
+            # coalesce(1) merges the sorted partitions in order (no shuffle): one
+            # ordered file.
+            frame = spark.createDataFrame(lines.map(lambda line: (line,)), "value string")
+            frame.coalesce(1).write.mode("errorifexists").text(path)
+            sizes[name] = spark.read.text(path).count()
     summary = {"output": args.output, "rows": sizes, "counts": tables["counts"].collect()}
     log.info("stats: %s", sizes)
     return summary
@@ -87,7 +90,12 @@ def main(spark: SparkSession, config: PipelineConfig, args) -> dict:
 def parser():
     p = common.base_parser("stats", __doc__)
     p.add_argument("--input", required=True, help="scored records (Parquet or JSON Lines dir)")
-    p.add_argument("--output", required=True, help="output dir: term_freq/, counts/, top_terms/ (overwritten)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output dir: term_freq/, counts/, top_terms/ (must not exist unless --overwrite)",
+    )
+    common.add_output_args(p)
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     return p
 

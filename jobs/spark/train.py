@@ -117,7 +117,7 @@ def report(out: dict) -> None:
 
 
 def cli(argv=None) -> int:
-    return common.run_cli("train", parser(), main, report, argv)
+    return common.run_cli("train", parser(), main, report, argv, prepare=common.check_encoder)
 
 
 if __name__ == "__main__":
