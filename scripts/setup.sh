@@ -109,4 +109,9 @@ else
   say "Hadoop home up to date"
 fi
 "$hadoop_home/bin/hadoop" version | head -1 | sed 's/^/[setup] /'
+
+# --- 4. the encoder for encoder.runtime = "onnxruntime" -----------------------
+# Exported once from the installed weights (never downloaded), checked against
+# torch, cached under var/onnx/<weights hash>/; a no-op when already there.
+say "ONNX export of the encoder: $(AIBATCH_HOME="$root" "$venv/bin/python" -m udfs.onnx_runtime)"
 say "done: venv $venv, HADOOP_HOME $hadoop_home"
