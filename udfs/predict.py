@@ -24,6 +24,10 @@ class ScoreSettings:
     batch_size: int
     max_length: int
     torch_threads: int
+    runtime: str
+    device: str
+    gpu_precision: str
+    gpu_batch_size: int
 
     @classmethod
     def from_config(
@@ -38,6 +42,10 @@ class ScoreSettings:
             "batch_size": encoder.batch_size,
             "max_length": encoder.max_length,
             "torch_threads": encoder.torch_threads,
+            "runtime": encoder.runtime,
+            "device": encoder.device,
+            "gpu_precision": encoder.gpu_precision,
+            "gpu_batch_size": encoder.gpu_batch_size,
         }
         values.update(changes)
         return cls(**values)
@@ -50,27 +58,58 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def device_plan(settings: ScoreSettings, assigned_gpus: Sequence[str] = ()) -> model.DevicePlan:
+    """Where this task runs the encoder (udfs.model.plan_device)."""
+    cuda = model.cuda_devices() if settings.device != "cpu" else 0
+    return model.plan_device(
+        settings.device,
+        settings.precision,
+        settings.batch_size,
+        settings.gpu_precision,
+        settings.gpu_batch_size,
+        assigned_gpus,
+        cuda,
+    )
+
+
+def load_for(settings: ScoreSettings, assigned_gpus: Sequence[str] = ()) -> model.Encoder:
+    """The encoder as settings and the task's device ask (loaded once)."""
+    plan = device_plan(settings, assigned_gpus)
+    return model.load_encoder(settings.model_dir, plan.precision, plan.device, settings.runtime)
+
+
 def embed_texts(
     texts: Sequence[str | None],
     model_dir: str | None,
     precision: str,
     batch_size: int,
     max_length: int,
+    device: str = "cpu",
+    runtime: str = "torch",
 ) -> np.ndarray:
     """Embeddings (n, 384); rows whose text is null or empty get NaN."""
     present = [(i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
     out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)
     if present:
-        enc = model.load_encoder(model_dir, precision)
+        enc = model.load_encoder(model_dir, precision, device, runtime)
         out[[i for i, _ in present]] = model.embed(enc, [t for _, t in present], batch_size, max_length)
     return out
 
 
-def score_texts(texts: Sequence[str | None], settings: ScoreSettings, with_embedding: bool = False) -> pd.DataFrame:
+def score_texts(
+    texts: Sequence[str | None],
+    settings: ScoreSettings,
+    with_embedding: bool = False,
+    assigned_gpus: Sequence[str] = (),
+) -> pd.DataFrame:
     """One row per text, in input order: predicted (label or None for a
-    null/empty text), probability of that label, and optionally embedding."""
+    null/empty text), probability of that label, and optionally embedding.
+    assigned_gpus: the GPUs Spark assigned to the task (encoder.device)."""
     set_threads(settings.torch_threads)
-    emb = embed_texts(texts, settings.model_dir, settings.precision, settings.batch_size, settings.max_length)
+    plan = device_plan(settings, assigned_gpus)
+    emb = embed_texts(
+        texts, settings.model_dir, plan.precision, plan.batch_size, settings.max_length, plan.device, settings.runtime
+    )
     ok = ~np.isnan(emb[:, 0]) if len(texts) else np.zeros(0, dtype=bool)
     labels, probs = head_mod.predict_labels(settings.head_arrays, emb[ok])
     predicted = np.full(len(texts), None, dtype=object)

@@ -8,10 +8,16 @@ Output schema (RECORD_FIELDS): id, source, text, label, rating.
 Rejects (REJECT_FIELDS): id, source, reason, raw.
 
 The id is the first 16 hex digits of SHA-256 over the source name and the
-raw record's bytes (line terminator removed), so it depends on nothing but
-the record itself: equal across engines, reruns and partition counts.
-Identical raw records of one source therefore share an id; the jobs keep the
-first and reject the others with reason `duplicate_record`.
+raw record's bytes (line terminator and a leading UTF-8 byte-order mark
+removed), so it depends on nothing but the record itself: equal across
+engines, reruns and partition counts. Identical raw records of one source
+therefore share an id; the jobs keep the first and reject the others with
+reason `duplicate_record`.
+
+Lines end where Hadoop's LineReader ends them (TextInputFormat, and Spark's
+text source, which both engines read through): at LF, CR or CRLF. Lines
+that are not records are skipped and counted by reason (SKIP_REASONS):
+blank lines and a CSV/TSV file's header line.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import hashlib
 import io
 import json
 import math
+import re
 import unicodedata
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -40,8 +48,20 @@ MALFORMED_CSV = "malformed_csv"
 WRONG_FIELD_COUNT = "wrong_field_count"
 MISSING_TEXT = "missing_text"
 EMPTY_TEXT = "empty_text"
+INVALID_UNICODE = "invalid_unicode"
 UNKNOWN_LABEL = "unknown_label"
 DUPLICATE = "duplicate_record"
+
+# Kinds of parsed raw records; skipped lines are not records, counted by
+# reason (kind SKIP, with one of SKIP_REASONS).
+RECORD = "record"
+REJECT = "reject"
+SKIP = "skip"
+BLANK_LINE = "blank_line"
+HEADER_LINE = "header_line"
+SKIP_REASONS = (BLANK_LINE, HEADER_LINE)
+
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
 
 
 def wrong_type(field: str) -> str:
@@ -88,6 +108,24 @@ def prepare_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+# Characters that show nothing: whitespace, controls (Unicode Cc: NUL and
+# friends) and format characters (Cf: zero-width spaces and joiners, the
+# BOM, bidi marks, soft hyphen). A text made only of these is empty text.
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+_ASCII_VISIBLE = re.compile(r"[!-~]")
+# A JSON escape such as "\ud800" decodes to an unpaired UTF-16 surrogate,
+# which has no UTF-8 form: no output (Parquet, Arrow, JSON Lines) can hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether text holds a character that shows (anything outside
+    _INVISIBLE); the ASCII check first is the common, fast case."""
+    if _ASCII_VISIBLE.search(text):
+        return True
+    return any(unicodedata.category(c) not in _INVISIBLE for c in text)
+
+
 def raw_to_str(raw: bytes) -> str:
     """The raw record as text for the rejects output (invalid bytes escaped)."""
     return raw.decode("utf-8", errors="backslashreplace")
@@ -105,42 +143,110 @@ def decompress(name: str, data: bytes) -> bytes:
     return data
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
-    for line in data.split(b"\n"):
-        line = line.rstrip(b"\r")
-        if line.strip():
-            yield line
+def lf_piece_lines(piece: bytes) -> list[bytes]:
+    """The lines Hadoop's LineReader makes of input between two LFs (the LF
+    removed): a CR right before the LF belongs to a CRLF terminator, any
+    other CR ends a line. mrjob's local runners split input at LF only;
+    this finishes the job the same way -r hadoop and Spark do."""
+    if piece.endswith(b"\r"):
+        piece = piece[:-1]
+    return piece.split(b"\r")
 
 
-def _csv_records(data: bytes) -> Iterator[bytes]:
+def iter_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (terminator removed) of a binary stream that yields LF-ended
+    pieces, like a file opened "rb": ended at LF, CR or CRLF, as Hadoop's
+    LineReader ends them; no empty line after a final terminator."""
+    for piece in stream:
+        yield from lf_piece_lines(piece[:-1] if piece.endswith(b"\n") else piece)
+
+
+def split_lines(data: bytes) -> Iterator[bytes]:
+    return iter_lines(io.BytesIO(data))
+
+
+# A quoted CSV field may hold newlines, but one stray quote must not swallow
+# the rest of the file: a record that spans lines is kept only if it reads as
+# one CSV row with the header's field count; otherwise its first line is a
+# record on its own (a malformed_csv reject) and the lines after it are read
+# again. A record still open after this many lines or bytes is cut the same way.
+CSV_MAX_RECORD_LINES = 1000
+CSV_MAX_RECORD_BYTES = 1 << 20
+
+
+def _csv_row_fits(raw: bytes, fields: int | None) -> bool:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and (fields is None or len(rows[0]) == fields)
+
+
+def _csv_records(lines: Iterable[bytes], fields: int | None = None) -> Iterator[bytes]:
     # An RFC 4180 record ends at a newline outside quotes; escaped quotes ("")
-    # keep the count even, so an odd count means the record goes on.
+    # keep the count even, so an odd count means the record goes on. A blank
+    # line outside a record is its own (skipped) raw record.
+    source = iter(lines)
+    again: deque[bytes] = deque()  # lines to read again after a cut record
     pending: list[bytes] = []
-    quotes = 0
-    for line in data.split(b"\n"):
-        line = line.rstrip(b"\r")
+    quotes = size = 0
+
+    def cut() -> bytes:
+        nonlocal pending, quotes, size
+        again.extendleft(reversed(pending[1:]))
+        first = pending[0]
+        pending, quotes, size = [], 0, 0
+        return first
+
+    while True:
+        if again:
+            line = again.popleft()
+        else:
+            following = next(source, None)
+            if following is None:
+                if not pending:
+                    break
+                yield cut()  # an unterminated quote at the end: read the rest again
+                continue
+            line = following
         if not pending and not line.strip():
+            yield line
             continue
         pending.append(line)
         quotes += line.count(b'"')
+        size += len(line)
         if quotes % 2 == 0:
-            yield b"\n".join(pending)
-            pending, quotes = [], 0
-    if pending:
-        yield b"\n".join(pending)  # unterminated quote: parse_record rejects it
+            record = b"\n".join(pending)
+            if len(pending) == 1 or _csv_row_fits(record, fields):
+                pending, quotes, size = [], 0, 0
+                yield record
+            else:
+                yield cut()
+        elif len(pending) >= CSV_MAX_RECORD_LINES or size >= CSV_MAX_RECORD_BYTES:
+            yield cut()
+
+
+def raw_records(fmt: str, lines: Iterable[bytes], fields: int | None = None) -> Iterator[bytes]:
+    """The raw records of a file's lines, blank lines and the header
+    included (parse_line tells them apart); `fields`: the CSV header's
+    field count, when known."""
+    if fmt == "csv":
+        return _csv_records(lines, fields)
+    if fmt in ("tsv", "jsonl"):
+        return iter(lines)
+    raise ValueError(f"cannot split format {fmt!r} into lines")
 
 
 def split_records(fmt: str, data: bytes) -> Iterator[bytes]:
     """The raw records of one (decompressed) file, header included for CSV
-    and TSV; blank lines are not records."""
-    if fmt == "csv":
-        return _csv_records(data)
-    if fmt in ("tsv", "jsonl"):
-        return _lines(data)
-    raise ValueError(f"cannot split format {fmt!r} into lines")
+    and TSV; blank lines are left out."""
+    return (raw for raw in raw_records(fmt, split_lines(data)) if raw.strip())
 
 
 def parse_header(fmt: str, raw: bytes) -> list[str]:
+    """The field names of a CSV/TSV header line (UnicodeDecodeError or
+    csv.Error where it cannot be read)."""
     text = raw.decode("utf-8-sig")
     if fmt == "tsv":
         return [c.strip() for c in text.split("\t")]
@@ -247,8 +353,10 @@ def parse_record(spec: SourceSpec, raw: bytes, header: list[str] | None = None) 
         if not isinstance(text, str):
             raise _Reject(wrong_type("text"))
         text = prepare_text(text)
-        if not text:
+        if not has_visible_text(text):
             raise _Reject(EMPTY_TEXT)
+        if _SURROGATE.search(text):
+            raise _Reject(INVALID_UNICODE)
         rating = _rating(spec, fields)
         label = _label(spec, fields, rating)
     except _Reject as rej:
@@ -262,23 +370,52 @@ def row_to_raw(row: Mapping) -> bytes:
     return json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
 
 
+def file_header(spec: SourceSpec, name: str, raw: bytes) -> list[str]:
+    """The header of a CSV/TSV file from its first non-blank line; a
+    ValueError naming the file where it is unreadable or lacks the text
+    field."""
+    try:
+        header = parse_header(spec.format, raw)
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        raise ValueError(f"{name}: unreadable header line {raw_to_str(raw[:200])!r}") from None
+    if spec.text_field not in header:
+        raise ValueError(f"{name}: header {header} has no text field {spec.text_field!r}")
+    return header
+
+
+def _is_header(fmt: str, raw: bytes, header: list[str]) -> bool:
+    try:
+        return parse_header(fmt, raw) == header
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return False
+
+
+def parse_line(spec: SourceSpec, raw: bytes, header: list[str] | None = None) -> tuple[str, dict, bytes]:
+    """(kind, row, raw) for one raw record of a line-based file: kind SKIP
+    (row {"reason": BLANK_LINE or HEADER_LINE}) for a blank line or a line
+    equal to the file's header (anywhere in it: Hadoop splits a file without
+    knowing where it began), else parse_record's. A leading UTF-8 byte-order
+    mark is removed first (raw is returned without it)."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    if not raw.strip():
+        return SKIP, {"reason": BLANK_LINE}, raw
+    if header is not None and _is_header(spec.format, raw, header):
+        return SKIP, {"reason": HEADER_LINE}, raw
+    return (*parse_record(spec, raw, header), raw)
+
+
 def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, dict, bytes]]:
     """(kind, row, raw) for every raw record of one CSV/TSV/JSON Lines file's
-    bytes; kind is 'record' or 'reject'."""
-    records = split_records(spec.format, decompress(name, data))
+    bytes (parse_line: kind 'record', 'reject' or 'skip'), in plain Python:
+    the rules the engines apply to files they read in pieces."""
+    lines = list(split_lines(decompress(name, data)))
     header = None
     if spec.format in ("csv", "tsv"):
-        first = next(records, None)
-        if first is None:
-            return
-        try:
-            header = parse_header(spec.format, first)
-        except (UnicodeDecodeError, csv.Error, StopIteration):
-            raise ValueError(f"{name}: unreadable header line") from None
-        if spec.text_field not in header:
-            raise ValueError(f"{name}: header {header} has no text field {spec.text_field!r}")
-    for raw in records:
-        yield (*parse_record(spec, raw, header), raw)
+        first = next((line for line in lines if line.removeprefix(BOM).strip()), None)
+        header = [] if first is None else file_header(spec, name, first.removeprefix(BOM))
+    for raw in raw_records(spec.format, lines, len(header) if header else None):
+        yield parse_line(spec, raw, header)
 
 
 def parse_rows(spec: SourceSpec, rows: Iterable[Mapping]) -> Iterator[tuple[str, dict, bytes]]:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pandas as pd
-from pyspark.sql import Column
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import LongType, StructField, StructType
 
+from . import partitioning as P
 from .predict import ScoreSettings, embed_texts, score_texts, set_threads
 from .records import in_sample, split_of
 
@@ -25,10 +29,72 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable
 
     @pandas_udf(fields)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        gpus = task_gpus()
         for texts in batches:
-            yield score_texts(texts.tolist(), settings, with_embedding)
+            yield score_texts(texts.tolist(), settings, with_embedding, gpus)
 
     return score
+
+
+def task_gpus() -> list[str]:
+    """The GPU addresses Spark assigned to the running task
+    (spark.task.resource.gpu.amount); empty without GPU scheduling."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
+
+
+COST_COLUMN = "_cost"
+_KEY_COLUMN = "_partition_key"
+
+
+def task_slots(spark: SparkSession) -> int:
+    """Tasks the application can run at once: SparkContext.defaultParallelism
+    (the executors' cores, or spark.default.parallelism where set) divided
+    by spark.task.cpus."""
+    sc = spark.sparkContext
+    return max(1, sc.defaultParallelism // int(sc.getConf().get("spark.task.cpus", "1")))
+
+
+def balance_by_cost(
+    records: DataFrame,
+    partitions: int,
+    model_dir: str | None,
+    max_length: int,
+    text_column: str = "text",
+    keep_cost: bool = False,
+) -> DataFrame:
+    """records in `partitions` partitions of about equal estimated scoring
+    cost (udfs.partitioning), whatever their input layout; rows and columns
+    unchanged (plus `_cost`, MFLOP, with keep_cost). One cheap pass
+    tokenises each row where it is read and deals it to the bucket with the
+    least cost so far; a hash shuffle on a key chosen per bucket
+    (partitioning.spark_partition_keys) gives each bucket its own partition."""
+    keys = np.asarray(P.spark_partition_keys(partitions), dtype=np.int64)
+    schema = StructType(
+        [
+            *records.schema.fields,
+            StructField(_KEY_COLUMN, LongType(), False),
+            StructField(COST_COLUMN, LongType(), False),
+        ]
+    )
+
+    def deal(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        buckets = P.GreedyBuckets(partitions, start=context.partitionId() if context else 0)
+        for batch in batches:
+            costs = P.text_costs(batch.column(text_column).to_pylist(), model_dir, max_length)
+            bucket = buckets.assign(costs)
+            yield batch.append_column(_KEY_COLUMN, pa.array(keys[bucket])).append_column(COST_COLUMN, pa.array(costs))
+
+    balanced = records.mapInArrow(deal, schema).repartition(partitions, _KEY_COLUMN).drop(_KEY_COLUMN)
+    return balanced if keep_cost else balanced.drop(COST_COLUMN)
 
 
 def embed_udf(

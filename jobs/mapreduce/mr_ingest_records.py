@@ -5,7 +5,8 @@ rating) or a reject (id, source, reason, raw), by the same rules
 
 Output: one JSON object a line; records have `text`, rejects have `reason`
 (udfs.ingest_rows.is_reject_row tells them apart). Counters (group `ingest`):
-input, good, rejected, and one per reject reason.
+input, good, rejected, one per reject reason, and `skipped <reason>` for
+lines that are not records (blank lines, the TSV header).
 
 Run with:
     ./submit.sh mr ingest -r hadoop --source vader_tweets --rating-field sentiment \
@@ -20,6 +21,7 @@ from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
 from mrjob.step import MRStep
 
 from jobs.mapreduce.configured import ConfiguredJob
+from udfs import input_files
 from udfs import records as R
 from udfs.config import parse_label_map
 
@@ -70,18 +72,48 @@ class MRIngestRecords(ConfiguredJob):
         if o.format == "tsv" and not self.header:
             raise ValueError("--format tsv needs --header (the file's field names)")
 
-    def mapper_parse_line(self, _, line: bytes):
-        raw = line.rstrip(b"\r")
-        if not raw.strip():
-            return  # blank lines are not records, in either engine
-        if self.header is not None and R.parse_header("tsv", raw) == self.header:
-            return  # the file's own header line
-        kind, row = R.parse_record(self.spec, raw, self.header)
-        self.increment_counter(GROUP, "input")
-        # The raw line rides along so that a duplicate's reject can show it.
-        # As JSON text: a record's raw line is valid UTF-8 (invalid bytes make
-        # a reject, whose row already holds its raw), so it round-trips.
-        yield row["id"], [kind, row, R.raw_to_str(raw)]
+    def make_runner(self):
+        # The inline and local runners read local files themselves: read
+        # what Hadoop would (no hidden or _ files), and fail naming a
+        # compressed file that cannot be read to its end, where mrjob would
+        # stop silently at a truncated .gz or fail without naming it.
+        o = self.options
+        if o.format == "tsv" and o.header and o.text_field not in R.parse_header("tsv", o.header.encode()):
+            raise ValueError(f"--header {o.header!r} has no text field {o.text_field!r} (--text-field)")
+        if (self.options.runner or "inline") in ("inline", "local"):
+            paths = [f for p in self.options.args for f in input_files.visible_files(p)]
+            for path in paths:
+                input_files.check_compressed(path)
+            self.options.args = paths
+        return super().make_runner()
+
+    def _wrap_protocols(self, step_num, step_type):
+        # mrjob reads input lines with every trailing CR and LF stripped
+        # (rstrip(b"\r\n")), so "a\r\r\n" would lose the empty line Hadoop's
+        # LineReader sees there. Strip only the LF; the mapper ends lines at
+        # CR and CRLF as Hadoop does (udfs.records.lf_piece_lines). On
+        # -r hadoop the lines arrive already split and nothing changes.
+        read_lines, write_line = super()._wrap_protocols(step_num, step_type)
+        if (step_num, step_type) != (0, "mapper"):
+            return read_lines, write_line
+
+        def read_lf_pieces():
+            for line in self._read_input():
+                yield None, line[:-1] if line.endswith(b"\n") else line
+
+        return read_lf_pieces, write_line
+
+    def mapper_parse_line(self, _, piece: bytes):
+        for line in R.lf_piece_lines(piece):
+            kind, row, raw = R.parse_line(self.spec, line, self.header)
+            if kind == R.SKIP:
+                self.increment_counter(GROUP, f"skipped {row['reason']}")
+                continue
+            self.increment_counter(GROUP, "input")
+            # The raw line rides along so that a duplicate's reject can show it.
+            # As JSON text: a record's raw line is valid UTF-8 (invalid bytes make
+            # a reject, whose row already holds its raw), so it round-trips.
+            yield row["id"], [kind, row, R.raw_to_str(raw)]
 
     def reducer_keep_first(self, rid, items):
         parsed = ((kind, row, raw.encode("utf-8")) for kind, row, raw in items)

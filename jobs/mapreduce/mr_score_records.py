@@ -6,9 +6,18 @@ the job (mrjob's `dirs`): the encoder as `./encoder` and the registered head
 version as `./head` in each task's working directory. The mapper loads only
 those shipped copies, so the job runs the same on a multi-node cluster.
 
+Two steps, so the work follows the map slots, not the input's HDFS blocks:
+(1) a cheap pass tokenises each row and deals it to one of
+score.partitions_per_core x map slots buckets by estimated cost
+(udfs.partitioning, as the Spark job does), one reducer per bucket (keys
+chosen so Hadoop's HashPartitioner gives each bucket its own reducer);
+(2) the scoring mappers, one per bucket file. Map slots: --map-slots, else
+the local runner's num_cores, else this machine's cores.
+
 Input: records, one JSON object a line (the ingest output; reject rows are
 skipped and counted). Output: one scored row a line, as udfs.lineage writes
-it. Counters (group `score`): rows, skipped_rejects, batches.
+it. Counters (group `score`): rows, skipped_rejects, batches (scoring step),
+cost_mflop (estimated, both steps).
 
 Run with:
     ./submit.sh mr score -r hadoop --model sentiment@1 \
@@ -31,6 +40,7 @@ from mrjob.step import MRStep
 from jobs.mapreduce.configured import ConfiguredJob
 from udfs import lineage as L
 from udfs.ingest_rows import is_reject_row
+from udfs.partitioning import task_count
 
 GROUP = "score"
 ENCODER_NAME = "encoder"
@@ -56,6 +66,11 @@ class MRScoreRecords(ConfiguredJob):
             help="rows buffered per task before a scoring pass (sorted by length within it)",
         )
         self.add_passthru_arg("--run-id", default="", help="lineage run id (default: the Hadoop job id)")
+        self.add_passthru_arg(
+            "--map-slots",
+            type=int,
+            help="map tasks the cluster runs at once (default: the local runner's num_cores, else this machine's cores)",
+        )
 
     # ----- driver side: what to ship -------------------------------------
     def dirs(self):
@@ -71,26 +86,78 @@ class MRScoreRecords(ConfiguredJob):
         return [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
 
     # ----- task side ------------------------------------------------------
+    def buckets(self) -> int:
+        """Scoring map tasks: partitions_per_core for each map slot."""
+        slots = self.options.map_slots or getattr(self.options, "num_cores", None) or os.cpu_count() or 1
+        return task_count(slots, self.pipeline_config().score.partitions_per_core)
+
     def steps(self):
         return [
             MRStep(
+                mapper_init=self.mapper_init_costs,
+                mapper=self.mapper_deal_rows,
+                mapper_final=self.mapper_final_deal,
+                reducer=self.reducer_pass_bucket,
+                jobconf={"mapreduce.job.reduces": str(self.buckets())},
+            ),
+            MRStep(
                 mapper_init=self.mapper_init_model, mapper=self.mapper_buffer_rows, mapper_final=self.mapper_final_flush
-            )
+            ),
         ]
 
+    # ----- step 1: deal rows to buckets of equal estimated cost ------------
+    def mapper_init_costs(self):
+        from udfs.partitioning import GreedyBuckets, hadoop_reducer_keys
+
+        # The bucket count travels in the step's jobconf (the driver chose it).
+        n = int(jobconf_from_env("mapreduce.job.reduces", "1"))
+        self.keys = hadoop_reducer_keys(n)
+        task = int(jobconf_from_env("mapreduce.task.partition", "0") or 0)
+        self.dealer = GreedyBuckets(n, start=task)
+        self.encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
+        self.max_length = self.pipeline_config().encoder.max_length
+        self.pending = []
+
+    def mapper_deal_rows(self, _, row):
+        self.pending.append(row)
+        if len(self.pending) >= self.options.flush_rows:
+            yield from self._deal()
+
+    def mapper_final_deal(self):
+        yield from self._deal()
+
+    def _deal(self):
+        from udfs.partitioning import text_costs
+
+        rows, self.pending = self.pending, []
+        if not rows:
+            return
+        texts = [None if is_reject_row(r) else r.get("text") for r in rows]
+        costs = text_costs(texts, str(self.encoder_dir), self.max_length)
+        self.increment_counter(GROUP, "cost_mflop", int(costs.sum()))
+        for row, bucket in zip(rows, self.dealer.assign(costs), strict=True):
+            yield self.keys[bucket], row
+
+    def reducer_pass_bucket(self, key, rows):
+        for row in rows:
+            yield key, row
+
+    @staticmethod
+    def _shipped(path: Path, what: str) -> Path:
+        if not path.is_dir():
+            raise ShippedModelMissing(
+                f"the shipped {what} copy ./{path} is missing from the task's working dir "
+                f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)"
+            )
+        return path.resolve()
+
     def mapper_init_model(self):
-        from udfs import model as M
-        from udfs.predict import set_threads
+        from udfs.predict import load_for, set_threads
         from udfs.registry import load_version_dir
         from udfs.scoring import plan_scoring
 
-        encoder_dir, head_dir = Path(ENCODER_NAME), Path(HEAD_NAME)
-        for path, what in ((encoder_dir, "encoder"), (head_dir, "head")):
-            if not path.is_dir():
-                raise ShippedModelMissing(
-                    f"the shipped {what} copy ./{path} is missing from the task's working dir "
-                    f"{os.getcwd()}: run the job with its model dirs (see MRScoreRecords.dirs)"
-                )
+        encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
+        head_dir = self._shipped(Path(HEAD_NAME), "head")
         # mrjob does not set torch's threads per task as Spark does (measured
         # faster with one: shared/RESOURCES.md).
         set_threads(1)
@@ -99,14 +166,14 @@ class MRScoreRecords(ConfiguredJob):
             self.pipeline_config(),
             load_version_dir(head_dir),
             run_id,
-            encoder_dir=encoder_dir.resolve(),
+            encoder_dir=encoder_dir,
             precision=self.options.precision,
             torch_threads=1,
             scored_at=dt.datetime.now(dt.UTC),
         )
         self.settings, self.lineage = plan.settings, plan.lineage
         self.with_embedding = self.pipeline_config().score.with_embedding
-        M.load_encoder(self.settings.model_dir, self.settings.precision)  # once per task, before the first row
+        load_for(self.settings)  # once per task, before the first row
         self.buffer = []
 
     def mapper_buffer_rows(self, _, row):

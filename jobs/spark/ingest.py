@@ -14,16 +14,23 @@ or one file or dir of one format:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import logging
+import re
 import sys
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.spark import common
+from udfs import ingest_batches as B
 from udfs import records as R
 from udfs.config import ConfigError, PipelineConfig, parse_label_map
+from udfs.input_files import UnreadableInputError
 
 log = logging.getLogger(__name__)
 
@@ -50,57 +57,156 @@ REJECT_SCHEMA = T.StructType(
 class IngestResult:
     records: DataFrame
     rejects: DataFrame
+    # Every raw record and skipped line, parsed (kind record, reject or skip),
+    # persisted on disk: both outputs and the counts read it once.
+    parsed: DataFrame
+
+    def counts(self) -> dict:
+        """{'input': raw records parsed, 'skipped': {reason: lines}}."""
+        by_kind = self.parsed.groupBy("kind", "reason").count().collect()
+        skipped = {r["reason"]: r["count"] for r in by_kind if r["kind"] == R.SKIP}
+        return {"input": sum(r["count"] for r in by_kind if r["kind"] != R.SKIP), "skipped": skipped}
+
+    def release(self) -> None:
+        self.parsed.unpersist()
 
 
-def parse_files(files: DataFrame, spec: R.SourceSpec):
-    """RDD of (kind, row, raw) for a DataFrame of files (path, content) of
-    one CSV/TSV/JSON Lines source; kind is 'record' or 'reject'."""
-    return files.rdd.flatMap(lambda row: R.parse_file(spec, row.path, bytes(row.content)))
+def read_lines(spark: SparkSession, path: str) -> DataFrame:
+    """(raw, file, block_start): every line of every file under path, read
+    by Spark's text source. It reads as Hadoop's TextInputFormat does (the
+    same LineRecordReader): an uncompressed or bzip2 file is split into
+    tasks of at most spark.sql.files.maxPartitionBytes at line boundaries, a
+    gzip file is streamed in one task, and no task holds a whole file.
+    Its strings are the line's bytes as read (Spark's UTF8String is never
+    decoded on the way), so the cast to binary gives the raw bytes back,
+    invalid UTF-8 included. Files named _* or .* are skipped, as by Hadoop."""
+    return spark.read.text(path).select(
+        F.col("value").cast("binary").alias("raw"),
+        F.col("_metadata.file_path").alias("file"),
+        F.col("_metadata.file_block_start").alias("block_start"),
+    )
 
 
-def parse_table(table: DataFrame, spec: R.SourceSpec):
-    """RDD of (kind, row, raw) for the rows of a Parquet (or any) table."""
-    return table.rdd.mapPartitions(lambda rows: R.parse_rows(spec, (r.asDict(recursive=True) for r in rows)))
+def input_files(spark: SparkSession, path: str) -> list[str]:
+    return sorted(spark.read.text(path).inputFiles())
 
 
-def resolve_duplicates(parsed, partitions: int | None = None):
-    """RDD of (kind, row): every parsed raw record grouped by id, copies of a
-    record rejected as duplicates (udfs.records.resolve_id_group)."""
-    # One shuffle for records and rejects alike: its output is all the next
-    # stage reads (a union of HDFS-read and shuffled partitions left Spark's
-    # delay scheduling waiting for a host that never came, on one node).
-    keyed = parsed.map(lambda krr: (krr[1]["id"], krr))
-    grouped = keyed.groupByKey(numPartitions=partitions) if partitions else keyed.groupByKey()
-    return grouped.flatMap(lambda kv: R.resolve_id_group(kv[1]))
+def read_header(spark: SparkSession, path: str, spec: R.SourceSpec) -> tuple[str, list[str]] | None:
+    """(file, field names) from the first non-blank line of one CSV/TSV
+    file (one small job that reads only the file's start), or None for a
+    file without one; a ValueError names a file whose header is unreadable
+    or lacks the text field, before any parsing starts."""
+    blank = F.regexp_replace(F.col("value"), "[ \\t\\x0B\\f\\uFEFF]", "") == ""
+    first = (
+        spark.read.text(path)
+        .where(~blank)
+        .select(F.col("value").cast("binary").alias("raw"), F.col("_metadata.file_path").alias("file"))
+        .limit(1)
+        .collect()
+    )
+    if not first:
+        return None
+    raw = bytes(first[0]["raw"])
+    return first[0]["file"], R.file_header(spec, first[0]["file"], raw.removeprefix(R.BOM))
 
 
-def to_frames(spark: SparkSession, parsed) -> IngestResult:
-    """Split an RDD of (kind, row) into the records and rejects DataFrames."""
-    recs = parsed.filter(lambda kr: kr[0] == "record").map(lambda kr: tuple(kr[1][f] for f in R.RECORD_FIELDS))
-    rejs = parsed.filter(lambda kr: kr[0] == "reject").map(lambda kr: tuple(kr[1][f] for f in R.REJECT_FIELDS))
-    return IngestResult(spark.createDataFrame(recs, RECORD_SCHEMA), spark.createDataFrame(rejs, REJECT_SCHEMA))
+def parse_lines(lines: DataFrame, spec: R.SourceSpec, headers: dict[str, list[str]] | None = None) -> DataFrame:
+    """The parsed rows (udfs.ingest_batches.PARSED_DDL) of a line format's
+    lines, in as many tasks as the lines' DataFrame has partitions."""
+    cols = ["raw"] if headers is None else ["raw", "file"]
+    return lines.select(*cols).mapInArrow(B.line_parser(spec, headers), B.PARSED_DDL)
 
 
-def read_files(spark: SparkSession, path: str) -> DataFrame:
-    """(path, content) of every file under path, read whole: compressed files
-    cannot be split anyway; one file must stay under Spark's 2 GiB limit."""
-    return spark.read.format("binaryFile").load(path).select("path", "content")
+def parse_csv_file(spark: SparkSession, path: str, spec: R.SourceSpec, header: list[str]) -> DataFrame:
+    """The parsed rows of one CSV file: its splits read in order by one task
+    (coalesce(1)), since a quoted field may hold newlines."""
+    lines = read_lines(spark, path).select("raw", "block_start").coalesce(1)
+    return lines.mapInArrow(B.csv_parser(spec, path, header), B.PARSED_DDL)
 
 
-def ingest_source(spark: SparkSession, path: str, spec: R.SourceSpec):
-    """RDD of (kind, row, raw) of one source."""
+def parse_table(spark: SparkSession, table: DataFrame, spec: R.SourceSpec) -> DataFrame:
+    """The parsed rows of a Parquet (or any) table's rows."""
+
+    def rows(part):
+        for kind, row, raw in R.parse_rows(spec, (r.asDict(recursive=True) for r in part)):
+            row = {**row, "raw": row.get("raw") or R.raw_to_str(raw)}
+            yield tuple([kind] + [row.get(f) for f in B.PARSED_SCHEMA.names[1:]])
+
+    return spark.createDataFrame(table.rdd.mapPartitions(rows), B.PARSED_DDL)
+
+
+_FAILED_READ = re.compile(r"FAILED_READ_FILE\.\w+\] Encountered error while reading file (\S+?)\.?\s")
+_CAUSE = re.compile(r"Caused by: ([\w.$]+: [^\n]*)")
+
+
+@contextlib.contextmanager
+def named_read_failures():
+    """Turn Spark's failure to read an input file to its end (a truncated or
+    corrupt .gz/.bz2, plain text named .gz) into UnreadableInputError naming
+    the file and the cause: a clear failure, the documented policy (the
+    mrjob twin fails alike), rather than rows lost or a Java trace."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        found = _FAILED_READ.search(text)
+        if not found:
+            raise
+        causes = _CAUSE.findall(text)
+        cause = causes[-1][:300] if causes else "unreadable"
+        raise UnreadableInputError(f"{found[1]}: cannot be read to its end ({cause})") from None
+
+
+def parse_source(spark: SparkSession, path: str, spec: R.SourceSpec) -> DataFrame:
+    """The parsed rows of one source (a file or a dir of files)."""
     if spec.format == "parquet":
-        return parse_table(spark.read.parquet(path), spec)
-    return parse_files(read_files(spark, path), spec)
+        return parse_table(spark, spark.read.parquet(path), spec)
+    if spec.format == "jsonl":
+        return parse_lines(read_lines(spark, path), spec)
+    with named_read_failures():
+        found = {f: read_header(spark, f, spec) for f in input_files(spark, path)}
+    if spec.format == "tsv":
+        return parse_lines(read_lines(spark, path), spec, dict(h for h in found.values() if h))
+    # A CSV file without a header line holds only blank lines (to count).
+    parts = [parse_csv_file(spark, f, spec, h[1] if h else []) for f, h in found.items()]
+    if not parts:
+        return parse_lines(read_lines(spark, path), spec, {})  # no files: no rows, the schema
+    return functools.reduce(DataFrame.unionByName, parts)
+
+
+def resolve_duplicates(parsed: DataFrame, partitions: int | None = None) -> tuple[DataFrame, DataFrame]:
+    """(records, rejects) of parsed rows: records grouped by id, the first
+    of each kept and every further copy rejected as `duplicate_record`
+    (identical raw records of one source parse alike: udfs.records); parse
+    rejects all stay rejects."""
+    recs = parsed.where(F.col("kind") == "record")
+    if partitions:
+        recs = recs.repartition(partitions, "id")
+    # Copies of a record are identical in every column, so grouping by all of
+    # them groups by id; and unlike first(), a count over string keys runs
+    # as a hash aggregate, combined map-side (first() of strings sorts).
+    grouped = recs.groupBy("id", "source", "text", "label", "rating", "raw").agg(F.count(F.lit(1)).alias("copies"))
+    records = grouped.select(*R.RECORD_FIELDS)
+    copies = grouped.where(F.col("copies") > 1).select(
+        "id",
+        "source",
+        F.lit(R.DUPLICATE).alias("reason"),
+        "raw",
+        F.explode(F.sequence(F.lit(2), F.col("copies"))).alias("copy"),
+    )
+    rejects = parsed.where(F.col("kind") == "reject").select(*R.REJECT_FIELDS)
+    return records, rejects.unionByName(copies.select(*R.REJECT_FIELDS))
 
 
 def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partitions: int | None = None) -> IngestResult:
-    """The records and rejects of (path, spec) sources."""
-    parsed = None
-    for path, spec in sources:
-        one = ingest_source(spark, path, spec)
-        parsed = one if parsed is None else parsed.union(one)
-    return to_frames(spark, resolve_duplicates(parsed, partitions))
+    """The records and rejects of (path, spec) sources. Call release() on
+    the result when its frames are written."""
+    parsed = functools.reduce(DataFrame.unionByName, [parse_source(spark, path, spec) for path, spec in sources])
+    parsed = parsed.persist(StorageLevel.DISK_ONLY)
+    with named_read_failures():
+        parsed.count()  # every input read and parsed once, here; the outputs read the copy on disk
+    records, rejects = resolve_duplicates(parsed, partitions)
+    return IngestResult(records, rejects, parsed)
 
 
 def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
@@ -128,13 +234,17 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     # Records and rejects are one commit: both in place, or neither touched.
     outputs = {"records": args.output, "rejects": args.rejects}
     with common.committed_outputs(spark, outputs, overwrite=args.overwrite, inputs=[args.input]) as staging:
-        common.write_table(result.records, staging["records"], args.output_format)
-        common.write_table(result.rejects, staging["rejects"], args.output_format)
+        try:
+            common.write_table(result.records, staging["records"], args.output_format)
+            common.write_table(result.rejects, staging["rejects"], args.output_format)
+            counts = result.counts()
+        finally:
+            result.release()
         good = common.read_table(spark, staging["records"], args.output_format, RECORD_SCHEMA).count()
         rejected_rows = common.read_table(spark, staging["rejects"], args.output_format, REJECT_SCHEMA)
         rejected = rejected_rows.count()
-        # Input rows counted independently of the outputs: every raw record parsed.
-        total = sum(ingest_source(spark, path, spec).count() for path, spec in specs)
+        # Input rows counted before duplicates are resolved and outputs written.
+        total = counts["input"]
         reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
         if total != good + rejected:
             raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
@@ -143,6 +253,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
         "good": good,
         "rejected": rejected,
         "reasons": reasons,
+        "skipped": counts["skipped"],
         "output": args.output,
         "rejects": args.rejects,
     }
@@ -185,6 +296,8 @@ def report(out: dict) -> None:
     print(f"ingest: input rows {out['input']} = good {out['good']} + rejected {out['rejected']}")
     for reason, n in sorted(out["reasons"].items()):
         print(f"  rejected {reason}: {n}")
+    for what, n in sorted(out.get("skipped", {}).items()):
+        print(f"  skipped, not records ({what}): {n}")
     print(f"records: {out['output']}\nrejects: {out['rejects']}")
 
 

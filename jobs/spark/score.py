@@ -22,9 +22,10 @@ from jobs.spark import common
 from udfs import lineage as L
 from udfs import model as M
 from udfs.config import PipelineConfig
+from udfs.partitioning import task_count
 from udfs.registry import HeadVersion, Registry
 from udfs.scoring import plan_scoring
-from udfs.spark import in_sample_udf, score_udf
+from udfs.spark import balance_by_cost, in_sample_udf, score_udf, task_slots
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
         records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
+    # Parallelism follows the cluster, not the input's files: partitions_per_core
+    # tasks per task slot, rows dealt to them by estimated cost (token count).
+    partitions = task_count(task_slots(spark), cfg.score.partitions_per_core)
+    records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length)
     with_embedding = cfg.score.with_embedding
     scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
     started = time.perf_counter()
@@ -77,6 +82,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
         "rows": rows,
         "seconds": round(seconds, 1),
         "rows_per_s": round(rows / seconds, 1) if seconds else None,
+        "partitions": partitions,
         "by_label": by_label,
         "labelled": n_lab,
         "agreement": (correct / n_lab) if n_lab else None,
@@ -110,7 +116,7 @@ def parser():
 def report(out: dict) -> None:
     print(
         f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
-        f"({out['rows_per_s']} rows/s, Spark start-up excluded)"
+        f"({out['rows_per_s']} rows/s, Spark start-up excluded), {out['partitions']} tasks balanced by token cost"
     )
     print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
     if out["agreement"] is not None:

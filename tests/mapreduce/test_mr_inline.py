@@ -215,11 +215,12 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
         assert got["head"] == "sentiment@1" and got["head_version"] == head.weights_sha256[:12]
         assert got["encoder"] == "all-MiniLM-L6-v2" and len(got["encoder_version"]) == 12
         assert got["run_id"] and got["scored_at"].endswith("Z")
-    c = counters[0]["score"]
+    c = counters[-1]["score"]  # the scoring step (the first deals rows to buckets)
     assert c["rows"] == 40 and c["skipped_rejects"] == 1
-    # The inline runner splits the input over two map tasks; each flushes every
-    # 16 rows and at its end, one batch of <= 64 rows a flush: 3 to 4 batches.
-    assert 3 <= c["batches"] <= 4
+    assert counters[0]["score"]["cost_mflop"] > 0
+    # The inline runner splits the dealt rows over a few map tasks; each
+    # flushes every 16 rows and at its end, one batch of <= 64 rows a flush.
+    assert 3 <= c["batches"] <= 8
 
 
 def test_score_with_embedding(tiny_registry):

@@ -1,0 +1,197 @@
+"""Benchmark of ingest on one big JSON Lines file (default 335 MB of real
+short posts): rows/s of (a) plain single-process Python applying the same
+rules (udfs.records) to the file streamed line by line, deduplicating in a
+dict: the limit for one core; (b) the Spark job through ./submit.sh with the
+default conf/spark-defaults.conf (local[*]), on the local file and on the
+file in HDFS; (c) the mrjob twin on -r local and (d) on -r hadoop (the
+Hadoop Streaming jar in the LocalJobRunner, the file in HDFS with one block
+per core). Everything end to end (process start, reading, parsing,
+duplicates, output), measured in this one run; the ratio reported is per
+core: (engine rows/s / cores) / (plain Python rows/s). Every engine's good
+and rejected counts are printed and must agree.
+
+Run with: .venv/bin/python bench/bench_ingest.py [--mb 335] [--runs spark,spark-hdfs,local,hadoop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from udfs import records as R  # noqa: E402
+
+SPEC = R.SourceSpec("posts", "jsonl", rating_field="sentiment")
+
+
+def real_texts() -> list[tuple[str, float | None]]:
+    """(text, rating) of every record of the default data (conf/pipeline.toml)."""
+    from scripts.datasets import package_file
+    from udfs.config import load_config
+
+    cfg = load_config(ROOT / "conf" / "pipeline.toml")
+    out = []
+    for source in cfg.ingest.sources:
+        path = package_file(source.package_file)
+        for kind, row, _ in R.parse_file(cfg.ingest.spec(source), path.name, path.read_bytes()):
+            if kind == R.RECORD:
+                out.append((row["text"], row["rating"]))
+    return out
+
+
+def write_posts(path: Path, mb: int) -> None:
+    """mb MB (10^6 bytes) of JSON Lines of real short texts, one a line with
+    a serial number; every 40th line repeated (a duplicate) and a bad line
+    every 100,000 (malformed JSON, invalid UTF-8, a blank line)."""
+    texts = real_texts()
+    target = mb * 1_000_000
+    size = n = 0
+    tmp = path.with_suffix(".part")
+    with open(tmp, "wb") as fh:
+        while size < target:
+            text, rating = texts[n % len(texts)]
+            line = json.dumps({"n": n, "text": text, "sentiment": rating}, ensure_ascii=False).encode() + b"\n"
+            if n % 40 == 0:
+                line += line
+            if n % 100_000 == 0:
+                line += b'{"text": "cut off\n{"text": "caf\xe9"}\n\n'
+            fh.write(line)
+            size += len(line)
+            n += 1
+    tmp.rename(path)
+
+
+def plain_python(path: Path) -> tuple[float, dict]:
+    """(seconds, counts) of the rules in one process, streaming the file."""
+    start = time.perf_counter()
+    seen: set[str] = set()
+    good = rejected = 0
+    with open(path, "rb") as fh:
+        for line in R.iter_lines(fh):
+            kind, row, _ = R.parse_line(SPEC, line)
+            if kind == R.RECORD:
+                if row["id"] in seen:
+                    rejected += 1
+                else:
+                    seen.add(row["id"])
+                    good += 1
+            elif kind == R.REJECT:
+                rejected += 1
+    return time.perf_counter() - start, {"good": good, "rejected": rejected}
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace")
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        # the error lines, not the Java stack frames after them
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if not ln.lstrip().startswith("at ")]
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n" + "\n".join(errors[-60:]))
+    return seconds, proc.stdout + proc.stderr
+
+
+def run_spark(src: str, out: str, env: dict) -> tuple[float, dict]:
+    cmd = [str(ROOT / "submit.sh"), "ingest", "--input", src, "--format", "jsonl", "--source", "posts"]
+    cmd += ["--rating-field", "sentiment", "--output", f"{out}/records", "--rejects", f"{out}/rejects"]
+    seconds, log = timed(cmd, env)
+    m = re.search(r"input rows (\d+) = good (\d+) \+ rejected (\d+)", log)
+    if not m:
+        raise SystemExit(f"no summary line in the Spark job's output:\n{log[-2000:]}")
+    return seconds, {"good": int(m[2]), "rejected": int(m[3])}
+
+
+def run_twin(runner: str, src: str, out: str, env: dict) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "jobs.mapreduce.launch", "ingest", "-r", runner, "--source", "posts"]
+    cmd += ["--rating-field", "sentiment", src, "--output-dir", out]
+    seconds, log = timed(cmd, env)
+    counters = {k: int(v) for k, v in re.findall(r"^\s+(good|rejected)=(\d+)$", log, re.M)}
+    return seconds, counters
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=335, help="file size in MB (default 335)")
+    parser.add_argument("--runs", default="spark,spark-hdfs,local,hadoop")
+    parser.add_argument("--data-dir", default=str(ROOT / "var" / "bench"), help="where the file is kept for reruns")
+    args = parser.parse_args()
+    runs = [r for r in args.runs.split(",") if r]
+    cores = os.cpu_count() or 1
+
+    path = Path(args.data_dir) / f"posts-{args.mb}mb.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"writing {path} ...", flush=True)
+        write_posts(path, args.mb)
+    lines = sum(1 for _ in R.iter_lines(open(path, "rb")))
+    print(f"{path}: {path.stat().st_size / 1e6:.0f} MB, {lines} lines, {cores} cores", flush=True)
+
+    seconds, counts = plain_python(path)
+    rows = counts["good"] + counts["rejected"]
+    results = {"plain Python, 1 process": (seconds, counts, 1)}
+    print(f"  plain Python: {rows / seconds:9.0f} rows/s  {counts}", flush=True)
+
+    env = dict(os.environ)
+    node = None
+    with tempfile.TemporaryDirectory(dir=ROOT / "var") as tmp:
+        if {"spark-hdfs", "hadoop"} & set(runs):
+            from hdfs import InsecureClient
+
+            from infra.hdfs import LocalHDFS, free_ports
+            from infra.settings import HdfsSettings
+
+            ports = dict(zip(HdfsSettings.PORT_KEYS, free_ports(len(HdfsSettings.PORT_KEYS)), strict=True))
+            node = LocalHDFS(HdfsSettings(data_dir=Path(tmp) / "hdfs").with_overrides(**ports))
+            node.start()
+            env.update(node.env())
+            client = InsecureClient(node.webhdfs_url, user=node.user)
+            # One block per core (whole MiB): Hadoop's LocalJobRunner runs one
+            # map task per split, and streaming splits by block.
+            mib = 1 << 20
+            block = max(mib, -(-path.stat().st_size // cores // mib) * mib)
+            client.upload(f"/user/{node.user}/bench/posts.jsonl", str(path), blocksize=block)
+            hdfs_file = f"{node.hdfs_url}/user/{node.user}/bench/posts.jsonl"
+        try:
+            for run in runs:
+                if run == "spark":
+                    name, (s, c) = (
+                        "Spark ./submit.sh, local file",
+                        run_spark(path.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/spark", env),
+                    )
+                elif run == "spark-hdfs":
+                    assert node is not None
+                    out = f"{node.hdfs_url}/user/{node.user}/bench/spark"
+                    name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, out, env)
+                elif run == "local":
+                    name, (s, c) = "mrjob -r local", run_twin("local", str(path), f"{tmp}/local", env)
+                elif run == "hadoop":
+                    assert node is not None
+                    out = f"{node.hdfs_url}/user/{node.user}/bench/mr"
+                    name, (s, c) = "mrjob -r hadoop, HDFS file", run_twin("hadoop", hdfs_file, out, env)
+                else:
+                    raise SystemExit(f"unknown run {run!r}")
+                results[name] = (s, c, cores)
+                print(f"  {name}: {rows / s:9.0f} rows/s  {c}", flush=True)
+        finally:
+            if node is not None:
+                node.stop()
+
+    limit = rows / results["plain Python, 1 process"][0]
+    print(f"\n{rows} input rows; rows/s end to end, and per core as a ratio to plain Python on one core:")
+    for name, (s, c, n) in results.items():
+        agree = "" if c == counts else f"   COUNTS DIFFER: {c} != {counts}"
+        print(f"  {name:32s} {s:7.1f} s {rows / s:9.0f} rows/s  per core {rows / s / n / limit:5.2f}{agree}")
+    return 0 if all(c == counts for _, c, _ in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
