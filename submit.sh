@@ -27,7 +27,7 @@ usage() {
   cat <<USAGE
 usage: ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
 
-  --master URL       Spark master (default: spark.master in the Spark conf, local[*])
+  --master URL       Spark master (default: spark.master in the Spark conf, local[*,4])
   --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
   --config FILE      pipeline settings (default \$AIBATCH_CONFIG, else conf/pipeline.toml);
                      a job's --set KEY=VALUE overrides one key (repeatable)
