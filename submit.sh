@@ -27,7 +27,7 @@ usage() {
   cat <<USAGE
 usage: ./submit.sh [--master URL] [--spark-conf FILE] [--config FILE] <job> [job args]
 
-  --master URL       Spark master (default: spark.master in the Spark conf, local[*])
+  --master URL       Spark master (default: spark.master in the Spark conf, local[*,4])
   --spark-conf FILE  Spark properties file (default conf/spark-defaults.conf)
   --config FILE      pipeline settings (default \$AIBATCH_CONFIG, else conf/pipeline.toml);
                      a job's --set KEY=VALUE overrides one key (repeatable)
@@ -65,6 +65,11 @@ export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_HOME="${SPARK_HOME:-$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}"
 # Offline model loading, no progress bars on stderr (see udfs/model.py).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+# spark-submit pipes the Python driver's output: tell it whether a person is
+# watching, for the enrich job's progress bar (udfs/enrich_run.py).
+if [[ -z "${AIBATCH_PROGRESS:-}" ]]; then
+  if [[ -t 2 ]]; then export AIBATCH_PROGRESS=1; else export AIBATCH_PROGRESS=0; fi
+fi
 
 build_zip() {
   local dir="${AIBATCH_BUILD_DIR:-$root/var/build}"
