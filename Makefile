@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set up first
 # (scripts/setup.sh is idempotent and takes seconds once installed).
-.PHONY: setup demo test test-fast lint format hdfs-start hdfs-stop
+.PHONY: setup demo test test-cluster test-fast lint format hdfs-start hdfs-stop
 
 setup:
 	./scripts/setup.sh
@@ -9,7 +9,12 @@ demo: setup
 	./scripts/demo.sh
 
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -m "not cluster"
+
+# The packed-environment chains on a local YARN and Spark standalone cluster
+# (packs and uploads a ~5.5 GB environment; tens of minutes on 2 cores).
+test-cluster: setup
+	.venv/bin/python -m pytest -m cluster
 
 # ruff lint, ruff format check and mypy, as CI runs them (settings in
 # pyproject.toml); any finding fails.

@@ -39,7 +39,7 @@ usage: ./submit.sh [--master URL] [--env-archive URL] [--spark-conf FILE] [--con
        ./submit.sh --master URL env-check
        ./submit.sh [--master URL] my_app.py [args]
 
-  --master URL       Spark master (default: spark.master in the Spark conf, local[*]);
+  --master URL       Spark master (default: spark.master in the Spark conf, local[*,4]);
                      spark://HOST:PORT or yarn run executors in the packed environment
   --env-archive URL  the packed environment (default \$AIBATCH_ENV_ARCHIVE, else where
                      ./submit.sh pack --upload puts it on the cluster's HDFS)
@@ -82,6 +82,11 @@ export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_HOME="${SPARK_HOME:-$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}"
 # Offline model loading, no progress bars on stderr (see udfs/model.py).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+# spark-submit pipes the Python driver's output: tell it whether a person is
+# watching, for the enrich job's progress bar (udfs/enrich_run.py).
+if [[ -z "${AIBATCH_PROGRESS:-}" ]]; then
+  if [[ -t 2 ]]; then export AIBATCH_PROGRESS=1; else export AIBATCH_PROGRESS=0; fi
+fi
 
 build_zip() {
   local dir="${AIBATCH_BUILD_DIR:-$root/var/build}"

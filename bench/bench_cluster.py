@@ -118,14 +118,14 @@ def main(argv=None) -> int:
         base = Path(tmp)
         hdfs_ports = free_ports(5)
         hdfs = LocalHDFS(
-            HdfsSettings(
+            HdfsSettings().with_overrides(
                 **dict(zip(HdfsSettings.PORT_KEYS, hdfs_ports, strict=True)), data_dir=base / "hdfs", daemon_heap="1g"
             )
         )
         ports = free_ports(13)
         keys = [*ClusterSettings.YARN_PORT_KEYS, "spark_master_port", "spark_master_http_port"]
         worker_http = free_ports(1)[0]
-        cluster = ClusterSettings(
+        cluster = ClusterSettings().with_overrides(
             **dict(zip(keys, ports, strict=False)),
             spark_worker_http_port=worker_http,
             yarn_dir=base / "yarn",

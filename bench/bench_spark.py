@@ -62,23 +62,28 @@ ARROW_BATCH = 10_000
 def default_rows(cfg, n: int) -> pd.DataFrame:
     """The first n records of the default data in id order (a hash order, so
     every source is mixed in), read from the installed packages."""
+    frame = all_rows(cfg).head(n).reset_index(drop=True)
+    if len(frame) < n:
+        log.warning("only %d rows available (asked for %d)", len(frame), n)
+    return frame
+
+
+def all_rows(cfg) -> pd.DataFrame:
+    """Every record of the default data, in id order."""
     rows = []
     for source in cfg.ingest.sources:
         path = package_file(source.package_file)
         for kind, row, _ in R.parse_file(cfg.ingest.spec(source), path.name, path.read_bytes()):
             if kind == "record":
                 rows.append(row)
-    frame = pd.DataFrame(rows).drop_duplicates("id").sort_values("id").head(n).reset_index(drop=True)
-    if len(frame) < n:
-        log.warning("only %d rows available (asked for %d)", len(frame), n)
-    return frame
+    return pd.DataFrame(rows).drop_duplicates("id").sort_values("id").reset_index(drop=True)
 
 
 def mixed_rows(cfg, n: int, long_share: float = 0.15) -> pd.DataFrame:
     """n real rows in one table: short rows of the default data (id order),
     then in the last lines up to long_share of n Rotten Tomatoes plot
     summaries (all 1,083 of them at n = 10,000: 10.8%)."""
-    frame = default_rows(cfg, 10**9)
+    frame = all_rows(cfg)
     is_plot = (frame["source"] == "rotten_tomatoes") & frame["label"].isna()
     n_long = min(int(is_plot.sum()), int(n * long_share))
     short = frame[~is_plot].head(n - n_long)

@@ -102,7 +102,7 @@ def cluster_main(args) -> int:
             node = LocalYARN(settings, load_settings(args.hdfs_config))
             label = "YARN"
         else:
-            node = SparkStandalone(settings)
+            node = SparkStandalone(settings)  # type: ignore[assignment]  # both have start/stop/status
             label = "Spark standalone cluster"
         if args.action in ("stop", "restart"):
             print(f"{label} stopped" if node.stop() else f"{label} was not running")

@@ -161,15 +161,22 @@ def _site_properties(conf_dir: Path) -> dict[str, str]:
 
 def _project_namenode() -> tuple[str, str] | None:
     """(host:port, http://host:http_port) of the project's own HDFS
-    (conf/hdfs.toml and its AIBATCH_HDFS_* overrides), if readable."""
-    try:
-        from infra.settings import REPO_ROOT, load_settings
+    (conf/hdfs.toml and its AIBATCH_HDFS_* overrides), if readable. Read
+    here with tomllib rather than infra.settings, which is not in the code
+    zip that submit.sh ships (and runs its checks from)."""
+    import tomllib
 
-        home = Path(os.environ.get("AIBATCH_HOME") or REPO_ROOT)
-        s = load_settings(home / "conf" / "hdfs.toml")
-    except Exception:  # not shipped or not configured: other ways remain
+    home = Path(os.environ.get("AIBATCH_HOME") or Path(__file__).resolve().parent.parent)
+    try:
+        conf = tomllib.loads((home / "conf" / "hdfs.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
         return None
-    return f"{s.host}:{s.namenode_port}", s.webhdfs_url
+
+    def value(key: str, default: object) -> str:
+        return str(os.environ.get(f"AIBATCH_HDFS_{key.upper()}") or conf.get(key, default))
+
+    host = value("host", "127.0.0.1")
+    return f"{host}:{value('namenode_port', 19820)}", f"http://{host}:{value('namenode_http_port', 19870)}"
 
 
 def webhdfs_url(url: str) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   1. checks Python 3.11, Java 17 and Maven;
+#   1. checks Python 3.11, Java 17 and Maven; installs redis-server where it can;
 #   2. the virtual environment .venv from the pinned lock files;
 #   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml).
 # A second run reuses what is installed (stamp files hold the hashes of the
@@ -30,6 +30,18 @@ java_major="$("$java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | 
 [[ -n "$java_major" && "$java_major" -ge 17 ]] \
   || die "Java 17 or newer is required; $java reports version '${java_major:-unknown}'"
 command -v mvn >/dev/null || die "Maven not found (mvn): apt-get install maven"
+
+# redis-server (Debian's package): the enrich stage's shared store for a cluster,
+# and its tests. Installed here where we can (root with apt-get); otherwise say how.
+if ! command -v redis-server >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing redis-server (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+      || die "apt-get could not install redis-server"
+  else
+    say "warning: redis-server not found; the enrich Redis store and its tests need it: sudo apt-get install redis-server"
+  fi
+fi
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -97,4 +109,9 @@ else
   say "Hadoop home up to date"
 fi
 "$hadoop_home/bin/hadoop" version | head -1 | sed 's/^/[setup] /'
+
+# --- 4. the encoder for encoder.runtime = "onnxruntime" -----------------------
+# Exported once from the installed weights (never downloaded), checked against
+# torch, cached under var/onnx/<weights hash>/; a no-op when already there.
+say "ONNX export of the encoder: $(AIBATCH_HOME="$root" "$venv/bin/python" -m udfs.onnx_runtime)"
 say "done: venv $venv, HADOOP_HOME $hadoop_home"

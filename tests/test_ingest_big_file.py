@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.spark import ingest
+from jobs.spark import common, ingest
 from udfs import records as R
 from udfs.ingest_rows import split_rows
 
@@ -89,7 +89,8 @@ def test_a_200_mb_file_is_split_and_matches_the_twin(spark, big_jsonl, tmp_path,
     assert big_jsonl.stat().st_size >= SIZE
     spark.sparkContext.setJobGroup("big-ingest", "ingest of the 200 MB file")
     try:
-        summary = ingest.main(
+        summary = common.run_main(
+            ingest.main,
             spark,
             ingest.parser().parse_args(
                 ["--config", str(pipeline_config), "--input", str(big_jsonl), "--format", "jsonl"]

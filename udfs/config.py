@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .enrich.settings import EnrichConfig
 from .records import LABELS, SourceSpec
 
 
@@ -129,6 +130,7 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     stats: StatsConfig = StatsConfig()
+    enrich: EnrichConfig = EnrichConfig()  # the LLM stage, validated by udfs/enrich/settings.py
 
     def registry_path(self, base: Path) -> Path:
         p = Path(self.registry_dir).expanduser()

@@ -153,3 +153,19 @@ def run(sess: Any, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndar
         ["last_hidden_state"],
         {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)},
     )[0]
+
+
+def main() -> int:
+    """Export the installed encoder (setup runs this); prints the file."""
+    import sys
+
+    from .model import resolve_model_dir
+
+    logging.basicConfig(level=logging.WARNING)
+    path = export(str(resolve_model_dir(None).resolve()))
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

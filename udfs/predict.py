@@ -24,10 +24,10 @@ class ScoreSettings:
     batch_size: int
     max_length: int
     torch_threads: int
-    runtime: str = "torch"
-    device: str = "cpu"
-    gpu_precision: str = "fp16"
-    gpu_batch_size: int = 256
+    runtime: str
+    device: str
+    gpu_precision: str
+    gpu_batch_size: int
 
     @classmethod
     def from_config(

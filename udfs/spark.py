@@ -8,13 +8,15 @@ the encoder itself loads there, once per Python worker (udfs.model caches it).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import SecretStr
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import LongType, StructField, StructType
+from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from . import partitioning as P
 from .predict import ScoreSettings, embed_texts, score_texts, set_threads
@@ -134,3 +136,102 @@ def split_udf(test_percent: int) -> Callable[..., Column]:
         return ids.map(lambda rid: split_of(rid, test_percent))
 
     return split
+
+
+# ----- enrich: the LLM stage (udfs/enrich/ is the core; these are its Spark adapters) -----
+
+_SPARK_TYPES = {"string": StringType(), "Int32": IntegerType(), "Float64": DoubleType(), "boolean": BooleanType()}
+
+
+def enrich_result_fields() -> list[StructField]:
+    """The Spark fields of the enrich result columns (udfs.enrich_run.RESULT_DTYPES)."""
+    from .enrich_run import RESULT_DTYPES
+
+    return [StructField(name, _SPARK_TYPES[dtype], True) for name, dtype in RESULT_DTYPES.items()]
+
+
+def select_udf(flt: Any) -> Callable[..., Column]:
+    """pandas UDF: struct of the row's columns -> whether the enrich filter
+    selects the row (udfs.enrich.select.select_mask, the twin's rule too)."""
+    from .enrich.select import select_mask
+
+    @pandas_udf("boolean")
+    def selected(rows: pd.DataFrame) -> pd.Series:
+        return select_mask(rows, flt).astype(bool)
+
+    return selected
+
+
+PartitionFn = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
+
+
+def enrich_partitions(
+    cfg: Any, assets: Any, job_id: str, api_key: SecretStr, chunk_rows: int, progress: bool
+) -> PartitionFn:
+    """mapInPandas function: a partition of selected rows -> the same rows with
+    the runner's result fields (enrich_result_fields) appended.
+
+    The whole partition goes to udfs.enrich.runner.enrich_batch in chunks of
+    `chunk_rows`: calls run concurrently inside a chunk, so fewer, bigger
+    chunks keep the job at its rate limit without a drain at each Arrow batch.
+    `assets` (template and answer schema) were loaded on the driver, so the
+    tasks read no conf files. The key arrives wrapped (SecretStr) so no repr
+    of this closure shows it. With `progress`, the runner's events feed the
+    counters the driver's progress bar polls."""
+
+    def enrich(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.runner import enrich_batch, open_store
+        from .enrich_run import ProgressCounters, results_frame
+
+        store = open_store(cfg, job_id)
+        counters = ProgressCounters.for_store(cfg.store, job_id) if progress else None
+
+        def run(frame: pd.DataFrame) -> pd.DataFrame:
+            rows = frame.to_dict("records")
+            results = enrich_batch(
+                rows,
+                cfg,
+                api_key=api_key.get_secret_value(),
+                store=store,
+                on_event=None if counters is None else counters.on_event,
+                assets=assets,
+            )
+            if counters is not None:
+                counters.flush()
+            return pd.concat([frame, results_frame(rows, results)], axis=1)
+
+        try:
+            pending: list[pd.DataFrame] = []
+            size = 0
+            for frame in batches:
+                pending.append(frame)
+                size += len(frame)
+                if size >= chunk_rows:
+                    yield run(pd.concat(pending, ignore_index=True))
+                    pending, size = [], 0
+            if pending:
+                yield run(pd.concat(pending, ignore_index=True))
+        finally:
+            store.close()
+
+    return enrich
+
+
+def estimate_partitions(cfg: Any, assets: Any, job_id: str) -> PartitionFn:
+    """mapInPandas function: selected rows -> one row (calls, input_tokens,
+    output_tokens) per batch, what enriching them would cost (--dry-run;
+    prompts already in the store's cache are not counted)."""
+
+    def estimate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.runner import open_store
+        from .enrich_run import estimate_counts
+
+        store = open_store(cfg, job_id)
+        try:
+            for frame in batches:
+                calls, tin, tout = estimate_counts(frame.to_dict("records"), cfg, assets, store)
+                yield pd.DataFrame({"calls": [calls], "input_tokens": [tin], "output_tokens": [tout]})
+        finally:
+            store.close()
+
+    return estimate

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mrjob.job import MRJob
 
+from udfs import input_files
 from udfs.config import PipelineConfig, load_config
 
 
@@ -35,6 +36,22 @@ class ConfiguredJob(MRJob):
         self._pipeline_config: PipelineConfig | None = None
         if not self.is_task():
             self.pipeline_config()  # a bad file or key fails here, before any task starts
+
+    def reads_local_files(self) -> bool:
+        """The inline and local runners read local input files themselves."""
+        return (self.options.runner or "inline") in ("inline", "local")
+
+    def visible_inputs(self) -> list[str]:
+        """The input files Hadoop would read: a named dir's files without the
+        hidden and `_` ones (Spark's .crc files, _SUCCESS)."""
+        return [f for p in self.options.args for f in input_files.visible_files(p)]
+
+    def make_runner(self):
+        # Every twin reads what Hadoop reads, on every runner: a Spark output
+        # chained into a twin on -r local must not feed it Spark's .crc files.
+        if self.reads_local_files():
+            self.options.args = self.visible_inputs()
+        return super().make_runner()
 
     def pipeline_config(self) -> PipelineConfig:
         """The validated settings (loaded once per process)."""

@@ -40,6 +40,7 @@ JOBS = {
     "ingest": "mr_ingest_records.py",
     "score": "mr_score_records.py",
     "stats": "mr_compute_stats.py",
+    "enrich": "mr_enrich_rows.py",
 }
 
 

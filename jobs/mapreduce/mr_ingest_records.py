@@ -80,11 +80,9 @@ class MRIngestRecords(ConfiguredJob):
         o = self.options
         if o.format == "tsv" and o.header and o.text_field not in R.parse_header("tsv", o.header.encode()):
             raise ValueError(f"--header {o.header!r} has no text field {o.text_field!r} (--text-field)")
-        if (self.options.runner or "inline") in ("inline", "local"):
-            paths = [f for p in self.options.args for f in input_files.visible_files(p)]
-            for path in paths:
+        if self.reads_local_files():
+            for path in self.visible_inputs():
                 input_files.check_compressed(path)
-            self.options.args = paths
         return super().make_runner()
 
     def _wrap_protocols(self, step_num, step_type):

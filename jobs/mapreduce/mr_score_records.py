@@ -45,6 +45,7 @@ from udfs.partitioning import task_count
 GROUP = "score"
 ENCODER_NAME = "encoder"
 HEAD_NAME = "head"
+ONNX_NAME = "onnx"
 
 
 class ShippedModelMissing(RuntimeError):
@@ -83,7 +84,14 @@ class MRScoreRecords(ConfiguredJob):
         registry = Registry(cfg.registry_path(self.home()))
         name, version = registry.resolve(self.options.model or cfg.score.model).split("@")
         encoder_dir = M.resolve_model_dir(cfg.encoder.model_dir or None).resolve()
-        return [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
+        shipped = [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
+        if cfg.encoder.runtime == "onnxruntime":
+            from udfs import onnx_runtime
+
+            # exported (or found in the cache) here, once, and shipped: tasks never export
+            cache = onnx_runtime.export(str(encoder_dir)).parent.parent
+            shipped.append(f"{cache}#{ONNX_NAME}")
+        return shipped
 
     # ----- task side ------------------------------------------------------
     def buckets(self) -> int:
@@ -158,6 +166,8 @@ class MRScoreRecords(ConfiguredJob):
 
         encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
         head_dir = self._shipped(Path(HEAD_NAME), "head")
+        if self.pipeline_config().encoder.runtime == "onnxruntime":
+            os.environ["AIBATCH_ONNX_CACHE"] = str(self._shipped(Path(ONNX_NAME), "ONNX encoder"))
         # mrjob does not set torch's threads per task as Spark does (measured
         # faster with one: shared/RESOURCES.md).
         set_threads(1)

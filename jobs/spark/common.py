@@ -267,11 +267,14 @@ def setup_logging(log_file: Path | None = None) -> None:
         console.aibatch = True  # type: ignore[attr-defined]
         root.addHandler(console)
     if log_file is not None:
+        for old in [h for h in root.handlers if getattr(h, "aibatch_file", False)]:
+            root.removeHandler(old)  # one job log per run, also when cli() runs again in one process
+            old.close()
         log_file.parent.mkdir(parents=True, exist_ok=True)
         to_file = logging.FileHandler(log_file)
         to_file.setLevel(logging.INFO)
         to_file.setFormatter(logging.Formatter(LOG_FORMAT))
-        to_file.aibatch = True  # type: ignore[attr-defined]
+        to_file.aibatch_file = True  # type: ignore[attr-defined]
         root.addHandler(to_file)
     root.setLevel(min(logging.INFO if log_file else logging.WARNING, logging.getLevelName(level)))
     for noisy in ("py4j", "transformers", "urllib3", "hdfs"):

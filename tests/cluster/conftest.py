@@ -30,7 +30,7 @@ def cluster_settings(base: Path) -> ClusterSettings:
     values = dict(zip(keys, ports, strict=False))
     # The workers' web UIs take spark_worker_http_port + i: two free ports in a row.
     worker_http = next(p for p in ports[len(keys) :] if p + 1 not in ports and not _taken(p + 1))
-    return ClusterSettings(
+    return ClusterSettings().with_overrides(
         **values, spark_worker_http_port=worker_http, yarn_dir=base / "yarn", spark_dir=base / "spark"
     )
 

@@ -25,13 +25,19 @@ from .conftest import (
     task_probes,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the chain runs in the first test's setup
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.cluster,
+    pytest.mark.timeout(3600),
+]  # the chain runs in the first test's setup
 
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Pointing at an existing cluster", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    found = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert found, "README's cluster section has no bash block"
+    block = found.group(1)
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 

@@ -20,7 +20,11 @@ from .conftest import (
     submit,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one Spark application per cluster: minutes
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.cluster,
+    pytest.mark.timeout(3600),
+]  # one Spark application per cluster: minutes
 
 
 def test_daemons_listen_on_loopback_only(standalone):

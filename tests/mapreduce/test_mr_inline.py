@@ -283,3 +283,14 @@ def test_score_refuses_a_head_trained_on_other_encoder_weights(tiny_registry, tm
             [*INLINE, "--set", f"registry_dir={other.root}", "--model", "sentiment@1"],
             stdin=b'{"id": "x", "source": "s", "text": "t"}\n',
         )
+
+
+def test_stats_reads_a_spark_output_dir_without_its_hidden_files(tmp_path):
+    """A Spark JSON Lines output chained into a twin: its .crc and _SUCCESS
+    files are not input (they would be read as rows and fail)."""
+    (tmp_path / "part-00000.json").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in SCORED))
+    (tmp_path / ".part-00000.json.crc").write_bytes(b"crc\x00\xff\xfe binary")
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    out, _ = run_job(MRComputeStats, [*INLINE, str(tmp_path)])
+    expected, _ = run_job(MRComputeStats, [*INLINE], stdin=b"".join(json.dumps(r).encode() + b"\n" for r in SCORED))
+    assert sorted(out) == sorted(expected) and out

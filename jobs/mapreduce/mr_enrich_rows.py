@@ -1,0 +1,250 @@
+"""mrjob twin of the Spark enrich job: each mapper selects its rows by the
+configured filter (udfs.enrich.select) and hands them to the same runner
+(udfs.enrich.runner.enrich_batch) in batches; the calls run concurrently
+inside the task under the one budget the whole job shares through the store.
+
+Input: scored rows, one JSON object a line (the score twin's output).
+Output: every selected row with its result fields, `status` enriched or
+dead_letter (the dead letters, with their last error: the Spark job writes
+them to a dir of their own); ./submit.sh mr commits it only when the job
+succeeded (jobs.commit). The driver prints rows in = enriched + dead-lettered
++ not selected, calls, cache hits, tokens and cost. Counters (group `enrich`): rows_in,
+not_selected, enriched, dead_letter, cache_hits, calls, input_tokens,
+output_tokens. The API key is read in mapper_init from the variable the
+config names; it is never an argument.
+
+Run with:
+    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched [--overwrite] \
+        [--cache DIR] [--set enrich.KEY=VALUE]
+    AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --dry-run   (no output dir: writes nothing)
+    (-r hadoop reads and writes hdfs:// paths; -r inline runs in one process)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mrjob.protocol import JSONValueProtocol, RawValueProtocol
+from mrjob.step import MRStep
+
+from jobs.mapreduce.configured import ConfiguredJob
+
+log = logging.getLogger(__name__)
+
+GROUP = "enrich"
+PROMPTS_NAME = "enrich_prompts"  # the prompt templates' dir, shipped to each task under this name
+SCHEMA_NAME = "enrich_schema.json"
+TASK_SWITCHES = ("--mapper", "--reducer", "--combiner", "--spark", "--steps")
+
+
+def _absolute(path: str) -> str:
+    """A setting's path, relative ones taken from the project root (ConfiguredJob.home)."""
+    return path if Path(path).is_absolute() or "://" in path else str(ConfiguredJob.home() / path)
+
+
+class MREnrichRows(ConfiguredJob):
+    INPUT_PROTOCOL = JSONValueProtocol
+    OUTPUT_PROTOCOL = RawValueProtocol
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
+        self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
+        self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
+        self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
+        self.add_passthru_arg("--progress", action="store_true", help=argparse.SUPPRESS)  # set by the driver
+
+    # ----- driver side: what to ship -------------------------------------
+    def dirs(self):
+        return [f"{Path(_absolute(self.pipeline_config().enrich.prompts_dir)).resolve()}#{PROMPTS_NAME}"]
+
+    def files(self):
+        return [f"{Path(_absolute(self.pipeline_config().enrich.answer_schema)).resolve()}#{SCHEMA_NAME}"]
+
+    # ----- task side ------------------------------------------------------
+    def steps(self):
+        return [
+            MRStep(
+                mapper_init=self.mapper_init_client,
+                mapper=self.mapper_buffer_rows,
+                mapper_final=self.mapper_final_flush,
+            )
+        ]
+
+    def mapper_init_client(self):
+        from udfs.enrich_run import read_api_key
+
+        ecfg = self.pipeline_config().enrich
+        self.ecfg = ecfg.model_copy(
+            update={
+                "prompts_dir": str(Path(PROMPTS_NAME).resolve()),
+                "answer_schema": str(Path(SCHEMA_NAME).resolve()),
+                "store": store_settings(ecfg, self.options.cache),
+            }
+        )
+        from udfs.enrich.runner import load_assets, open_store
+        from udfs.enrich_run import ProgressCounters
+
+        self.assets = load_assets(self.ecfg)
+        self.buffer = []
+        self.store = open_store(self.ecfg, self.options.job_id)
+        self.counters = (
+            ProgressCounters.for_store(self.ecfg.store, self.options.job_id) if self.options.progress else None
+        )
+        if not self.options.dry_run:
+            self.api_key = read_api_key(self.ecfg.provider.api_key_env)
+
+    def mapper_buffer_rows(self, _, row):
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"enrich: an input line is not a scored row with an id: {str(row)[:80]!r}")
+        self.increment_counter(GROUP, "rows_in")
+        self.buffer.append(row)
+        if len(self.buffer) >= self.options.batch_rows:
+            yield from self._flush()
+
+    def mapper_final_flush(self):
+        yield from self._flush()
+        self.store.close()
+
+    def _flush(self):
+        import pandas as pd
+
+        from udfs.enrich.select import select_mask
+
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        mask = select_mask(pd.DataFrame(rows), self.ecfg.select).tolist()
+        selected = [r for r, keep in zip(rows, mask, strict=True) if keep]
+        self.increment_counter(GROUP, "not_selected", len(rows) - len(selected))
+        if not selected:
+            return
+        if self.options.dry_run:
+            from udfs.enrich_run import estimate_counts
+
+            calls, input_tokens, output_tokens = estimate_counts(selected, self.ecfg, self.assets, self.store)
+            self.increment_counter(GROUP, "selected", len(selected))
+            self.increment_counter(GROUP, "est_calls", calls)
+            self.increment_counter(GROUP, "est_input_tokens", input_tokens)
+            self.increment_counter(GROUP, "est_output_tokens", output_tokens)
+            return
+        from udfs.enrich.runner import enrich_batch
+        from udfs.enrich_run import result_fields
+
+        results = enrich_batch(
+            selected,
+            self.ecfg,
+            api_key=self.api_key.get_secret_value(),
+            store=self.store,
+            on_event=None if self.counters is None else self.counters.on_event,
+            assets=self.assets,
+        )
+        if self.counters is not None:
+            self.counters.flush()
+        for row, fields in zip(selected, result_fields(selected, results), strict=True):
+            self.increment_counter(GROUP, fields["status"])
+            if fields["cached"]:
+                self.increment_counter(GROUP, "cache_hits")
+            else:
+                self.increment_counter(GROUP, "calls", int(fields["attempts"] or 0))
+                self.increment_counter(GROUP, "input_tokens", int(fields["input_tokens"] or 0))
+                self.increment_counter(GROUP, "output_tokens", int(fields["output_tokens"] or 0))
+            yield None, json.dumps({**row, **fields}, ensure_ascii=False, default=str)
+
+
+# ----- the driver: run into staging, commit, report --------------------------
+
+
+def store_settings(ecfg, cache: str):
+    """The store settings the tasks use: --cache DIR's SQLite file, else the
+    config's, a relative path taken from the project root."""
+    store = ecfg.store
+    path = str(Path(cache) / "store.sqlite") if cache else store.path
+    return store.model_copy(update={"path": _absolute(path)})
+
+
+def selected_total(inputs: list[str], ecfg) -> int | None:
+    """How many rows the filter selects, for the progress bar's ETA: counted
+    here when every input is a local file, else unknown (None)."""
+    import pandas as pd
+
+    from udfs.enrich.select import select_mask
+
+    paths = [Path(p) for p in inputs]
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    return int(select_mask(pd.DataFrame(rows), ecfg.select).sum()) if rows else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from udfs.enrich_run import (
+        EnrichTotals,
+        PriceTable,
+        ProgressBar,
+        ProgressCounters,
+        dry_run_report,
+        job_id_for,
+        progress_wanted,
+    )
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in TASK_SWITCHES for a in argv):  # mrjob started this script as a task
+        MREnrichRows.run()
+        return 0
+    probe = MREnrichRows(args=argv)
+    output = probe.options.output_dir
+    job_id = probe.options.job_id or job_id_for(output or "-".join(probe.options.args))
+    staged_argv = list(argv) if probe.options.job_id else [*argv, "--job-id", job_id]
+    ecfg = probe.pipeline_config().enrich
+    prices = PriceTable.load(_absolute(ecfg.prices))
+    show = progress_wanted() and not probe.options.dry_run
+    counters = ProgressCounters.for_store(store_settings(ecfg, probe.options.cache), job_id)
+    total = None
+    if show:
+        staged_argv += ["--progress"]
+        counters.reset()
+        total = selected_total(probe.options.args, ecfg)
+    job = MREnrichRows(args=staged_argv)
+    with job.make_runner() as runner:
+        with ProgressBar(total, counters.snapshot, enabled=show):
+            runner.run()
+        got: dict[str, int] = {}
+        for step in runner.counters():
+            for name, value in step.get(GROUP, {}).items():
+                got[name] = got.get(name, 0) + value
+    rows_in = got.get("rows_in", 0)
+    if probe.options.dry_run:
+        lines = dry_run_report(
+            rows_in,
+            got.get("selected", 0),
+            got.get("est_calls", 0),
+            got.get("est_input_tokens", 0),
+            got.get("est_output_tokens", 0),
+            ecfg.provider.model,
+            prices,
+        )
+        print("\n".join(lines))
+        return 0
+    totals = EnrichTotals(
+        rows_in=rows_in,
+        enriched=got.get("enriched", 0),
+        dead_letter=got.get("dead_letter", 0),
+        not_selected=got.get("not_selected", 0),
+        calls=got.get("calls", 0),
+        cache_hits=got.get("cache_hits", 0),
+        input_tokens=got.get("input_tokens", 0),
+        output_tokens=got.get("output_tokens", 0),
+        by_model={ecfg.provider.model: [got.get("input_tokens", 0), got.get("output_tokens", 0)]},
+    )
+    totals.check()
+    print("\n".join(totals.report(prices)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

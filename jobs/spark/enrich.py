@@ -1,0 +1,271 @@
+"""Enrich the scored rows that the configured filter selects with an LLM
+(OpenAI Chat Completions or Anthropic Messages, conf/pipeline.toml [enrich]):
+one prompt per row from a versioned template, a schema-checked JSON answer
+(topic, summary, severity) plus raw answer, tokens, latency, attempts,
+provider, model, template, request id and whether it came from the cache.
+Rows that still fail after the retries go to the dead letters with their
+last error; rows in = enriched + dead-lettered + not selected.
+
+The calls run in udfs.enrich.runner (asyncio inside each task, one budget
+shared by the whole job through the store); this job is the thin Spark edge:
+select, spread the rows over the tasks (mapInPandas), write every result to
+a hidden staging dir, write the output and the dead letters from it, and
+commit both together only when all of that succeeded (jobs.commit: an
+existing output is replaced only with --overwrite, never merged into). A rerun of the same command (after a crash, say) answers the
+rows already answered from the cache, without a call.
+
+Run with:
+    AIBATCH_GATEWAY_KEY=... ./submit.sh enrich --input hdfs://127.0.0.1:19820/user/$USER/aibatch/scored \
+        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/enriched [--dead-letters DL] [--overwrite] [--dry-run] \
+        [--retry-dead-letters] [--cache DIR] [--tasks N] [--sample-percent P] [--set enrich.KEY=VALUE]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import commit
+from jobs.spark import common
+from udfs import enrich_run as E
+from udfs.spark import enrich_partitions, enrich_result_fields, in_sample_udf, select_udf
+
+log = logging.getLogger(__name__)
+
+NEW = "_enriched_now"  # staging-only column: the row was processed by this run
+
+
+def dead_letters_path(args) -> str:
+    return args.dead_letters or args.output.rstrip("/") + "_dead_letters"
+
+
+def enrich_settings(cfg, cache: str | None):
+    """The [enrich] settings with relative paths resolved against the project
+    root (tasks may run elsewhere) and --cache as the store's directory."""
+    ecfg = cfg.enrich
+    base = common.home()
+
+    def absolute(p: str) -> str:
+        return p if Path(p).is_absolute() or "://" in p else str(base / p)
+
+    store = ecfg.store
+    store_path = str(Path(cache) / "store.sqlite") if cache else store.path
+    return ecfg.model_copy(
+        update={
+            "prompts_dir": absolute(ecfg.prompts_dir),
+            "answer_schema": absolute(ecfg.answer_schema),
+            "prices": absolute(ecfg.prices),
+            "store": store.model_copy(update={"path": absolute(store_path)}),
+        }
+    )
+
+
+def select_rows(scored: DataFrame, flt) -> DataFrame:
+    """scored + a boolean `_selected` by the configured filter (the same
+    udfs function the twin calls)."""
+    return scored.withColumn("_selected", select_udf(flt)(F.struct(*[F.col(c) for c in scored.columns])))
+
+
+def output_schema(inputs: T.StructType) -> T.StructType:
+    clash = sorted(set(inputs.fieldNames()) & set(E.RESULT_FIELDS))
+    if clash:
+        raise ValueError(f"enrich: the input already has column(s) {clash} that the enrich output adds")
+    return T.StructType(list(inputs.fields) + enrich_result_fields())
+
+
+def enrich_frame(
+    rows: DataFrame, ecfg, assets, job_id: str, api_key, tasks: int, chunk_rows: int, progress: bool = False
+) -> DataFrame:
+    """rows (selected) -> rows + result fields, spread over `tasks` tasks by id."""
+    return rows.repartition(tasks, "id").mapInPandas(
+        enrich_partitions(ecfg, assets, job_id, api_key, chunk_rows, progress), output_schema(rows.schema)
+    )
+
+
+def totals_of(staged: DataFrame, rows_in: int, not_selected: int) -> E.EnrichTotals:
+    totals = E.EnrichTotals(rows_in=rows_in, not_selected=not_selected)
+    groups = staged.groupBy("status", "cached", "model", NEW).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("attempts").alias("attempts"),
+        F.sum("input_tokens").alias("input_tokens"),
+        F.sum("output_tokens").alias("output_tokens"),
+    )
+    for g in groups.collect():
+        if g[NEW]:
+            totals.add_group(
+                g["status"],
+                bool(g["cached"]),
+                g["model"],
+                g["rows"],
+                g["attempts"],
+                g["input_tokens"],
+                g["output_tokens"],
+            )
+        else:  # kept from the previous output by --retry-dead-letters: no call in this run
+            totals.add_group(g["status"], True, g["model"], g["rows"], 0, 0, 0, count_cache_hit=False)
+    return totals
+
+
+def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_selected: int, prices) -> dict:
+    from udfs.spark import estimate_partitions
+
+    parts = selected.mapInPandas(
+        estimate_partitions(ecfg, assets, job_id), "calls long, input_tokens long, output_tokens long"
+    )
+    row = parts.agg(*[F.sum(c).alias(c) for c in ("calls", "input_tokens", "output_tokens")]).collect()[0]
+    calls, tin, tout = (int(row[c] or 0) for c in ("calls", "input_tokens", "output_tokens"))
+    lines = E.dry_run_report(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices)
+    return {"dry_run": True, "lines": lines, "calls": calls, "input_tokens": tin, "output_tokens": tout}
+
+
+def main(spark: SparkSession, config, args) -> dict:
+    from udfs.enrich.runner import load_assets
+
+    ecfg = enrich_settings(config, args.cache)
+    prices = E.PriceTable.load(ecfg.prices)
+    assets = load_assets(ecfg)  # template and schema, checked once here and shipped to the tasks
+    job_id = E.job_id_for(args.output)
+    dead_letters = dead_letters_path(args)
+    scored = common.read_table(spark, args.input, args.input_format)
+    if "id" not in scored.columns:
+        raise ValueError(f"enrich: the input {args.input} has no id column (columns: {', '.join(scored.columns)})")
+    if args.sample_percent < 100:  # the same id hash as score --sample-percent, so a smaller sample nests in it
+        scored = scored.where(in_sample_udf(args.sample_percent)(F.col("id")))
+    input_columns = scored.columns
+    kept = None
+    if args.retry_dead_letters:
+        rows_in = scored.count()
+        previous = common.read_table(spark, args.output, args.output_format)
+        failed = common.read_table(spark, dead_letters, args.output_format)
+        todo = scored.join(failed.select("id"), "id", "left_semi").select(*input_columns)
+        kept = previous.select(*input_columns, *E.RESULT_FIELDS)
+        n_selected = previous.count() + failed.count()
+        n_todo = todo.count()
+    else:
+        flagged = select_rows(scored, ecfg.select).cache()
+        counts = flagged.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_selected").cast("long")).alias("selected"))
+        first = counts.collect()[0]
+        rows_in, n_selected = int(first["rows"]), int(first["selected"] or 0)
+        n_todo = n_selected
+        todo = flagged.where("_selected").drop("_selected")
+    not_selected = rows_in - n_selected
+    if args.dry_run:
+        return {**dry_run(todo, ecfg, assets, job_id, rows_in, n_selected, prices), "rows_in": rows_in}
+
+    api_key = E.read_api_key(ecfg.provider.api_key_env)
+    tasks = args.tasks or spark.sparkContext.defaultParallelism
+    show = E.progress_wanted() and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
+    counters = E.ProgressCounters.for_store(ecfg.store, job_id)
+    if show:
+        counters.reset()
+    results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)
+    if kept is not None:  # the previous output's rows, typed like the new ones (JSON Lines reads longs)
+        kept = kept.select(*[F.col(f.name).cast(f.dataType) for f in results.schema.fields])
+        results = kept.withColumn(NEW, F.lit(False)).unionByName(results.withColumn(NEW, F.lit(True)))
+    else:
+        results = results.withColumn(NEW, F.lit(True))
+    outputs = {"output": args.output, "dead_letters": dead_letters}
+    # --retry-dead-letters replaces the outputs it read by design; else an existing output needs --overwrite.
+    overwrite = args.overwrite or args.retry_dead_letters
+    with common.committed_outputs(spark, outputs, overwrite=overwrite, inputs=[args.input]) as staging:
+        # Every result goes to a hidden dir beside the staging output first (the calls
+        # happen in this write); the two outputs are written from it, and committed
+        # together only when all of this succeeded.
+        everything = staging["output"] + ".results"
+        try:
+            with E.ProgressBar(n_todo, counters.snapshot, enabled=show):
+                common.write_table(results, everything, "parquet")
+            staged = spark.read.parquet(everything)
+            final = staged.drop(NEW)
+            common.write_table(final.where(F.col("status") == E.ENRICHED), staging["output"], args.output_format)
+            common.write_table(
+                final.where(F.col("status") == E.DEAD_LETTER), staging["dead_letters"], args.output_format
+            )
+            totals = totals_of(staged, rows_in, not_selected)
+            totals.check()
+        finally:
+            commit.filesystem(everything).delete(everything)
+    summary = {
+        "dry_run": False,
+        "lines": totals.report(prices),
+        "rows_in": rows_in,
+        "enriched": totals.enriched,
+        "dead_letter": totals.dead_letter,
+        "not_selected": totals.not_selected,
+        "calls": totals.calls,
+        "cache_hits": totals.cache_hits,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "output": args.output,
+        "dead_letters": dead_letters,
+    }
+    log.info("enrich: %s", {k: v for k, v in summary.items() if k != "lines"})
+    return summary
+
+
+def parser():
+    p = common.base_parser("enrich", __doc__)
+    p.add_argument("--input", required=True, help="scored rows (the score job's output)")
+    p.add_argument("--output", required=True, help="enriched rows (overwritten when the run succeeded)")
+    p.add_argument("--dead-letters", help="rows that failed, with their last error (default: OUTPUT_dead_letters)")
+    common.add_output_args(p, outputs=("output", "dead_letters"))
+    p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
+    p.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
+    p.add_argument(
+        "--retry-dead-letters",
+        action="store_true",
+        help="re-run only the rows in the dead letters; write a complete new output and dead letters",
+    )
+    p.add_argument("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
+    p.add_argument("--tasks", type=int, help="Spark tasks making calls (default: the default parallelism)")
+    p.add_argument("--chunk-rows", type=int, default=5000, help="rows handed to the runner at once per task")
+    p.add_argument(
+        "--sample-percent",
+        type=float,
+        default=100.0,
+        help="enrich only the input rows whose id hashes below this per cent (rows in counts those; default 100)",
+    )
+    return p
+
+
+def prepare(config, args) -> dict:
+    """Checks that need no Spark, so a bad template, schema, price table or a
+    missing key fails in one line before the session starts."""
+    from udfs.enrich.answers import SchemaFileError
+    from udfs.enrich.prompts import PromptError
+    from udfs.enrich.runner import load_assets
+
+    ecfg = enrich_settings(config, args.cache)
+    args.dead_letters = dead_letters_path(args)  # so the output checks before Spark starts see it
+    if args.dry_run:
+        args.output_dests = ()  # a dry run writes nothing
+    elif args.retry_dead_letters:
+        args.overwrite = True  # it replaces the outputs it reads, by design
+    try:
+        E.PriceTable.load(ecfg.prices)
+        load_assets(ecfg)
+        if not args.dry_run:
+            E.read_api_key(ecfg.provider.api_key_env)
+    except (E.PriceError, E.ApiKeyMissing, PromptError, SchemaFileError) as exc:
+        raise common.ConfigError(str(exc)) from None
+    return {}
+
+
+def report(out: dict) -> None:
+    print("\n".join(out["lines"]))
+    if not out["dry_run"]:
+        print(f"enriched: {out['output']}\ndead letters: {out['dead_letters']}")
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("enrich", parser(), main, report, argv, prepare=prepare)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

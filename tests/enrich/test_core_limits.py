@@ -1,0 +1,123 @@
+"""Job-wide limits: two processes sharing one store (SQLite, then Redis) stay
+within the gateway's requests, tokens and concurrency limits, by the server's
+own counters; two jobs with a store each collide, and adapt to the headers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.enrich.conftest import REPO, TIGHT, make_cfg, rows_of, usage_of
+from udfs.enrich.runner import enrich_batch, open_store
+from udfs.enrich.settings import EnrichConfig
+
+WORKERS = 2
+ROWS_PER_WORKER = 15
+
+
+def limits_like_server(**extra: object) -> dict:
+    return {
+        "requests_per_minute": TIGHT["requests"],
+        "tokens_per_minute": TIGHT["tokens"],
+        "input_tokens_per_minute": TIGHT["input_tokens"],
+        "output_tokens_per_minute": TIGHT["output_tokens"],
+        "max_concurrency": TIGHT["concurrent"],
+        "window_seconds": TIGHT["window_seconds"],
+        **extra,
+    }
+
+
+def run_workers(tmp_path: Path, cfgs: list[EnrichConfig], key: str, prefix: str) -> list[dict]:
+    procs = []
+    for i, cfg in enumerate(cfgs):
+        (tmp_path / f"cfg{i}.json").write_text(cfg.model_dump_json())
+        (tmp_path / f"rows{i}.json").write_text(json.dumps(rows_of(ROWS_PER_WORKER, f"{prefix}-w{i}-")))
+        args = [
+            sys.executable,
+            "-m",
+            "tests.enrich.worker",
+            *(str(tmp_path / f"{n}{i}.json") for n in ("cfg", "rows", "out")),
+        ]
+        env = {**os.environ, "AIBATCH_TEST_KEY": key, "PYTHONPATH": str(REPO)}
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env))
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    return [o for i in range(len(cfgs)) for o in json.loads((tmp_path / f"out{i}.json").read_text())]
+
+
+def run_threads(cfgs: list[EnrichConfig], key: str, prefix: str, rows: int = ROWS_PER_WORKER) -> list[dict]:
+    """The same in threads of this process (each with its own store object): quicker to start."""
+    results: dict[int, list[dict]] = {}
+
+    def task(i: int) -> None:
+        cfg = cfgs[i]
+        results[i] = enrich_batch(rows_of(rows, f"{prefix}-t{i}-"), cfg, api_key=key, store=open_store(cfg, "j"))
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(cfgs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [o for i in range(len(cfgs)) for o in results[i]]
+
+
+def assert_within_limits(usage: dict, style: str) -> None:
+    windows = usage["windows"]
+    assert windows, "the server saw no requests"
+    for w in windows:  # fixed windows of the server's ledger: any one holds at most the limit
+        assert w["requests"] <= TIGHT["requests"], usage
+        if style == "anthropic":
+            assert w["input_tokens"] <= TIGHT["input_tokens"], usage
+            assert w["output_tokens"] <= TIGHT["output_tokens"], usage
+    assert usage["peak_concurrent"] <= TIGHT["concurrent"], usage
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind", "key", "processes"),
+    [
+        ("sqlite", "openai", "lim-sqlite", True),
+        ("redis", "openai", "lim-redis", True),
+        ("sqlite", "anthropic", "lim-anthropic", False),  # input and output tokens limited separately
+    ],
+)
+def test_two_tasks_share_one_budget(gw, tmp_path, redis_url, backend, kind, key, processes):
+    store = {"backend": backend, "url": redis_url}
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, store=store, limits=limits_like_server())
+    if processes:
+        out = run_workers(tmp_path, [cfg] * WORKERS, gw.key(key), f"{backend}-{kind}")
+    else:
+        out = run_threads([cfg] * WORKERS, gw.key(key), f"{backend}-{kind}")
+    assert len(out) == WORKERS * ROWS_PER_WORKER
+    assert all(o["status"] == "enriched" for o in out), [o["error"] for o in out if o["error"]][:3]
+    usage = usage_of(gw, key)
+    assert_within_limits(usage, kind)
+    requests = sum(w["requests"] for w in usage["windows"])
+    refused = sum(w["rate_limited"] for w in usage["windows"])
+    assert requests == WORKERS * ROWS_PER_WORKER, usage  # each row sent once
+    assert refused <= 0.01 * (requests + refused), usage
+    # The limit was really the bottleneck: some window was filled to the limit (or one short).
+    assert max(w["requests"] for w in usage["windows"]) >= TIGHT["requests"] - 1, usage
+
+
+def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
+    """Two jobs on one key with a store each: each believes it has the whole quota, so the
+    server refuses some calls (the counters see it); the refusals and the rate-limit headers
+    then shrink each job's share, so the refusals stay a small part of the calls."""
+    cfgs = [
+        make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=limits_like_server(), retry={"max_attempts": 10})
+        for i in range(WORKERS)
+    ]
+    out = run_threads(cfgs, gw.key("lim-shared"), "separate", rows=20)
+    assert [o["status"] for o in out] == ["enriched"] * len(out)
+    usage = usage_of(gw, "lim-shared")
+    assert_within_limits(usage, "openai")
+    requests = sum(w["requests"] for w in usage["windows"])
+    refused = sum(w["rate_limited"] for w in usage["windows"])
+    assert requests == len(out)
+    assert 0 < refused <= 0.25 * requests, usage
