@@ -9,10 +9,10 @@ demo: setup
 	./scripts/demo.sh
 
 test: setup
-	.venv/bin/python -m pytest -m "not cluster"
+	.venv/bin/python -m pytest
 
-# The packed-environment chains on a local YARN and Spark standalone cluster
-# (packs and uploads a ~5.5 GB environment; tens of minutes on 2 cores).
+# Only the packed-environment chains on a local YARN and Spark standalone
+# cluster (make test runs them too; they pack and upload a ~5.5 GB environment).
 test-cluster: setup
 	.venv/bin/python -m pytest -m cluster
 

@@ -131,6 +131,15 @@ cluster_args() {
   for var in HF_HUB_OFFLINE TRANSFORMERS_OFFLINE TQDM_DISABLE TOKENIZERS_PARALLELISM; do
     cluster_extra+=(--conf "spark.executorEnv.$var=${!var}")
   done
+  # Each scoring Python worker writes which Python it runs to its executor's
+  # log once (udfs/worker_env.py).
+  cluster_extra+=(--conf spark.executorEnv.AIBATCH_WORKER_PROBE=1)
+  if [[ "$master" == spark://* ]]; then
+    # Standalone executors fetch the archive straight from its URL: with
+    # Spark's fetch cache (on by default) each host also keeps a third copy
+    # of the 5 GB environment (cache + each executor's copy + unpacked).
+    cluster_extra+=(--conf spark.files.useFetchCache=false)
+  fi
   if [[ "$master" == yarn ]]; then
     # Spark's jars from HDFS (uploaded by pack), else each application zips
     # and uploads SPARK_HOME/jars again.

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,8 @@ def main(argv=None) -> int:
                     standalone.start()
                     results[name] = run_master(name, standalone.master_url, env, config, base_url)
                     standalone.stop()
+                    for worker in standalone.worker_names():  # each executor's unpacked 5 GB environment
+                        shutil.rmtree(standalone.work_dir(worker), ignore_errors=True)
                 elif name == "yarn":
                     yarn.start()
                     # Two executor containers of one core each.

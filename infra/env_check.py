@@ -19,47 +19,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-
-def _executor_jvm(pid: int) -> tuple[int | None, str]:
-    """The nearest ancestor Java process of pid and its main class."""
-    while pid > 1:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{ppid}/cmdline", "rb") as fh:
-                argv = fh.read().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):
-            return None, ""
-        if argv and os.path.basename(argv[0]) == "java":
-            main = next((a for a in argv if a.startswith("org.apache.spark.")), "")
-            return ppid, main
-        pid = ppid
-    return None, ""
-
-
-def probe(_index: int) -> dict:
-    """Runs in an executor's Python worker."""
-    import socket
-
-    import torch
-
-    from udfs import model as M
-
-    jvm_pid, jvm_main = _executor_jvm(os.getpid())
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "executor_jvm_pid": jvm_pid,
-        "executor_jvm_main": jvm_main,
-        "cwd": os.getcwd(),
-        "executable": sys.executable,
-        "prefix": sys.prefix,
-        "prefix_realpath": os.path.realpath(sys.prefix),
-        "torch": torch.__file__,
-        "torch_version": torch.__version__,
-        "encoder_dir": str(M.default_model_dir()),
-        "env_vars": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TQDM_DISABLE")},
-    }
+from udfs.worker_env import probe
 
 
 def problems(report: dict, driver_prefix: str) -> list[str]:

@@ -21,6 +21,7 @@ from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, St
 from . import partitioning as P
 from .predict import ScoreSettings, embed_texts, score_texts, set_threads
 from .records import in_sample, split_of
+from .worker_env import log_once
 
 
 def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable[..., Column]:
@@ -31,6 +32,7 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable
 
     @pandas_udf(fields)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        log_once()  # on a cluster: which Python this worker runs, in the executor's log
         gpus = task_gpus()
         for texts in batches:
             yield score_texts(texts.tolist(), settings, with_embedding, gpus)

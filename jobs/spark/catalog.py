@@ -14,6 +14,7 @@ JOBS = {
     "train": "embed labelled records, fit and register the sentiment head (name@N)",
     "score": "records -> predicted label, probability, lineage (pandas UDF)",
     "stats": "scored records -> term frequencies, counts, top terms (RDD API)",
+    "pipeline": "ingest -> score -> stats in one application (one executor start-up on a cluster)",
     "enrich": "scored records -> LLM topic, summary, severity per selected row + dead letters",
     "hdfs_roundtrip": "smoke job: word counts of a text file, HDFS in and out",
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -56,6 +57,15 @@ def env_archive(hdfs) -> dict:
     started = time.monotonic()
     path, packed = packer.pack()
     pack_s = time.monotonic() - started
+    # Copies of the environment the chains make, besides the packed archive:
+    # HDFS (1), the NodeManager's cache (1, deleted with its module's YARN),
+    # a standalone application's driver and two executors (a fetched archive
+    # and an unpacked copy each: 6). A full disk fails executors in a loop.
+    need, free = 7 * path.stat().st_size, shutil.disk_usage(ROOT).free
+    assert free > need, (
+        f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the {path.stat().st_size / 1e9:.1f} GB "
+        f"packed environment; {free / 1e9:.0f} GB are free"
+    )
     os.environ["HADOOP_CONF_DIR"] = str(hdfs.conf_dir)
     try:
         dir_url = f"{hdfs.hdfs_url}/user/{hdfs.user}/aibatch/env"
@@ -72,8 +82,13 @@ def env_archive(hdfs) -> dict:
     return {"url": url, "jars": jars, "path": path}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def standalone(cluster_conf):
+    """Spark's Master and two Workers, for one test module: stopped after it,
+    with the workers' dirs (each executor unpacks the 5 GB environment into
+    its own) deleted, so the disk is free for the next cluster."""
+    import shutil
+
     from infra.standalone import SparkStandalone
 
     cluster = SparkStandalone(cluster_conf)
@@ -82,6 +97,8 @@ def standalone(cluster_conf):
         yield cluster
     finally:
         cluster.stop()
+        for worker in cluster.worker_names():
+            shutil.rmtree(cluster.work_dir(worker), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -287,10 +304,14 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def yarn(hdfs, cluster_conf):
     """A single-node YARN (ResourceManager, NodeManager with the shuffle) on
-    free loopback ports, on top of the session's HDFS."""
+    free loopback ports, on top of the session's HDFS, for one test module:
+    stopped after it, with the NodeManager's local dirs (the localised 5 GB
+    environment) deleted."""
+    import shutil
+
     from infra.yarn import LocalYARN
 
     node = LocalYARN(cluster_conf, hdfs.settings, hadoop_home=hdfs.hadoop_home)
@@ -299,6 +320,7 @@ def yarn(hdfs, cluster_conf):
         yield node
     finally:
         node.stop()
+        shutil.rmtree(node.base / "local", ignore_errors=True)
 
 
 def read_parquet_dir(spark, url: str) -> list[dict]:

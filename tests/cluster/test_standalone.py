@@ -1,24 +1,28 @@
 """The chain on a real Spark standalone cluster (Spark's own Master and two
-Workers from the installed pyspark, each in its own JVM, on loopback), its
+Workers from the installed pyspark, each in its own JVM, on loopback), run
+by the README's standalone command (the pipeline job: one application), its
 executors running the packed environment that ./submit.sh ships with
 --archives URL#environment: output equal to local mode joined on id, every
 daemon listening on loopback only, and a clear failure without the archive."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
+from udfs.worker_env import read_log_lines
+
 from .conftest import (
+    ROOT,
     assert_packed_env,
     assert_same_chain,
+    jsonl,
     listening_sockets,
     process_tree,
-    read_chain,
+    read_hdfs_dir,
+    read_parquet_dir,
     submit,
 )
+from .test_readme_cluster import readme_commands, run_readme_line
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,35 +43,41 @@ def test_daemons_listen_on_loopback_only(standalone):
     assert {("127.0.0.1", s.spark_master_port), ("127.0.0.1", s.spark_master_http_port)} <= master
 
 
-def test_chain_on_standalone_equals_local_mode(
-    standalone, env_archive, hdfs, webhdfs, hdfs_raw, cluster_config, local_chain, tmp_path
+def test_readme_pipeline_on_standalone_equals_local_mode(
+    standalone, env_archive, hdfs, spark, webhdfs, hdfs_raw, cluster_config, local_chain
 ):
-    out, report = f"{hdfs_raw}/standalone", tmp_path / "report.json"
-    env = {**hdfs.env(), "AIBATCH_ENV_ARCHIVE": env_archive["url"]}
-    proc = submit(
-        "--master",
-        standalone.master_url,
-        "--config",
-        str(cluster_config),
-        str(os.path.join(os.path.dirname(__file__), "chain_app.py")),
-        "--raw",
-        f"{hdfs_raw}/raw",
-        "--out",
-        out,
-        "--model",
-        "sentiment@1",
-        "--report",
-        str(report),
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert_same_chain(read_chain(webhdfs, out), local_chain)
-    probe = json.loads(report.read_text())
-    # Standalone executors run in <worker work dir>/app-<id>/<executor id>/.
-    assert_packed_env(probe["workers"], probe["driver"]["prefix"], standalone.settings.spark_workers, "/work/app-")
-    assert {os.path.dirname(os.path.dirname(r["cwd"])) for r in probe["workers"]} == {
-        str(standalone.work_dir(w)) for w in standalone.worker_names()
+    """The README's standalone command: the pipeline job (ingest -> score ->
+    stats in one application, so the environment is unpacked once)."""
+    (line,) = [c for c in readme_commands() if "$SPARK_MASTER" in c]
+    assert " pipeline " in line and "$H/sa/" in line
+    env = {
+        **hdfs.env(),
+        "H": hdfs_raw,
+        "SPARK_MASTER": standalone.master_url,
+        "AIBATCH_CONFIG": str(cluster_config),
     }
+    env.pop("AIBATCH_ENV_ARCHIVE", None)  # where ./submit.sh pack --upload put it
+    proc = run_readme_line(line, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sa = f"{hdfs_raw}/sa"
+    got = {
+        "records": read_parquet_dir(spark, f"{sa}/records"),
+        "rejects": read_parquet_dir(spark, f"{sa}/rejects"),
+        "scored": read_parquet_dir(spark, f"{sa}/scored"),
+        "stats": {t: jsonl(read_hdfs_dir(webhdfs, f"{sa}/stats/{t}")) for t in ("counts", "term_freq", "top_terms")},
+    }
+    assert_same_chain(got, local_chain)
+    # Each scoring Python worker wrote which Python it ran to its executor's
+    # log (udfs/worker_env.py); standalone executors run in
+    # <worker work dir>/app-<id>/<executor id>/.
+    reports, dirs = [], set()
+    for worker in standalone.worker_names():
+        for stderr in standalone.work_dir(worker).glob("app-*/*/stderr"):
+            found = read_log_lines(stderr.read_text(errors="replace"))
+            reports += found
+            dirs |= {str(standalone.work_dir(worker))} if found else set()
+    assert_packed_env(reports, str(ROOT / ".venv"), standalone.settings.spark_workers, "/work/app-")
+    assert dirs == {str(standalone.work_dir(w)) for w in standalone.worker_names()}
 
 
 def test_missing_archive_fails_before_submitting(standalone, hdfs, hdfs_raw, cluster_config):

@@ -1,0 +1,76 @@
+"""Which Python a Spark executor's Python worker runs: its process, its
+executor JVM, its working dir, sys.prefix, torch's location and the
+encoder's directory. `./submit.sh --master URL env-check` collects these
+from every executor (infra/env_check.py); on a cluster, submit.sh also sets
+AIBATCH_WORKER_PROBE=1 in the executors' environment, and then each Python
+worker that scores writes its report once, as one line, to its executor's
+log (`aibatch worker python: {...}`), so a job's own logs show that its
+executors ran the packed environment inside their own dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+PROBE_ENV = "AIBATCH_WORKER_PROBE"
+LOG_PREFIX = "aibatch worker python: "
+_logged = False
+
+
+def executor_jvm(pid: int) -> tuple[int | None, str]:
+    """The nearest ancestor Java process of pid and its main class."""
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            return None, ""
+        if argv and os.path.basename(argv[0]) == "java":
+            main = next((a for a in argv if a.startswith("org.apache.spark.")), "")
+            return ppid, main
+        pid = ppid
+    return None, ""
+
+
+def probe(_index: int = 0) -> dict[str, Any]:
+    """This Python worker's report (runs in an executor)."""
+    import torch
+
+    from udfs import model as M
+
+    jvm_pid, jvm_main = executor_jvm(os.getpid())
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "executor_jvm_pid": jvm_pid,
+        "executor_jvm_main": jvm_main,
+        "cwd": os.getcwd(),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "prefix_realpath": os.path.realpath(sys.prefix),
+        "torch": torch.__file__,
+        "torch_version": torch.__version__,
+        "encoder_dir": str(M.default_model_dir()),
+        "env_vars": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TQDM_DISABLE")},
+    }
+
+
+def log_once() -> None:
+    """With AIBATCH_WORKER_PROBE=1: write this worker's report to stderr (the
+    executor's log) the first time it is called in this process."""
+    global _logged
+    if _logged or os.environ.get(PROBE_ENV) != "1":
+        return
+    _logged = True
+    sys.stderr.write(LOG_PREFIX + json.dumps(probe(), sort_keys=True) + "\n")
+    sys.stderr.flush()
+
+
+def read_log_lines(text: str) -> list[dict[str, Any]]:
+    """The reports in an executor log's text."""
+    return [json.loads(line[len(LOG_PREFIX) :]) for line in text.splitlines() if line.startswith(LOG_PREFIX)]
