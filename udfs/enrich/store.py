@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,11 +82,26 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._wal_mode(deadline=time.monotonic() + 60)
         with self._tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS budget (ns TEXT, id TEXT, entry TEXT, PRIMARY KEY (ns, id))")
             db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL)")
+
+    def _wal_mode(self, deadline: float) -> None:
+        """Switch the file to WAL. Connections switching a new file at the
+        same moment can get SQLITE_BUSY without SQLite calling the busy
+        handler (waiting could deadlock), so retry until the deadline."""
+        delay = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
