@@ -55,6 +55,15 @@ def get_json(url: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
+def status_of(pids: dict[str, int | None], ready: Callable[[], bool]) -> str:
+    """One word for a set of daemons: all alive and ready, some alive, none."""
+    if all(pids.values()) and ready():
+        return "running"
+    if any(pids.values()):
+        return "starting or degraded"
+    return "stopped"
+
+
 class DaemonSet:
     """The daemons of one instance: each started in its own process group
     with a marker (-Daibatch.instance=<base>) in its command line, so a

@@ -318,12 +318,9 @@ class LocalHDFS:
         return stopped
 
     def status(self) -> str:
-        pids = self.running()
-        if all(pids.values()) and self.is_ready():
-            return "running"
-        if any(pids.values()):
-            return "starting or degraded"
-        return "stopped"
+        from .daemons import status_of  # daemons builds on this module
+
+        return status_of(self.running(), self.is_ready)
 
     def describe(self) -> str:
         return (

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemons import DaemonSet, check_ports, get_json, java_home, java_or_error
+from .daemons import DaemonSet, check_ports, get_json, java_home, java_or_error, status_of
 from .settings import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,7 @@ class SparkStandalone:
         return self.daemons.stop([*reversed(self.worker_names()), "master"])
 
     def status(self) -> str:
-        pids = self.running()
-        if all(pids.values()) and self.is_ready():
-            return "running"
-        if any(pids.values()):
-            return "starting or degraded"
-        return "stopped"
+        return status_of(self.running(), self.is_ready)
 
     def describe(self) -> str:
         s = self.settings

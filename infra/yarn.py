@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemons import ClusterError, DaemonSet, check_ports, get_json, java_home, java_or_error
+from .daemons import ClusterError, DaemonSet, check_ports, get_json, java_home, java_or_error, status_of
 from .hadoop_home import TEMPLATE_DIR, render_conf_dir
 from .hdfs import LocalHDFS
 from .settings import (
@@ -146,12 +146,7 @@ class LocalYARN:
         return self.daemons.stop(list(reversed(DAEMONS)))
 
     def status(self) -> str:
-        pids = self.running()
-        if all(pids.values()) and self.is_ready():
-            return "running"
-        if any(pids.values()):
-            return "starting or degraded"
-        return "stopped"
+        return status_of(self.running(), self.is_ready)
 
     def describe(self) -> str:
         s = self.settings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -61,9 +62,10 @@ def env_archive(hdfs) -> dict:
     # HDFS (1), the NodeManager's cache (1, deleted with its module's YARN),
     # a standalone application's driver and two executors (a fetched archive
     # and an unpacked copy each: 6). A full disk fails executors in a loop.
-    need, free = 7 * path.stat().st_size, shutil.disk_usage(ROOT).free
+    size = path.stat().st_size
+    need, free = 7 * size, shutil.disk_usage(ROOT).free
     assert free > need, (
-        f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the {path.stat().st_size / 1e9:.1f} GB "
+        f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the {size / 1e9:.1f} GB "
         f"packed environment; {free / 1e9:.0f} GB are free"
     )
     os.environ["HADOOP_CONF_DIR"] = str(hdfs.conf_dir)
@@ -87,8 +89,6 @@ def standalone(cluster_conf):
     """Spark's Master and two Workers, for one test module: stopped after it,
     with the workers' dirs (each executor unpacks the 5 GB environment into
     its own) deleted, so the disk is free for the next cluster."""
-    import shutil
-
     from infra.standalone import SparkStandalone
 
     cluster = SparkStandalone(cluster_conf)
@@ -310,8 +310,6 @@ def yarn(hdfs, cluster_conf):
     free loopback ports, on top of the session's HDFS, for one test module:
     stopped after it, with the NodeManager's local dirs (the localised 5 GB
     environment) deleted."""
-    import shutil
-
     from infra.yarn import LocalYARN
 
     node = LocalYARN(cluster_conf, hdfs.settings, hadoop_home=hdfs.hadoop_home)
@@ -325,6 +323,35 @@ def yarn(hdfs, cluster_conf):
 
 def read_parquet_dir(spark, url: str) -> list[dict]:
     return [r.asDict() for r in spark.read.parquet(url).collect()]
+
+
+def read_parquet_chain(spark, webhdfs, base: str) -> dict:
+    """What the Spark jobs wrote under base: records, rejects and scored as
+    Parquet, the stats tables as JSON Lines (read_chain's shape)."""
+    return {
+        "records": read_parquet_dir(spark, f"{base}/records"),
+        "rejects": read_parquet_dir(spark, f"{base}/rejects"),
+        "scored": read_parquet_dir(spark, f"{base}/scored"),
+        "stats": {t: jsonl(read_hdfs_dir(webhdfs, f"{base}/stats/{t}")) for t in ("counts", "term_freq", "top_terms")},
+    }
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's "Pointing at an existing cluster" block."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Pointing at an existing cluster", 1)[1]
+    found = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert found, "README's cluster section has no bash block"
+    block = found.group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def run_readme_line(line: str, env: dict) -> subprocess.CompletedProcess:
+    """One README line in bash from the checkout; prints its duration."""
+    started = time.monotonic()
+    proc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    print(f"README: {line[:100]}: rc {proc.returncode} in {time.monotonic() - started:.0f} s", flush=True)
+    return proc
 
 
 def task_probes(yarn, app_ids: set[str] | None = None) -> list[dict]:

@@ -21,7 +21,9 @@ from .conftest import (
     assert_same_chain,
     jsonl,
     read_hdfs_dir,
-    read_parquet_dir,
+    read_parquet_chain,
+    readme_commands,
+    run_readme_line,
     task_probes,
 )
 
@@ -30,15 +32,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.timeout(3600),
 ]  # the chain runs in the first test's setup
-
-
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Pointing at an existing cluster", 1)[1]
-    found = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert found, "README's cluster section has no bash block"
-    block = found.group(1)
-    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +50,6 @@ def readme_run(yarn, env_archive, hdfs, hdfs_raw, cluster_config) -> dict:
     return results
 
 
-def run_readme_line(line: str, env: dict):
-    import subprocess
-    import time
-
-    started = time.monotonic()
-    proc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    print(f"README: {line[:100]}: rc {proc.returncode} in {time.monotonic() - started:.0f} s", flush=True)
-    return proc
-
-
 def test_readme_block_is_what_runs():
     commands = readme_commands()
     assert commands[0].startswith("./submit.sh pack --upload")
@@ -83,15 +66,7 @@ def test_pack_reports_the_archive(readme_run, env_archive):
 
 
 def test_spark_chain_on_yarn_equals_local_mode(readme_run, spark, webhdfs, hdfs_raw, local_chain):
-    got = {
-        "records": read_parquet_dir(spark, f"{hdfs_raw}/records"),
-        "rejects": read_parquet_dir(spark, f"{hdfs_raw}/rejects"),
-        "scored": read_parquet_dir(spark, f"{hdfs_raw}/scored"),
-        "stats": {
-            t: jsonl(read_hdfs_dir(webhdfs, f"{hdfs_raw}/stats/{t}")) for t in ("counts", "term_freq", "top_terms")
-        },
-    }
-    assert_same_chain(got, local_chain)
+    assert_same_chain(read_parquet_chain(spark, webhdfs, hdfs_raw), local_chain)
 
 
 def test_yarn_executors_ran_the_packed_env(readme_run, yarn):

@@ -15,14 +15,13 @@ from .conftest import (
     ROOT,
     assert_packed_env,
     assert_same_chain,
-    jsonl,
     listening_sockets,
     process_tree,
-    read_hdfs_dir,
-    read_parquet_dir,
+    read_parquet_chain,
+    readme_commands,
+    run_readme_line,
     submit,
 )
-from .test_readme_cluster import readme_commands, run_readme_line
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,14 +58,7 @@ def test_readme_pipeline_on_standalone_equals_local_mode(
     env.pop("AIBATCH_ENV_ARCHIVE", None)  # where ./submit.sh pack --upload put it
     proc = run_readme_line(line, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sa = f"{hdfs_raw}/sa"
-    got = {
-        "records": read_parquet_dir(spark, f"{sa}/records"),
-        "rejects": read_parquet_dir(spark, f"{sa}/rejects"),
-        "scored": read_parquet_dir(spark, f"{sa}/scored"),
-        "stats": {t: jsonl(read_hdfs_dir(webhdfs, f"{sa}/stats/{t}")) for t in ("counts", "term_freq", "top_terms")},
-    }
-    assert_same_chain(got, local_chain)
+    assert_same_chain(read_parquet_chain(spark, webhdfs, f"{hdfs_raw}/sa"), local_chain)
     # Each scoring Python worker wrote which Python it ran to its executor's
     # log (udfs/worker_env.py); standalone executors run in
     # <worker work dir>/app-<id>/<executor id>/.
