@@ -52,21 +52,24 @@ def cluster_conf(tmp_path_factory) -> ClusterSettings:
 def env_archive(hdfs) -> dict:
     """The packed environment (cached under var/pack by the lock files' hash;
     packed here when missing) and Spark's jars, uploaded to the test HDFS."""
-    from infra.pack import Packer
+    from infra.pack import Packer, unpacked_bytes
 
     packer = Packer()
     started = time.monotonic()
     path, packed = packer.pack()
     pack_s = time.monotonic() - started
     # Copies of the environment the chains make, besides the packed archive:
-    # HDFS (1), the NodeManager's cache (1, deleted with its module's YARN),
-    # a standalone application's driver and two executors (a fetched archive
-    # and an unpacked copy each: 6). A full disk fails executors in a loop.
-    size = path.stat().st_size
-    need, free = 7 * size, shutil.disk_usage(ROOT).free
+    # HDFS (1 archive); at most the standalone application, whose driver and
+    # two executors each fetch the archive and unpack it (3 archives and 3
+    # unpacked copies, until the application ends: 26.2 GB measured with a
+    # 3.2 GB archive; the NodeManager's cache is deleted with its module's
+    # YARN before). A full disk fails executors in a loop, so say so first.
+    # 2 GB for everything else.
+    size, unpacked = path.stat().st_size, unpacked_bytes(path)
+    need, free = 4 * size + 3 * unpacked + 2_000_000_000, shutil.disk_usage(ROOT).free
     assert free > need, (
-        f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the {size / 1e9:.1f} GB "
-        f"packed environment; {free / 1e9:.0f} GB are free"
+        f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the packed environment "
+        f"({size / 1e9:.1f} GB, {unpacked / 1e9:.1f} GB unpacked); {free / 1e9:.0f} GB are free"
     )
     os.environ["HADOOP_CONF_DIR"] = str(hdfs.conf_dir)
     try:

@@ -82,7 +82,7 @@ def test_missing_archive_fails_before_submitting(standalone, hdfs, hdfs_raw, clu
         str(cluster_config),
         "score",
         "--input",
-        f"{hdfs_raw}/local/records",
+        f"{hdfs_raw}/raw",  # exists (a fixture wrote it): the archive is what is missing
         "--output",
         f"{hdfs_raw}/never",
         env=env,

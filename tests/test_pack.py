@@ -1,0 +1,59 @@
+"""infra.pack on a small virtual environment of its own: the archive is a
+gzip-compressed tar that unpacks to the venv (the interpreter as a file, not
+a link outside it), its unpacked size is recorded beside it, it is reused
+while the lock files are unchanged, and packed again when its sizes are
+missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from infra import pack
+
+
+@pytest.fixture(scope="module")
+def small_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack-root")
+    for name in pack.LOCK_FILES:
+        (root / name).write_text("# nothing pinned\n")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    (site / "big.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB that gzip shrinks
+    return root, venv
+
+
+def test_pack_records_sizes_and_reuses(small_env, tmp_path):
+    root, venv = small_env
+    packer = pack.Packer(venv=venv, cache_dir=tmp_path / "cache", root=root)
+    path, packed = packer.pack()
+    assert packed and path.name.startswith("aibatch-env-") and path.name.endswith(".tar.gz")
+    with open(path, "rb") as fh:
+        assert fh.read(2) == b"\x1f\x8b"  # gzip
+    sizes = json.loads(pack.sizes_path(path).read_text())
+    assert sizes["archive_bytes"] == path.stat().st_size
+    with tarfile.open(path, "r:gz") as tar:
+        members = tar.getmembers()
+    # From the files packed; venv-pack writes its own bin/activate (1 kB more).
+    assert abs(sizes["unpacked_bytes"] - sum(m.size for m in members)) < 16384
+    assert pack.unpacked_bytes(path) == sizes["unpacked_bytes"]
+    assert path.stat().st_size < sizes["unpacked_bytes"]  # compressed, not stored
+    python = next(m for m in members if m.name == "bin/python3" or m.name.startswith("bin/python3."))
+    assert python.isfile() or (python.issym() and not os.path.isabs(python.linkname)), python
+    assert any(m.name.endswith("site-packages/big.bin") for m in members)
+
+    again, packed_again = packer.pack()
+    assert again == path and not packed_again
+
+    pack.sizes_path(path).unlink()  # an archive whose sizes are lost is packed again
+    with pytest.raises(pack.PackError, match="no sizes recorded beside"):
+        pack.unpacked_bytes(path)
+    third, packed_third = packer.pack()
+    assert third == path and packed_third and pack.unpacked_bytes(path) == sizes["unpacked_bytes"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, pack.sizes_path(path).name]
