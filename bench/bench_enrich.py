@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gateway.running import GatewayDidNotStart, GatewayProcess  # noqa: E402
 from tests.enrich.jobs_support import MOVIE_TSV, toml_text  # noqa: E402
 
 CLIENTS = ("enrich", "naive", "cookbook")
@@ -82,12 +82,6 @@ def gateway_config(args: argparse.Namespace) -> str:
         'owned_by = "openai"\ncreated = 2024-07-18\ncontext_window = 128000\nmax_output_tokens = 16384\n'
     )
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workload(n: int) -> list[dict]:
@@ -425,33 +419,18 @@ def main() -> int:
     rows = workload(args.rows)
     keys = {name: f"sk-bench-{secrets.token_hex(12)}" for name in ("admin", *CLIENTS)}
     env = {**os.environ, **{f"BENCH_KEY_{name.upper()}": value for name, value in keys.items()}}
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         conf = tmp / "gateway.toml"
         conf.write_text(gateway_config(args))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(conf), "--port", str(port), "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        server = GatewayProcess(conf, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("gateway did not start:", server.stderr.read() if server.stderr else "", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            base = server.start().base_url
+        except GatewayDidNotStart as e:
+            print(e, file=sys.stderr)
+            return 1
+        try:
             print(
                 f"enrich benchmark: {len(rows)} selected rows; gateway limits {args.requests_limit} requests and "
                 f"{args.tokens_limit} tokens per {args.window:g} s sliding window (= per minute at full scale), "
@@ -475,8 +454,7 @@ def main() -> int:
                     Outcome(name, time.time() - started, len(rows), answered, watch.usage, watch.first, watch.last)
                 )
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
 
     print(
         f"\n{'client':<10} {'req/limit':>9} {'tok/limit':>9} {'429 share':>9} {'429s':>6} {'admitted':>8} "

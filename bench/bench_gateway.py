@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gateway.running import GatewayDidNotStart, GatewayProcess  # noqa: E402
+
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket")
 CHAT = {
     "model": "gpt-4o-mini",
@@ -49,12 +51,6 @@ def config_text(args: argparse.Namespace) -> str:
     )
     latency = f'[latency]\ndistribution = "{"fixed" if args.latency_ms else "none"}"\nfixed_ms = {args.latency_ms}\n'
     return '[server]\nhost = "127.0.0.1"\n' + latency + "\n".join(keys) + models
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -169,35 +165,15 @@ def main() -> int:
 
     keys = {name: f"sk-bench-{secrets.token_hex(12)}" for name in ("open", *ALGORITHMS)}
     env = {**os.environ, **{f"BENCH_KEY_{name.upper()}": value for name, value in keys.items()}}
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "bench.toml"
         conf.write_text(config_text(args))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(conf), "--port", str(port), "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("gateway did not start:", server.stderr.read() if server.stderr else "", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
-            asyncio.run(run(args, base, keys))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+            with GatewayProcess(conf, env=env) as server:
+                asyncio.run(run(args, server.base_url, keys))
+        except GatewayDidNotStart as e:
+            print(e, file=sys.stderr)
+            return 1
     return 0
 
 

@@ -93,27 +93,33 @@ def _coerce(key: str, raw, where: str, base: Path, cls: type = HdfsSettings):
     return raw
 
 
-def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> HdfsSettings:
-    """Read the TOML file, then the AIBATCH_HDFS_* environment overrides."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    env = os.environ if env is None else env
-    values: dict = {}
+def _read_values(path: Path, env: Mapping[str, str], prefix: str, cls: type, what: str) -> tuple[dict, dict[str, str]]:
+    """The TOML file's keys, then the PREFIX* environment overrides, coerced
+    to cls's fields: (values, key -> where it was given)."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise SettingsError(f"HDFS config file not found: {path}") from None
+        raise SettingsError(f"{what} config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    values: dict = {}
     given_by: dict[str, str] = {}
     for key, raw in data.items():
-        values[key] = _coerce(key, raw, str(path), REPO_ROOT)
+        values[key] = _coerce(key, raw, str(path), REPO_ROOT, cls)
         given_by[key] = str(path)
     for name, raw in env.items():
-        if name.startswith("AIBATCH_HDFS_"):
-            key = name[len("AIBATCH_HDFS_") :].lower()
-            values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd())
+        if name.startswith(prefix):
+            key = name[len(prefix) :].lower()
+            values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd(), cls)
             given_by[key] = f"environment variable {name}"
+    return values, given_by
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> HdfsSettings:
+    """Read the TOML file, then the AIBATCH_HDFS_* environment overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    values, given_by = _read_values(path, os.environ if env is None else env, "AIBATCH_HDFS_", HdfsSettings, "HDFS")
     settings = HdfsSettings(**values)
     ports = settings.ports()
     if len(set(ports.values())) != len(ports):
@@ -219,21 +225,7 @@ DEFAULT_CLUSTER_CONFIG = REPO_ROOT / "conf" / "cluster.toml"
 def load_cluster_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> ClusterSettings:
     """Read conf/cluster.toml, then the AIBATCH_CLUSTER_* environment overrides."""
     path = Path(path) if path else DEFAULT_CLUSTER_CONFIG
-    env = os.environ if env is None else env
-    values: dict = {}
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise SettingsError(f"cluster config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
-    for key, raw in data.items():
-        values[key] = _coerce(key, raw, str(path), REPO_ROOT, ClusterSettings)
-    for name, raw in env.items():
-        if name.startswith("AIBATCH_CLUSTER_"):
-            key = name[len("AIBATCH_CLUSTER_") :].lower()
-            values[key] = _coerce(key, raw, f"environment variable {name}", Path.cwd(), ClusterSettings)
+    values, _ = _read_values(path, os.environ if env is None else env, "AIBATCH_CLUSTER_", ClusterSettings, "cluster")
     settings = ClusterSettings(**values)
     ports = list(settings.yarn_ports().values()) + list(settings.spark_ports().values())
     if len(set(ports)) != len(ports):

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +19,10 @@ from typing import Any
 
 import httpx
 import pandas as pd
-import uvicorn
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.running import serve_in_thread
 from tests.gateway.conftest import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -88,24 +86,8 @@ def start_gateway(keys: dict[str, dict], latency: dict | None = None) -> Iterato
     }
     environ = {e["env"]: secrets_by_name[e["name"]] for e in entries}
     app = create_app(parse_config(raw, environ), clock=time.time)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.02)
-    try:
-        yield Gateway(f"http://127.0.0.1:{port}", secrets_by_name, app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_in_thread(app) as base_url:
+        yield Gateway(base_url, secrets_by_name, app)
 
 
 # ----- input -----------------------------------------------------------------

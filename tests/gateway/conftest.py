@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.running import serve_in_thread
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -130,24 +128,8 @@ def run_gateway(raw: dict, clock: Callable[[], float] | None = None) -> Iterator
     environ = {entry["env"]: keys[entry["name"]] for entry in raw["keys"]}
     config = parse_config(raw, environ)
     app = create_app(config, clock=clock or time.time)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.02)
-    try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", config, keys, app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_in_thread(app) as base_url:
+        yield RunningGateway(base_url, config, keys, app)
 
 
 FAULT_KINDS = [

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
 
+from gateway.running import GatewayProcess
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -32,27 +26,9 @@ def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_start_with_one_command_and_keys_stay_out_of_logs(tmp_path):
     key = "sk-cli-" + secrets.token_hex(16)
     wrong = "sk-wrong-" + secrets.token_hex(16)
-    port = free_port()
     env = {**os.environ, "AIBATCH_GATEWAY_KEY": key}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--config", "conf/gateway.toml", "--port", str(port), "--log-level", "debug"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.2)
+    with GatewayProcess("conf/gateway.toml", env=env, log_level="debug", capture=True) as gw:
+        base = gw.base_url
         bodies = []
         client = openai.OpenAI(api_key=key, base_url=f"{base}/v1", _strict_response_validation=True)
         answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}])
@@ -65,9 +41,7 @@ def test_start_with_one_command_and_keys_stay_out_of_logs(tmp_path):
         usage = httpx.get(f"{base}/v1/admin/usage", headers={"Authorization": f"Bearer {key}"})
         bodies.append(usage.text)
         assert usage.json()["keys"]["dev"]["windows"][0]["requests"] == 1
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
+    output = gw.output
     assert "Uvicorn running on http://127.0.0.1:" in output
     assert "AIBATCH_GATEWAY_KEY" in output  # it says where the key came from...
     assert "POST /v1/chat/completions -> 200" in output

@@ -8,9 +8,6 @@ import os
 import secrets
 import select
 import socket
-import subprocess
-import sys
-import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,9 +17,9 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.ratelimit import ANTHROPIC, KeyLimits, go_duration
+from gateway.running import GatewayProcess
 from gateway.tokens import TokenCounter
 from tests.gateway.conftest import FakeClock, make_raw_config, run_gateway
-from tests.gateway.test_cli import REPO, free_port
 from tests.gateway.test_limiter import key
 
 MiB = 1024 * 1024
@@ -168,32 +165,13 @@ def test_health_is_open_and_docs_are_off_by_default():
 def test_query_strings_never_reach_the_access_log():
     key_value = "sk-cli-" + secrets.token_hex(16)
     leaked = "sk-leak-" + secrets.token_hex(16)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--config", "conf/gateway.toml", "--port", str(port), "--log-level", "debug"],
-        cwd=REPO,
-        env={**os.environ, "AIBATCH_GATEWAY_KEY": key_value},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.2)
+    env = {**os.environ, "AIBATCH_GATEWAY_KEY": key_value}
+    with GatewayProcess("conf/gateway.toml", env=env, log_level="debug", capture=True) as gw:
+        base = gw.base_url
         assert httpx.get(f"{base}/v1/models?api_key={leaked}").status_code == 401
         ok = httpx.get(f"{base}/v1/models?api_key={leaked}&x=1", headers={"x-api-key": key_value})
         assert ok.status_code == 200
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
+    output = gw.output
     assert '"GET /v1/models HTTP/1.1" 401' in output and '"GET /v1/models HTTP/1.1" 200' in output
     assert leaked not in output and "api_key" not in output and key_value not in output
 
