@@ -12,7 +12,7 @@ test: setup
 	.venv/bin/python -m pytest
 
 # Only the packed-environment chains on a local YARN and Spark standalone
-# cluster (make test runs them too; they pack and upload a ~5.5 GB environment).
+# cluster (make test runs them too; they pack and upload a ~3.2 GB environment, 5.4 GB unpacked).
 test-cluster: setup
 	.venv/bin/python -m pytest -m cluster
 
