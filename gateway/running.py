@@ -58,10 +58,10 @@ def serve_in_thread(app: Any, timeout: float = 20) -> Iterator[str]:
 
 class GatewayProcess:
     """`python -m gateway --config CONFIG --port PORT --log-level LEVEL` as a
-    child process, for a `with` block (or start() and stop()): entering starts it and waits until
-    GET /health answers 200 (GatewayDidNotStart with its output if it exits or
-    `timeout` passes); leaving stops it. With capture=True its stdout and
-    stderr together are in `.output` after the block."""
+    child process, for a `with` block (or start() and stop()): entering starts
+    it and waits until GET /health answers 200 (GatewayDidNotStart with its
+    output if it exits or `timeout` passes); leaving stops it. With
+    capture=True its stdout and stderr together are in `.output` after."""
 
     def __init__(
         self,
