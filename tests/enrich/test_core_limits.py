@@ -101,13 +101,11 @@ def test_two_tasks_share_one_budget(gw, tmp_path, redis_url, backend, kind, key,
     refused = sum(w["rate_limited"] for w in usage["windows"])
     assert requests == WORKERS * ROWS_PER_WORKER, usage  # each row sent once
     assert refused <= 0.01 * (requests + refused), usage
-    # The limit was really the bottleneck: the clients sent a window's worth of
-    # requests within some two adjacent fixed windows of the server's ledger
-    # (a burst the sliding window admits at once may straddle their boundary,
-    # so one fixed window alone can hold less: seen with 10 of 12).
-    per_window = {w["index"]: w["requests"] for w in usage["windows"]}
-    two_windows = max(n + per_window.get(i + 1, 0) for i, n in per_window.items())
-    assert two_windows >= TIGHT["requests"] - 1, usage
+    # The limit was really the bottleneck: some span of one window's length
+    # held the limit (or one short), by the server's own sliding count. A
+    # fixed window of its ledger can hold less when a burst straddles its
+    # boundary (seen: 10 of 12).
+    assert usage["peaks"]["requests"]["any_window"] >= TIGHT["requests"] - 1, usage
 
 
 def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
