@@ -27,13 +27,29 @@ from .settings import DEFAULT_HADOOP_HOME, REPO_ROOT, hdfs_user
 log = logging.getLogger(__name__)
 
 LOCK_FILES = ("requirements.txt", "requirements-torch-cuda.txt", "requirements-nodeps.txt")
-# What the executors never load, left out of the archive (about 1.1 GB of
-# the 6.1 GB venv): pyspark's jars (executors run the cluster's own Spark
-# JVM; their Python workers import only pyspark's Python code) and triton
-# (torch's GPU kernel compiler, imported only by torch.compile on a GPU).
-EXCLUDE = ("lib/python3.11/site-packages/pyspark/jars/*", "lib/python3.11/site-packages/triton/*")
+SITE = "lib/python3.11/site-packages"
+# What the executors never load, left out of the archive (venv-pack matches
+# each pattern with fnmatch, whose * also matches "/"): pyspark's jars
+# (executors run the cluster's own Spark JVM; their Python workers import
+# only pyspark's Python code) and triton (torch's GPU kernel compiler,
+# imported only by torch.compile on a GPU), about 1.1 GB of the 6.1 GB venv;
+# and files no task imports, which cost YARN a chmod process each while it
+# localises the archive (bench/ChmodCost.java: about 1.9 ms a file): C/C++
+# headers (torch's 9,443, NVIDIA's), the packages' own test suites, and the
+# development tools (type checker, linter, test runner, pip). About a third
+# of the venv's files.
+EXCLUDE = (
+    f"{SITE}/pyspark/jars/*",
+    f"{SITE}/triton/*",
+    f"{SITE}/torch/include/*",
+    f"{SITE}/nvidia/*/include/*",
+    f"{SITE}/*/tests/*",
+    f"{SITE}/*/test/*",
+    *(f"{SITE}/{tool}/*" for tool in ("mypy", "mypyc", "_pytest", "pytest", "hypothesis", "pip", "ruff")),
+    *(f"bin/{tool}*" for tool in ("mypy", "pytest", "pip", "ruff", "dmypy", "stubgen", "stubtest")),
+)
 # Bumped when the way the archive is made changes.
-PACK_FORMAT = 4
+PACK_FORMAT = 5
 # gzip's fastest level: 3.2 GB instead of 5.5 GB stored (torch's and
 # NVIDIA's libraries compress to 33-74%), about 60 s more packing, once per
 # lock files; unpacking takes the same time as a stored archive (measured:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   1. checks Python 3.11, Java 17 and Maven; installs redis-server where it can;
+#   1. checks Python 3.11; installs Java 17, Maven, redis-server and docker-compose
+#      (Debian packages) where they are missing and it can;
 #   2. the virtual environment .venv from the pinned lock files;
 #   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml).
 # A second run reuses what is installed (stamp files hold the hashes of the
@@ -23,6 +24,28 @@ python="${PYTHON:-$(command -v python3.11 || true)}"
 "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || die "$python is not Python 3.11 (mrjob 0.7.4 needs 3.11: see shared/RESOURCES.md)"
 
+# Debian packages the project runs: Java 17 and Maven (the Hadoop home, HDFS,
+# YARN, Spark), redis-server (the enrich stage's shared store on a cluster, and
+# its tests) and docker-compose (v1; validates docker-compose.yml offline in
+# tests/cluster/test_compose.py, no Docker daemon needed). Installed here
+# where we can (root with apt-get), in one apt-get run; otherwise say how.
+debs=()
+if [[ -z "${JAVA_HOME:-}" ]] && ! command -v java >/dev/null; then debs+=(openjdk-17-jdk-headless); fi
+command -v mvn >/dev/null || debs+=(maven)
+command -v redis-server >/dev/null || debs+=(redis-server)
+command -v docker-compose >/dev/null || debs+=(docker-compose)
+if [[ ${#debs[@]} -gt 0 ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${debs[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}"; } >/dev/null \
+      || die "apt-get could not install ${debs[*]}"
+  else
+    # Java and Maven are checked below (setup needs them); redis-server and
+    # docker-compose only some tests: those then fail naming the command.
+    say "warning: missing Debian packages ${debs[*]} (not root, or no apt-get): sudo apt-get install ${debs[*]}"
+  fi
+fi
+
 if [[ -n "${JAVA_HOME:-}" ]]; then java="$JAVA_HOME/bin/java"; else java="$(command -v java || true)"; fi
 [[ -n "$java" && -x "$java" ]] \
   || die "Java 17 not found (no java on PATH, JAVA_HOME unset): apt-get install openjdk-17-jdk-headless"
@@ -30,18 +53,6 @@ java_major="$("$java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | 
 [[ -n "$java_major" && "$java_major" -ge 17 ]] \
   || die "Java 17 or newer is required; $java reports version '${java_major:-unknown}'"
 command -v mvn >/dev/null || die "Maven not found (mvn): apt-get install maven"
-
-# redis-server (Debian's package): the enrich stage's shared store for a cluster,
-# and its tests. Installed here where we can (root with apt-get); otherwise say how.
-if ! command -v redis-server >/dev/null; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    say "installing redis-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
-      || die "apt-get could not install redis-server"
-  else
-    say "warning: redis-server not found; the enrich Redis store and its tests need it: sudo apt-get install redis-server"
-  fi
-fi
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 

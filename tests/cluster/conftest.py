@@ -340,17 +340,17 @@ def read_parquet_chain(spark, webhdfs, base: str) -> dict:
 
 
 def readme_commands() -> list[str]:
-    """The commands of the README's "Pointing at an existing cluster" block."""
-    text = (ROOT / "README.md").read_text()
+    """The commands of docs/clusters.md's "Pointing at an existing cluster" block."""
+    text = (ROOT / "docs" / "clusters.md").read_text()
     section = text.split("## Pointing at an existing cluster", 1)[1]
     found = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert found, "README's cluster section has no bash block"
+    assert found, "docs/clusters.md's cluster section has no bash block"
     block = found.group(1)
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def run_readme_line(line: str, env: dict) -> subprocess.CompletedProcess:
-    """One README line in bash from the checkout; prints its duration."""
+    """One documented command line in bash from the checkout; prints its duration."""
     started = time.monotonic()
     proc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     print(f"README: {line[:100]}: rc {proc.returncode} in {time.monotonic() - started:.0f} s", flush=True)

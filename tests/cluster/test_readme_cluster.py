@@ -1,5 +1,5 @@
-"""Runs the commands of the README's "Pointing at an existing cluster"
-section, read from README.md, against the single-node YARN (with the
+"""Runs the commands of docs/clusters.md's "Pointing at an existing cluster"
+section, read from that page, against the single-node YARN (with the
 session's HDFS), and checks what they wrote against local mode joined on
 id: the Spark chain on YARN and the mrjob chain on YARN (tasks in
 containers); and that the executors and tasks ran the packed environment

@@ -1,6 +1,6 @@
 """The chain on a real Spark standalone cluster (Spark's own Master and two
 Workers from the installed pyspark, each in its own JVM, on loopback), run
-by the README's standalone command (the pipeline job: one application), its
+by docs/clusters.md's standalone command (the pipeline job: one application), its
 executors running the packed environment that ./submit.sh ships with
 --archives URL#environment: output equal to local mode joined on id, every
 daemon listening on loopback only, and a clear failure without the archive."""
@@ -45,7 +45,7 @@ def test_daemons_listen_on_loopback_only(standalone):
 def test_readme_pipeline_on_standalone_equals_local_mode(
     standalone, env_archive, hdfs, spark, webhdfs, hdfs_raw, cluster_config, local_chain
 ):
-    """The README's standalone command: the pipeline job (ingest -> score ->
+    """docs/clusters.md's standalone command: the pipeline job (ingest -> score ->
     stats in one application, so the environment is unpacked once)."""
     (line,) = [c for c in readme_commands() if "$SPARK_MASTER" in c]
     assert " pipeline " in line and "$H/sa/" in line
