@@ -19,7 +19,7 @@ public class ChmodCost {
         if (p.waitFor() != 0) throw new IllegalStateException("chmod failed");
       }
       double perFile = (System.nanoTime() - started) / 1e6 / n;
-      System.out.printf("%d chmod processes: %.2f ms each; 62,000 files would take %.0f s%n", n, perFile, perFile * 62_000 / 1000);
+      System.out.printf("%d chmod processes: %.2f ms each; 42,000 files would take %.0f s%n", n, perFile, perFile * 42_000 / 1000);
     } finally {
       for (int i = 0; i < n; i++) Files.deleteIfExists(dir.resolve("f" + i));
       Files.delete(dir);

@@ -59,14 +59,14 @@ def env_archive(hdfs) -> dict:
     path, packed = packer.pack()
     pack_s = time.monotonic() - started
     # Copies of the environment the chains make, besides the packed archive:
-    # HDFS (1 archive); at most the standalone application, whose driver and
-    # two executors each fetch the archive and unpack it (3 archives and 3
-    # unpacked copies, until the application ends: 26.2 GB measured with a
-    # 3.2 GB archive; the NodeManager's cache is deleted with its module's
-    # YARN before). A full disk fails executors in a loop, so say so first.
-    # 2 GB for everything else.
+    # HDFS (1 archive); the NodeManager's public cache (1 unpacked copy, kept
+    # while the session's YARN runs); at most the standalone application,
+    # whose driver and two executors each fetch the archive and unpack it (3
+    # archives and 3 unpacked copies, until the application ends: 26.2 GB
+    # measured with a 3.2 GB archive). A full disk fails executors in a
+    # loop, so say so first. 2 GB for everything else.
     size, unpacked = path.stat().st_size, unpacked_bytes(path)
-    need, free = 4 * size + 3 * unpacked + 2_000_000_000, shutil.disk_usage(ROOT).free
+    need, free = 4 * size + 4 * unpacked + 2_000_000_000, shutil.disk_usage(ROOT).free
     assert free > need, (
         f"the cluster tests need about {need / 1e9:.0f} GB free for copies of the packed environment "
         f"({size / 1e9:.1f} GB, {unpacked / 1e9:.1f} GB unpacked); {free / 1e9:.0f} GB are free"
@@ -307,11 +307,12 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def yarn(hdfs, cluster_conf):
     """A single-node YARN (ResourceManager, NodeManager with the shuffle) on
-    free loopback ports, on top of the session's HDFS, for one test module:
-    stopped after it, with the NodeManager's local dirs (the localised 5 GB
+    free loopback ports, on top of the session's HDFS, shared by the test
+    modules (one start instead of one per module): stopped at the end of the
+    session, with the NodeManager's local dirs (the localised 5 GB
     environment) deleted."""
     from infra.yarn import LocalYARN
 

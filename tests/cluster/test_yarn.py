@@ -10,11 +10,12 @@ import dataclasses
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from infra.daemons import ClusterError
-from infra.yarn import LocalYARN, framework_of
+from infra.yarn import NODEMANAGER_LAUNCH, LocalYARN, framework_of
 
 from .conftest import ROOT, listening_sockets, process_tree, submit
 
@@ -37,6 +38,13 @@ def test_daemons_listen_on_loopback_but_the_shuffle(yarn):
     assert {(a, p) for a, p in nm if a != "127.0.0.1"} == {("0.0.0.0", s.shuffle_port)}
     assert yarn.status() == "running"
     assert framework_of(yarn.conf_dir) == "yarn"
+
+    # the NodeManager's JVM starts its per-file chmod processes with vfork
+    def jvm_args(pid: int) -> set[bytes]:
+        return {a for p in process_tree(pid) for a in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")}
+
+    assert NODEMANAGER_LAUNCH.encode() in jvm_args(pids["nodemanager"])
+    assert NODEMANAGER_LAUNCH.encode() not in jvm_args(pids["resourcemanager"])
 
 
 def test_start_names_the_taken_port(yarn, hdfs, tmp_path):
