@@ -62,6 +62,11 @@ class MRIngestRecords(ConfiguredJob):
                 reducer_init=self.reducer_init_counters,
                 reducer=self.reducer_keep_first,
                 reducer_final=self.reducer_final_counters,
+                # Reducers only pass lines through: as many as map slots, so
+                # that the reduce phase is not one core's serial tail (on
+                # Hadoop's LocalJobRunner with conf/mrjob.conf's
+                # mapreduce.local.reduce.tasks.maximum; a cluster runs them anyway).
+                jobconf={"mapreduce.job.reduces": "2"},
             )
         ]
 
