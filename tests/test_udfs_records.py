@@ -151,3 +151,21 @@ def test_real_vader_tweets_file_parses_completely():
     out = list(R.parse_file(RATED_CSV, path.name, path.read_bytes()))
     assert out[0][0] == "skip" and len(out) == 4201 and all(k == "record" for k, _, _ in out[1:])
     assert len({r["id"] for _, r, _ in out[1:]}) == 4200
+
+
+def test_packed_rows_resolve_like_the_id_group_rule():
+    import json
+
+    from udfs.ingest_rows import pack_parsed, resolve_packed
+
+    spec = R.SourceSpec("s", "tsv", rating_field="r")
+    header = ["a", "text", "r"]
+    raw = "tab\tinside café\t1.0".encode()  # a record whose raw holds tabs and non-ASCII
+    parsed = [R.parse_line(spec, raw, header)] * 2 + [R.parse_line(spec, b"one field", header)] * 2
+    expected = list(R.resolve_id_group(parsed[:2])) + list(R.resolve_id_group(parsed[2:]))
+    got = list(resolve_packed(pack_parsed(*p) for p in parsed[:2])) + list(
+        resolve_packed(pack_parsed(*p) for p in parsed[2:])
+    )
+    assert [json.loads(line) for _, line in got] == [row for _, row in expected]
+    assert [reason for reason, _ in got] == ["", R.DUPLICATE, R.WRONG_FIELD_COUNT, R.WRONG_FIELD_COUNT]
+    assert all(line == json.dumps(row).encode() for (_, line), (_, row) in zip(got, expected, strict=True))

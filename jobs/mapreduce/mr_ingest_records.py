@@ -1,7 +1,11 @@
 """mrjob twin of the Spark ingest job for line-based input (JSON Lines, TSV
 with --header): each raw line becomes a record (id, source, text, label,
 rating) or a reject (id, source, reason, raw), by the same rules
-(udfs.records) and the same duplicate rule (udfs.ingest_rows).
+(udfs.records) and the same duplicate rule (udfs.ingest_rows). The mapper
+writes each row's output line once (udfs.ingest_rows.pack_parsed); the
+reducer passes the lines of an id seen once through untouched and resolves
+the ids seen more than once. Counters are added up in each task and written
+once at its end, not once a line (each is a line on the task's stderr).
 
 Output: one JSON object a line; records have `text`, rejects have `reason`
 (udfs.ingest_rows.is_reject_row tells them apart). Counters (group `ingest`):
@@ -17,11 +21,13 @@ or directly:
 
 from __future__ import annotations
 
-from mrjob.protocol import BytesValueProtocol, JSONProtocol, JSONValueProtocol
+from collections import Counter
+
+from mrjob.protocol import BytesProtocol, BytesValueProtocol
 from mrjob.step import MRStep
 
 from jobs.mapreduce.configured import ConfiguredJob
-from udfs import input_files
+from udfs import ingest_rows, input_files
 from udfs import records as R
 from udfs.config import parse_label_map
 
@@ -30,8 +36,10 @@ GROUP = "ingest"
 
 class MRIngestRecords(ConfiguredJob):
     INPUT_PROTOCOL = BytesValueProtocol  # raw bytes: invalid UTF-8 must reach the parser
-    INTERNAL_PROTOCOL = JSONProtocol
-    OUTPUT_PROTOCOL = JSONValueProtocol
+    # Ids and packed rows as bytes (ingest_rows.pack_parsed), output lines as
+    # the mapper wrote them: nothing is JSON-decoded or re-encoded on the way.
+    INTERNAL_PROTOCOL = BytesProtocol
+    OUTPUT_PROTOCOL = BytesValueProtocol
 
     def configure_args(self):
         super().configure_args()
@@ -47,7 +55,19 @@ class MRIngestRecords(ConfiguredJob):
 
     def steps(self):
         return [
-            MRStep(mapper_init=self.mapper_init_spec, mapper=self.mapper_parse_line, reducer=self.reducer_keep_first)
+            MRStep(
+                mapper_init=self.mapper_init_spec,
+                mapper=self.mapper_parse_line,
+                mapper_final=self.mapper_final_counters,
+                reducer_init=self.reducer_init_counters,
+                reducer=self.reducer_keep_first,
+                reducer_final=self.reducer_final_counters,
+                # Reducers only pass lines through: as many as map slots, so
+                # that the reduce phase is not one core's serial tail (on
+                # Hadoop's LocalJobRunner with conf/mrjob.conf's
+                # mapreduce.local.reduce.tasks.maximum; a cluster runs them anyway).
+                jobconf={"mapreduce.job.reduces": "2"},
+            )
         ]
 
     def load_args(self, args):
@@ -71,6 +91,7 @@ class MRIngestRecords(ConfiguredJob):
         self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
         if o.format == "tsv" and not self.header:
             raise ValueError("--format tsv needs --header (the file's field names)")
+        self.counts: Counter[str] = Counter()
 
     def make_runner(self):
         # The inline and local runners read local files themselves: read
@@ -102,29 +123,40 @@ class MRIngestRecords(ConfiguredJob):
         return read_lf_pieces, write_line
 
     def mapper_parse_line(self, _, piece: bytes):
+        counts, spec, header = self.counts, self.spec, self.header
         for line in R.lf_piece_lines(piece):
-            kind, row, raw = R.parse_line(self.spec, line, self.header)
+            kind, row, raw = R.parse_line(spec, line, header)
             if kind == R.SKIP:
-                self.increment_counter(GROUP, f"skipped {row['reason']}")
+                counts[f"skipped {row['reason']}"] += 1
                 continue
-            self.increment_counter(GROUP, "input")
-            # The raw line rides along so that a duplicate's reject can show it.
-            # As JSON text: a record's raw line is valid UTF-8 (invalid bytes make
-            # a reject, whose row already holds its raw), so it round-trips.
-            yield row["id"], [kind, row, R.raw_to_str(raw)]
+            counts["input"] += 1
+            yield row["id"].encode("ascii"), ingest_rows.pack_parsed(kind, row, raw)
 
-    def reducer_keep_first(self, rid, items):
-        parsed = ((kind, row, raw.encode("utf-8")) for kind, row, raw in items)
-        for kind, row in R.resolve_id_group(parsed):
-            yield from self._emit(kind, row)
+    def mapper_final_counters(self):
+        self._write_counters()
+        return iter(())
 
-    def _emit(self, kind, row):
-        if kind == "reject":
-            self.increment_counter(GROUP, "rejected")
-            self.increment_counter(GROUP, f"reason {row['reason']}")
-        else:
-            self.increment_counter(GROUP, "good")
-        yield None, row
+    def reducer_init_counters(self):
+        self.counts = Counter()
+
+    def reducer_keep_first(self, _rid, packed):
+        counts = self.counts
+        for reason, line in ingest_rows.resolve_packed(packed):
+            if reason:
+                counts["rejected"] += 1
+                counts[f"reason {reason}"] += 1
+            else:
+                counts["good"] += 1
+            yield None, line
+
+    def reducer_final_counters(self):
+        self._write_counters()
+        return iter(())
+
+    def _write_counters(self):
+        for name, n in sorted(self.counts.items()):
+            self.increment_counter(GROUP, name, n)
+        self.counts.clear()
 
 
 if __name__ == "__main__":

@@ -53,22 +53,60 @@ REJECT_SCHEMA = T.StructType(
 )
 
 
+# Up to this many duplicated ids go to every task as a broadcast hash table
+# (16 hex digits and a count each: tens of MB); more are joined by shuffle.
+BROADCAST_DUPLICATE_IDS = 2_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Tally:
+    """Counts of the parsed rows, taken in the one job that parses the input:
+    enough to know the outputs' counts without reading them back."""
+
+    rows: dict[tuple[str, str | None], int]  # (kind, reason or None): raw records or skipped lines
+    duplicated_ids: int  # record ids seen more than once
+    duplicated_rows: int  # the records that carry them
+
+    def input(self) -> int:
+        return sum(n for (kind, _), n in self.rows.items() if kind != R.SKIP)
+
+    def skipped(self) -> dict[str, int]:
+        return {str(reason): n for (kind, reason), n in self.rows.items() if kind == R.SKIP}
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestResult:
     records: DataFrame
     rejects: DataFrame
     # Every raw record and skipped line, parsed (kind record, reject or skip),
-    # persisted on disk: both outputs and the counts read it once.
+    # cached: read once to count and find duplicated ids, then once by each output.
     parsed: DataFrame
+    tally: Tally
+    # The records whose id was seen more than once, one row per distinct
+    # record with its number of copies (cached; the records and the rejects
+    # outputs both read it).
+    duplicated: DataFrame
+    cached: tuple[DataFrame, ...] = ()
 
     def counts(self) -> dict:
         """{'input': raw records parsed, 'skipped': {reason: lines}}."""
-        by_kind = self.parsed.groupBy("kind", "reason").count().collect()
-        skipped = {r["reason"]: r["count"] for r in by_kind if r["kind"] == R.SKIP}
-        return {"input": sum(r["count"] for r in by_kind if r["kind"] != R.SKIP), "skipped": skipped}
+        return {"input": self.tally.input(), "skipped": self.tally.skipped()}
+
+    def output_counts(self) -> dict:
+        """{'good': records, 'rejected': rejects, 'reasons': {reason: rejects}}
+        the outputs hold, from the tally and the duplicated records (a small
+        job over their cache), without reading the outputs."""
+        records = self.tally.rows.get((R.RECORD, None), 0)
+        distinct = self.duplicated.count() if self.tally.duplicated_ids else 0
+        copies = self.tally.duplicated_rows - distinct  # further copies: duplicate_record rejects
+        reasons = {str(reason): n for (kind, reason), n in self.tally.rows.items() if kind == R.REJECT}
+        if copies:
+            reasons[R.DUPLICATE] = reasons.get(R.DUPLICATE, 0) + copies
+        return {"good": records - copies, "rejected": sum(reasons.values()), "reasons": reasons}
 
     def release(self) -> None:
-        self.parsed.unpersist()
+        for df in (self.duplicated, *self.cached, self.parsed):
+            df.unpersist()
 
 
 def read_lines(spark: SparkSession, path: str) -> DataFrame:
@@ -174,39 +212,87 @@ def parse_source(spark: SparkSession, path: str, spec: R.SourceSpec) -> DataFram
     return functools.reduce(DataFrame.unionByName, parts)
 
 
-def resolve_duplicates(parsed: DataFrame, partitions: int | None = None) -> tuple[DataFrame, DataFrame]:
-    """(records, rejects) of parsed rows: records grouped by id, the first
-    of each kept and every further copy rejected as `duplicate_record`
-    (identical raw records of one source parse alike: udfs.records); parse
-    rejects all stay rejects."""
-    recs = parsed.where(F.col("kind") == "record")
-    if partitions:
-        recs = recs.repartition(partitions, "id")
+def tally_parsed(parsed: DataFrame) -> tuple[Tally, DataFrame]:
+    """(tally, duplicated ids) of parsed rows in one job: rows counted by
+    kind and reason, and records counted by id, so that only the records
+    whose id is duplicated need a shuffle later (a few per cent of them on
+    real data). The ids' counts are cached (rid, copies), for the ids with
+    copies > 1 to be read again; call unpersist on the frame returned."""
+    keyed = parsed.select("kind", "reason", F.when(F.col("kind") == R.RECORD, F.col("id")).alias("rid"))
+    by_id = keyed.groupBy("kind", "reason", "rid").agg(F.count(F.lit(1)).alias("copies"))
+    by_id = by_id.persist(StorageLevel.MEMORY_AND_DISK)
+    duplicated = F.col("rid").isNotNull() & (F.col("copies") > 1)
+    rows = by_id.groupBy("kind", "reason").agg(
+        F.sum("copies").alias("rows"),
+        F.count(F.when(duplicated, 1)).alias("duplicated_ids"),
+        F.sum(F.when(duplicated, F.col("copies")).otherwise(0)).alias("duplicated_rows"),
+    )
+    found = rows.collect()
+    tally = Tally(
+        rows={(r["kind"], r["reason"]): r["rows"] for r in found},
+        duplicated_ids=sum(r["duplicated_ids"] for r in found),
+        duplicated_rows=sum(r["duplicated_rows"] for r in found),
+    )
+    return tally, by_id
+
+
+def duplicated_records(parsed: DataFrame, duplicated_ids: DataFrame) -> DataFrame:
+    """One row per distinct record whose id is in duplicated_ids (a frame
+    of column `id`, broadcast or not), with its number of copies: only
+    these records are shuffled."""
+    recs = parsed.where(F.col("kind") == R.RECORD).join(duplicated_ids, "id", "left_semi")
     # Copies of a record are identical in every column, so grouping by all of
     # them groups by id; and unlike first(), a count over string keys runs
     # as a hash aggregate, combined map-side (first() of strings sorts).
-    grouped = recs.groupBy("id", "source", "text", "label", "rating", "raw").agg(F.count(F.lit(1)).alias("copies"))
-    records = grouped.select(*R.RECORD_FIELDS)
-    copies = grouped.where(F.col("copies") > 1).select(
+    return recs.groupBy("id", "source", "text", "label", "rating", "raw").agg(F.count(F.lit(1)).alias("copies"))
+
+
+def split_outputs(
+    parsed: DataFrame, duplicated_ids: DataFrame, duplicated: DataFrame, partitions: int | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """(records, rejects): the records whose id is not duplicated as they
+    were parsed, one of each duplicated record, and as rejects the parse
+    rejects and each further copy (`duplicate_record`)."""
+    once = parsed.where(F.col("kind") == R.RECORD).join(duplicated_ids, "id", "left_anti")
+    records = once.select(*R.RECORD_FIELDS).unionByName(duplicated.select(*R.RECORD_FIELDS))
+    if partitions:
+        records = records.repartition(partitions, "id")
+    copies = duplicated.where(F.col("copies") > 1).select(
         "id",
         "source",
         F.lit(R.DUPLICATE).alias("reason"),
         "raw",
         F.explode(F.sequence(F.lit(2), F.col("copies"))).alias("copy"),
     )
-    rejects = parsed.where(F.col("kind") == "reject").select(*R.REJECT_FIELDS)
+    rejects = parsed.where(F.col("kind") == R.REJECT).select(*R.REJECT_FIELDS)
     return records, rejects.unionByName(copies.select(*R.REJECT_FIELDS))
+
+
+def resolve_duplicates(parsed: DataFrame, partitions: int | None = None) -> tuple[DataFrame, DataFrame]:
+    """(records, rejects) of parsed rows: records grouped by id, the first
+    of each kept and every further copy rejected as `duplicate_record`
+    (identical raw records of one source parse alike: udfs.records); parse
+    rejects all stay rejects. ingest() does the same with the duplicated ids
+    it counted while parsing."""
+    recs = parsed.where(F.col("kind") == R.RECORD)
+    ids = recs.groupBy("id").count().where(F.col("count") > 1).select("id")
+    return split_outputs(parsed, ids, duplicated_records(parsed, ids), partitions)
 
 
 def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partitions: int | None = None) -> IngestResult:
     """The records and rejects of (path, spec) sources. Call release() on
     the result when its frames are written."""
     parsed = functools.reduce(DataFrame.unionByName, [parse_source(spark, path, spec) for path, spec in sources])
-    parsed = parsed.persist(StorageLevel.DISK_ONLY)
+    # In memory where it fits: read by the tally and by each output once.
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     with named_read_failures():
-        parsed.count()  # every input read and parsed once, here; the outputs read the copy on disk
-    records, rejects = resolve_duplicates(parsed, partitions)
-    return IngestResult(records, rejects, parsed)
+        tally, by_id = tally_parsed(parsed)  # every input read and parsed once, here
+    ids = by_id.where(F.col("rid").isNotNull() & (F.col("copies") > 1)).select(F.col("rid").alias("id"))
+    if tally.duplicated_ids <= BROADCAST_DUPLICATE_IDS:
+        ids = F.broadcast(ids)
+    duplicated = duplicated_records(parsed, ids).persist(StorageLevel.MEMORY_AND_DISK)
+    records, rejects = split_outputs(parsed, ids, duplicated, partitions)
+    return IngestResult(records, rejects, parsed, tally, duplicated, cached=(by_id,))
 
 
 def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
@@ -237,17 +323,13 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
         try:
             common.write_table(result.records, staging["records"], args.output_format)
             common.write_table(result.rejects, staging["rejects"], args.output_format)
+            # Counted from the parsed rows (input rows before duplicates are
+            # resolved), not by reading the outputs back.
             counts = result.counts()
+            written = result.output_counts()
         finally:
             result.release()
-        good = common.read_table(spark, staging["records"], args.output_format, RECORD_SCHEMA).count()
-        rejected_rows = common.read_table(spark, staging["rejects"], args.output_format, REJECT_SCHEMA)
-        rejected = rejected_rows.count()
-        # Input rows counted before duplicates are resolved and outputs written.
-        total = counts["input"]
-        reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
-        if total != good + rejected:
-            raise RuntimeError(f"count mismatch: input {total} != good {good} + rejected {rejected}")
+    total, good, rejected, reasons = counts["input"], written["good"], written["rejected"], written["reasons"]
     summary = {
         "input": total,
         "good": good,
