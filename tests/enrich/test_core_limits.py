@@ -13,24 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.enrich.conftest import REPO, TIGHT, make_cfg, rows_of, usage_of
+from tests.enrich.support import REPO, TIGHT, client_limits, make_cfg, rows_of, usage_of
 from udfs.enrich.runner import enrich_batch, open_store
 from udfs.enrich.settings import EnrichConfig
 
 WORKERS = 2
 ROWS_PER_WORKER = 15
-
-
-def limits_like_server(**extra: object) -> dict:
-    return {
-        "requests_per_minute": TIGHT["requests"],
-        "tokens_per_minute": TIGHT["tokens"],
-        "input_tokens_per_minute": TIGHT["input_tokens"],
-        "output_tokens_per_minute": TIGHT["output_tokens"],
-        "max_concurrency": TIGHT["concurrent"],
-        "window_seconds": TIGHT["window_seconds"],
-        **extra,
-    }
 
 
 def run_workers(tmp_path: Path, cfgs: list[EnrichConfig], key: str, prefix: str) -> list[dict]:
@@ -88,7 +76,7 @@ def assert_within_limits(usage: dict, style: str) -> None:
 )
 def test_two_tasks_share_one_budget(gw, tmp_path, redis_url, backend, kind, key, processes):
     store = {"backend": backend, "url": redis_url}
-    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, store=store, limits=limits_like_server())
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, store=store, limits=client_limits(TIGHT))
     if processes:
         out = run_workers(tmp_path, [cfg] * WORKERS, gw.key(key), f"{backend}-{kind}")
     else:
@@ -113,7 +101,7 @@ def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
     server refuses some calls (the counters see it); the refusals and the rate-limit headers
     then shrink each job's share, so the refusals stay a small part of the calls."""
     cfgs = [
-        make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=limits_like_server(), retry={"max_attempts": 10})
+        make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=client_limits(TIGHT), retry={"max_attempts": 10})
         for i in range(WORKERS)
     ]
     out = run_threads(cfgs, gw.key("lim-shared"), "separate", rows=20)

@@ -9,18 +9,15 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tests.enrich.conftest import REPO
+from tests.enrich.support import REPO, SCHEMA
 from tests.gateway.conftest import FakeClock
-from udfs.enrich.answers import AnswerError, load_schema, parse_answer
+from udfs.enrich.answers import AnswerError, parse_answer
 from udfs.enrich.budget import POLL_S, BudgetLimits, Entry, TooLarge, decide
 from udfs.enrich.prompts import PromptError, load_template, release, render
 from udfs.enrich.providers import retry_after_of
 from udfs.enrich.runner import prompt_hash, scrub
 from udfs.enrich.select import SelectError, select_mask
 from udfs.enrich.settings import EnrichConfig, SelectConfig
-
-SCHEMA = load_schema(REPO / "conf" / "enrich_schema.json")
-
 
 # ----- settings -----
 

@@ -12,7 +12,7 @@ from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
 from udfs.enrich_run import ApiKeyMissing
 
-from .jobs_support import (
+from .support import (
     CANARY,
     enrich_settings,
     read_jsonl_dir,

@@ -24,7 +24,7 @@ from udfs.enrich_run import (
     result_fields,
 )
 
-from .jobs_support import ROOT
+from .support import ROOT
 
 
 def row(

@@ -12,7 +12,7 @@ from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
 from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
 
-from .jobs_support import (
+from .support import (
     CANARY,
     INJECTION,
     comparable,

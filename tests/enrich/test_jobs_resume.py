@@ -23,7 +23,7 @@ from udfs.enrich.runner import load_assets, prepared_text, prompt_hash, render, 
 from udfs.enrich.store import SqliteStore
 from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
 
-from .jobs_support import (
+from .support import (
     CANARY,
     ROOT,
     comparable,
