@@ -86,12 +86,14 @@ class MREnrichRows(ConfiguredJob):
                 "store": store_settings(ecfg, self.options.cache),
             }
         )
-        from udfs.enrich.runner import load_assets, open_store
+        from udfs.enrich.assets import load_assets
+        from udfs.enrich.runner import TaskState, open_store
         from udfs.enrich_run import ProgressCounters
 
         self.assets = load_assets(self.ecfg)
         self.buffer = []
         self.store = open_store(self.ecfg, self.options.job_id)
+        self.state = TaskState()  # what this task learns carries over its batches
         self.counters = (
             ProgressCounters.for_store(self.ecfg.store, self.options.job_id) if self.options.progress else None
         )
@@ -142,6 +144,7 @@ class MREnrichRows(ConfiguredJob):
             store=self.store,
             on_event=None if self.counters is None else self.counters.on_event,
             assets=self.assets,
+            state=self.state,
         )
         if self.counters is not None:
             self.counters.flush()

@@ -124,7 +124,7 @@ def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_sele
 
 
 def main(spark: SparkSession, config, args) -> dict:
-    from udfs.enrich.runner import load_assets
+    from udfs.enrich.assets import load_assets
 
     ecfg = enrich_settings(config, args.cache)
     prices = E.PriceTable.load(ecfg.prices)
@@ -238,8 +238,8 @@ def prepare(config, args) -> dict:
     """Checks that need no Spark, so a bad template, schema, price table or a
     missing key fails in one line before the session starts."""
     from udfs.enrich.answers import SchemaFileError
+    from udfs.enrich.assets import load_assets
     from udfs.enrich.prompts import PromptError
-    from udfs.enrich.runner import load_assets
 
     ecfg = enrich_settings(config, args.cache)
     args.dead_letters = dead_letters_path(args)  # so the output checks before Spark starts see it

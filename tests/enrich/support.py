@@ -74,6 +74,8 @@ TIGHT = {
     "output_tokens": 1500,
     "concurrent": 4,
 }
+# The same with room for a burst: a client whose settings promise more sends one at once.
+BURSTY = {**TIGHT, "concurrent": 32}
 UNIFORM_LATENCY = {"distribution": "uniform", "min_ms": 20, "max_ms": 80, "per_chunk_ms": 1, "seed": 3}
 
 
@@ -119,6 +121,8 @@ def core_keys() -> list[dict[str, Any]]:
     keys.append({"name": "mixed", "faults": MIXED_FAULTS, "latency": UNIFORM_LATENCY})
     for name in ("lim-sqlite", "lim-redis", "lim-anthropic", "lim-shared"):
         keys.append({"name": name, "limits": TIGHT, "latency": UNIFORM_LATENCY})
+    for name in ("lim-over", "lim-over-anthropic"):
+        keys.append({"name": name, "limits": BURSTY, "latency": UNIFORM_LATENCY})
     return keys
 
 

@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 
 from tests.enrich.support import SCHEMA, make_cfg, rows_of, totals, usage_of
-from udfs.enrich.runner import enrich_batch, load_assets, open_store, prepared_text, prompt_hash, request_params
+from udfs.enrich.assets import load_assets, prepared_text, prompt_hash, request_params
+from udfs.enrich.runner import enrich_batch, open_store
 
 OUTPUT_KEYS = {
     "id", "status", "topic", "summary", "severity", "raw_answer", "input_tokens", "output_tokens", "latency_ms",

@@ -9,11 +9,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.enrich.support import REPO, TIGHT, client_limits, make_cfg, rows_of, usage_of
+from tests.enrich.support import BURSTY, REPO, TIGHT, client_limits, make_cfg, rows_of, usage_of
 from udfs.enrich.runner import enrich_batch, open_store
 from udfs.enrich.settings import EnrichConfig
 
@@ -112,3 +113,34 @@ def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
     refused = sum(w["rate_limited"] for w in usage["windows"])
     assert requests == len(out)
     assert 0 < refused <= 0.25 * requests, usage
+
+
+@pytest.mark.parametrize(("kind", "key"), [("openai", "lim-over"), ("anthropic", "lim-over-anthropic")])
+def test_limits_set_above_the_keys_are_learnt_from_the_headers(gw, tmp_path, kind, key):
+    """Settings that promise 40 % more than the key has (as the defaults do on our gateway):
+    the first window draws some 429s, then the budget holds the limits every response
+    announces, so the later windows draw at most 1 %."""
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, limits=client_limits(BURSTY, scale=1.4))
+    calls: list[float] = []
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "call":
+            calls.append(time.time())
+
+    rows = rows_of(48, f"over-{kind}-")
+    out = enrich_batch(rows, cfg, api_key=gw.key(key), store=open_store(cfg, "j"), on_event=on_event)
+    assert all(o["status"] == "enriched" for o in out), [o["error"] for o in out if o["error"]][:3]
+    usage = usage_of(gw, key)
+    # The server's ledger windows that start after the first window from our first call ended.
+    later = [w for w in usage["windows"] if w["start_unix"] >= min(calls) + TIGHT["window_seconds"]]
+    assert len(later) >= 2, usage
+    refused = sum(w["rate_limited"] for w in later)
+    admitted = sum(w["requests"] for w in later)
+    first = sum(w["rate_limited"] for w in usage["windows"]) - refused
+    print(f"{kind}: {first} 429s in the first window, {refused} of {admitted + refused} attempts after it")
+    assert first > 0, usage  # the settings really were above the key's limits
+    assert refused <= 0.01 * (admitted + refused), usage
+    assert usage["peaks"]["requests"]["any_window"] <= TIGHT["requests"], usage
+    # ...and at the key's limit, not below it: the 429s were our own overshoot, not another
+    # client, so the share stays whole (without the learnt limits the share drops: 8-10 a window).
+    assert max(w["requests"] for w in later) >= TIGHT["requests"] - 1, usage
