@@ -182,12 +182,13 @@ def enrich_partitions(
     counters the driver's progress bar polls."""
 
     def enrich(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.progress import ProgressFeed
+        from .enrich.result import results_frame
         from .enrich.runner import TaskState, enrich_batch, open_store
-        from .enrich_run import ProgressCounters, results_frame
 
         store = open_store(cfg, job_id)
         state = TaskState()  # what this task learns (share, token estimate, constraint) carries over its chunks
-        counters = ProgressCounters.for_store(cfg.store, job_id) if progress else None
+        counters = ProgressFeed(store, job_id) if progress else None
 
         def run(frame: pd.DataFrame) -> pd.DataFrame:
             rows = frame.to_dict("records")
@@ -227,8 +228,8 @@ def estimate_partitions(cfg: Any, assets: Any, job_id: str) -> PartitionFn:
     prompts already in the store's cache are not counted)."""
 
     def estimate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.accounting import estimate_counts
         from .enrich.runner import open_store
-        from .enrich_run import estimate_counts
 
         store = open_store(cfg, job_id)
         try:

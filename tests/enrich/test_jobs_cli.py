@@ -10,7 +10,7 @@ import pytest
 
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
-from udfs.enrich_run import ApiKeyMissing
+from udfs.enrich.driver import ApiKeyMissing
 
 from .support import (
     CANARY,

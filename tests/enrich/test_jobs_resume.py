@@ -21,8 +21,8 @@ from jobs.spark import common, enrich
 from udfs.config import load_config
 from udfs.enrich.assets import load_assets, prepared_text, prompt_hash, request_params
 from udfs.enrich.prompts import render
+from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 from udfs.enrich.store_sqlite import SqliteStore
-from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .support import (
     CANARY,
