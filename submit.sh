@@ -83,7 +83,7 @@ export SPARK_HOME="${SPARK_HOME:-$("$python" -c 'import os, pyspark; print(os.pa
 # Offline model loading, no progress bars on stderr (see udfs/model.py).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
 # spark-submit pipes the Python driver's output: tell it whether a person is
-# watching, for the enrich job's progress bar (udfs/enrich_run.py).
+# watching: the default of the enrich commands' --progress (udfs/enrich/driver.py).
 if [[ -z "${AIBATCH_PROGRESS:-}" ]]; then
   if [[ -t 2 ]]; then export AIBATCH_PROGRESS=1; else export AIBATCH_PROGRESS=0; fi
 fi

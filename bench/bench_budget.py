@@ -44,11 +44,13 @@ sys.path.insert(0, str(REPO))
 from infra.hdfs import free_ports  # noqa: E402
 from scripts.datasets import package_file  # noqa: E402
 from udfs.enrich.answers import AnswerError, parse_answer  # noqa: E402
+from udfs.enrich.assets import load_assets  # noqa: E402
 from udfs.enrich.prompts import render  # noqa: E402
 from udfs.enrich.providers import CallError, make_client  # noqa: E402
-from udfs.enrich.runner import enrich_batch, load_assets, raw_token_estimate  # noqa: E402
+from udfs.enrich.runner import enrich_batch  # noqa: E402
 from udfs.enrich.settings import EnrichConfig  # noqa: E402
-from udfs.enrich.store import SqliteStore  # noqa: E402
+from udfs.enrich.store_sqlite import SqliteStore  # noqa: E402
+from udfs.enrich.tokens import raw_token_estimate  # noqa: E402
 
 RPM, TPM = 600, 60_000
 MAX_TOKENS = 200

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from udfs.enrich.budget import BudgetLimits  # noqa: E402
-from udfs.enrich.store import SqliteStore  # noqa: E402
+from udfs.enrich.store_sqlite import SqliteStore  # noqa: E402
 
 
 def main() -> int:

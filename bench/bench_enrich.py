@@ -51,7 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.running import GatewayDidNotStart, GatewayProcess  # noqa: E402
-from tests.enrich.jobs_support import MOVIE_TSV, toml_text  # noqa: E402
+from scripts.datasets import MOVIE_TSV, package_file  # noqa: E402
+from scripts.toml_text import toml_text  # noqa: E402
 
 CLIENTS = ("enrich", "naive", "cookbook")
 MODEL = "gpt-4o-mini"
@@ -86,8 +87,6 @@ def gateway_config(args: argparse.Namespace) -> str:
 
 def workload(n: int) -> list[dict]:
     """n scored-like rows of real text (VADER's movie-review snippets)."""
-    from scripts.datasets import package_file
-
     rows: list[dict] = []
     with open(package_file(MOVIE_TSV), encoding="utf-8") as fh:
         next(fh)

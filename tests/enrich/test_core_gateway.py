@@ -12,11 +12,10 @@ import time
 import jsonschema
 import pytest
 
-from tests.enrich.conftest import REPO, make_cfg, rows_of, totals, usage_of
-from udfs.enrich.answers import load_schema
-from udfs.enrich.runner import enrich_batch, load_assets, open_store, prepared_text, prompt_hash, request_params
+from tests.enrich.support import SCHEMA, make_cfg, rows_of, totals, usage_of
+from udfs.enrich.assets import load_assets, prepared_text, prompt_hash, request_params
+from udfs.enrich.runner import enrich_batch, open_store
 
-SCHEMA = load_schema(REPO / "conf" / "enrich_schema.json").schema
 OUTPUT_KEYS = {
     "id", "status", "topic", "summary", "severity", "raw_answer", "input_tokens", "output_tokens", "latency_ms",
     "ttft_ms", "attempts", "provider", "model", "template", "request_id", "cached", "prompt_hash", "error",
@@ -44,7 +43,7 @@ def test_every_row_enriched_with_schema_valid_answer(gw, tmp_path, kind, stream,
     for o in out:
         assert set(o) == OUTPUT_KEYS
         assert o["status"] == "enriched", o["error"]
-        jsonschema.validate({k: o[k] for k in ("topic", "summary", "severity")}, SCHEMA)
+        jsonschema.validate({k: o[k] for k in ("topic", "summary", "severity")}, SCHEMA.schema)
         assert (o["provider"], o["model"], o["template"]) == (kind, model_id, "review_enrich@1")
         assert o["attempts"] == 1 and o["cached"] is False and o["error"] is None
         assert o["input_tokens"] > 0 and o["output_tokens"] > 0 and o["request_id"]

@@ -9,28 +9,17 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.enrich.conftest import REPO, TIGHT, make_cfg, rows_of, usage_of
+from tests.enrich.support import BURSTY, REPO, TIGHT, client_limits, make_cfg, rows_of, usage_of
 from udfs.enrich.runner import enrich_batch, open_store
 from udfs.enrich.settings import EnrichConfig
 
 WORKERS = 2
 ROWS_PER_WORKER = 15
-
-
-def limits_like_server(**extra: object) -> dict:
-    return {
-        "requests_per_minute": TIGHT["requests"],
-        "tokens_per_minute": TIGHT["tokens"],
-        "input_tokens_per_minute": TIGHT["input_tokens"],
-        "output_tokens_per_minute": TIGHT["output_tokens"],
-        "max_concurrency": TIGHT["concurrent"],
-        "window_seconds": TIGHT["window_seconds"],
-        **extra,
-    }
 
 
 def run_workers(tmp_path: Path, cfgs: list[EnrichConfig], key: str, prefix: str) -> list[dict]:
@@ -88,7 +77,7 @@ def assert_within_limits(usage: dict, style: str) -> None:
 )
 def test_two_tasks_share_one_budget(gw, tmp_path, redis_url, backend, kind, key, processes):
     store = {"backend": backend, "url": redis_url}
-    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, store=store, limits=limits_like_server())
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, store=store, limits=client_limits(TIGHT))
     if processes:
         out = run_workers(tmp_path, [cfg] * WORKERS, gw.key(key), f"{backend}-{kind}")
     else:
@@ -113,7 +102,7 @@ def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
     server refuses some calls (the counters see it); the refusals and the rate-limit headers
     then shrink each job's share, so the refusals stay a small part of the calls."""
     cfgs = [
-        make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=limits_like_server(), retry={"max_attempts": 10})
+        make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=client_limits(TIGHT), retry={"max_attempts": 10})
         for i in range(WORKERS)
     ]
     out = run_threads(cfgs, gw.key("lim-shared"), "separate", rows=20)
@@ -124,3 +113,34 @@ def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
     refused = sum(w["rate_limited"] for w in usage["windows"])
     assert requests == len(out)
     assert 0 < refused <= 0.25 * requests, usage
+
+
+@pytest.mark.parametrize(("kind", "key"), [("openai", "lim-over"), ("anthropic", "lim-over-anthropic")])
+def test_limits_set_above_the_keys_are_learnt_from_the_headers(gw, tmp_path, kind, key):
+    """Settings that promise 40 % more than the key has (as the defaults do on our gateway):
+    the first window draws some 429s, then the budget holds the limits every response
+    announces, so the later windows draw at most 1 %."""
+    cfg = make_cfg(gw, tmp_path / "store.sqlite", kind, limits=client_limits(BURSTY, scale=1.4))
+    calls: list[float] = []
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "call":
+            calls.append(time.time())
+
+    rows = rows_of(48, f"over-{kind}-")
+    out = enrich_batch(rows, cfg, api_key=gw.key(key), store=open_store(cfg, "j"), on_event=on_event)
+    assert all(o["status"] == "enriched" for o in out), [o["error"] for o in out if o["error"]][:3]
+    usage = usage_of(gw, key)
+    # The server's ledger windows that start after the first window from our first call ended.
+    later = [w for w in usage["windows"] if w["start_unix"] >= min(calls) + TIGHT["window_seconds"]]
+    assert len(later) >= 2, usage
+    refused = sum(w["rate_limited"] for w in later)
+    admitted = sum(w["requests"] for w in later)
+    first = sum(w["rate_limited"] for w in usage["windows"]) - refused
+    print(f"{kind}: {first} 429s in the first window, {refused} of {admitted + refused} attempts after it")
+    assert first > 0, usage  # the settings really were above the key's limits
+    assert refused <= 0.01 * (admitted + refused), usage
+    assert usage["peaks"]["requests"]["any_window"] <= TIGHT["requests"], usage
+    # ...and at the key's limit, not below it: the 429s were our own overshoot, not another
+    # client, so the share stays whole (without the learnt limits the share drops: 8-10 a window).
+    assert max(w["requests"] for w in later) >= TIGHT["requests"] - 1, usage

@@ -9,18 +9,16 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tests.enrich.conftest import REPO
+from tests.enrich.support import REPO, SCHEMA
 from tests.gateway.conftest import FakeClock
-from udfs.enrich.answers import AnswerError, load_schema, parse_answer
+from udfs.enrich.answers import AnswerError, parse_answer
+from udfs.enrich.assets import prompt_hash
 from udfs.enrich.budget import POLL_S, BudgetLimits, Entry, TooLarge, decide
+from udfs.enrich.calls import scrub
 from udfs.enrich.prompts import PromptError, load_template, release, render
 from udfs.enrich.providers import retry_after_of
-from udfs.enrich.runner import prompt_hash, scrub
 from udfs.enrich.select import SelectError, select_mask
 from udfs.enrich.settings import EnrichConfig, SelectConfig
-
-SCHEMA = load_schema(REPO / "conf" / "enrich_schema.json")
-
 
 # ----- settings -----
 
@@ -253,7 +251,8 @@ def test_classify_quota_and_limit_429s_and_client_errors():
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_store_budget_transactions(tmp_path, redis_url, backend):
-    from udfs.enrich.store import RedisStore, SqliteStore
+    from udfs.enrich.store_redis import RedisStore
+    from udfs.enrich.store_sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "b.sqlite") if backend == "sqlite" else RedisStore(redis_url)
     ns, clock = f"ns-{tmp_path.name}", FakeClock()

@@ -10,9 +10,9 @@ import pytest
 
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
-from udfs.enrich_run import ApiKeyMissing
+from udfs.enrich.driver import ApiKeyMissing
 
-from .jobs_support import (
+from .support import (
     CANARY,
     enrich_settings,
     read_jsonl_dir,

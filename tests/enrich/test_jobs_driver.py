@@ -1,6 +1,7 @@
-"""The enrich drivers' own pieces (udfs/enrich_run.py), without a server:
-totals and their check, the price table and cost, the progress counters in
-the store's place and the bar that polls them, the key wrapper, job ids."""
+"""The enrich drivers' own pieces (udfs/enrich/accounting.py, driver.py,
+progress.py, result.py), without a server: totals and their check, the price
+table and cost, the progress counters in the store and the bar that polls
+them, the key wrapper, job ids."""
 
 from __future__ import annotations
 
@@ -9,22 +10,13 @@ import pickle
 
 import pytest
 
-from udfs.enrich_run import (
-    ApiKeyMissing,
-    EnrichTotals,
-    PriceError,
-    PriceTable,
-    Progress,
-    ProgressBar,
-    ProgressCounters,
-    dry_run_report,
-    job_id_for,
-    progress_wanted,
-    read_api_key,
-    result_fields,
-)
+from udfs.enrich.accounting import EnrichTotals, PriceError, PriceTable, dry_run_report
+from udfs.enrich.driver import ApiKeyMissing, add_progress_arg, job_id_for, read_api_key
+from udfs.enrich.progress import Progress, ProgressBar, ProgressFeed, snapshot
+from udfs.enrich.result import result_fields
+from udfs.enrich.store_sqlite import SqliteStore
 
-from .jobs_support import ROOT
+from .support import ROOT
 
 
 def row(
@@ -93,12 +85,9 @@ def test_results_must_answer_rows_one_for_one():
         result_fields(rows[:1], [{"id": "a", "status": "lost"}])
 
 
-def test_progress_counters_in_sqlite_feed_the_bar(tmp_path):
-    from types import SimpleNamespace
-
-    store = SimpleNamespace(backend="sqlite", path=str(tmp_path / "store.sqlite"), url="")
-    writer = ProgressCounters.for_store(store, "job-1")
-    writer.flush_s = 0.0
+def test_progress_counters_in_the_store_feed_the_bar(tmp_path):
+    store = SqliteStore(tmp_path / "store.sqlite")
+    writer = ProgressFeed(store, "job-1", flush_s=0.0)
     for event in [
         {"type": "call"},
         {"type": "call"},
@@ -109,26 +98,31 @@ def test_progress_counters_in_sqlite_feed_the_bar(tmp_path):
     ]:
         writer.on_event(event)
     writer.flush()
-    reader = ProgressCounters.for_store(store, "job-1")  # another process's view
-    assert reader.snapshot() == Progress(done=1, in_flight=0, rate_limited=1)
-    assert ProgressCounters.for_store(store, "job-2").snapshot() == Progress(0, 0, 0)
+    reader = SqliteStore(tmp_path / "store.sqlite")  # another process's view
+    assert snapshot(reader, "job-1") == Progress(done=1, in_flight=0, rate_limited=1)
+    assert snapshot(reader, "job-2") == Progress(0, 0, 0)
     out = io.StringIO()
-    with ProgressBar(4, reader.snapshot, every=0.01, stream=out, enabled=True):
+    with ProgressBar(4, lambda: snapshot(reader, "job-1"), enabled=True, every=0.01, stream=out):
         pass
     assert "enrich" in out.getvalue() and "http_429=1" in out.getvalue() and "1/4" in out.getvalue()
-    reader.reset()
-    assert reader.snapshot() == Progress(0, 0, 0)
+    reader.progress_reset("job-1")
+    assert snapshot(reader, "job-1") == Progress(0, 0, 0)
 
 
-def test_no_bar_in_tests_or_without_a_terminal(monkeypatch):
-    assert not progress_wanted(io.StringIO())  # under pytest
-    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+def test_the_bar_is_switched_by_an_argument(monkeypatch):
+    import argparse
+
     monkeypatch.delenv("AIBATCH_PROGRESS", raising=False)
-    assert not progress_wanted(io.StringIO())  # not a terminal
+    parser = argparse.ArgumentParser()
+    add_progress_arg(parser)
+    assert not parser.parse_args([]).progress
+    assert parser.parse_args(["--progress"]).progress
     monkeypatch.setenv("AIBATCH_PROGRESS", "1")  # submit.sh saw a terminal
-    assert progress_wanted(io.StringIO())
+    parser = argparse.ArgumentParser()
+    add_progress_arg(parser)
+    assert parser.parse_args([]).progress and not parser.parse_args(["--no-progress"]).progress
     out = io.StringIO()
-    with ProgressBar(4, lambda: Progress(1, 0, 0), stream=out, enabled=False):
+    with ProgressBar(4, lambda: Progress(1, 0, 0), enabled=False, stream=out):
         pass
     assert out.getvalue() == ""
 

@@ -10,9 +10,9 @@ import pytest
 
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
-from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 
-from .jobs_support import (
+from .support import (
     CANARY,
     INJECTION,
     comparable,
@@ -49,12 +49,13 @@ def spark_run(spark, gw, tmp, provider, stream, monkeypatch, extra=()):
     return summary, read_parquet_dir(tmp / "spark-out"), read_parquet_dir(tmp / "spark-out_dead_letters")
 
 
-def twin_inline(gw, tmp, provider, stream, monkeypatch, capsys):
+def twin_inline(gw, tmp, provider, stream, monkeypatch, capsys, extra=()):
     monkeypatch.setenv(gw.env_name("plain"), gw.keys["plain"])
     cfg = write_config(tmp / "twin.toml", enrich_settings(gw, "plain", tmp / "twin-store", provider, stream))
     src = write_jsonl(ROWS, tmp / "scored.jsonl")
     out = tmp / "twin-out"
-    code = mr_enrich_rows.main(["-r", "inline", "--no-conf", "--config", str(cfg), src, "--output-dir", str(out)])
+    args = ["-r", "inline", "--no-conf", "--config", str(cfg), src, "--output-dir", str(out), *extra]
+    code = mr_enrich_rows.main(args)
     assert code == 0
     printed = capsys.readouterr().out
     rows = read_jsonl_dir(out)  # the twin writes both statuses to its one output
@@ -100,6 +101,31 @@ def test_spark_and_twin_agree(spark, gateway, tmp_path, monkeypatch, capsys, pro
     )
     assert f"enrich: rows in {len(ROWS)} = enriched {n} + dead-lettered 0 + not selected {len(ROWS) - n}" in printed
     assert f"calls made {n}, cache hits 0" in printed
+
+
+def test_sample_percent_selects_the_same_rows_on_both_engines(spark, gateway, tmp_path, monkeypatch, capsys):
+    from udfs.records import in_sample
+
+    summary, spark_rows, _ = spark_run(
+        spark, gateway, tmp_path, "openai", False, monkeypatch, ("--sample-percent", "50")
+    )
+    printed, twin_rows, _ = twin_inline(
+        gateway, tmp_path, "openai", False, monkeypatch, capsys, ("--sample-percent", "50")
+    )
+    sampled = [r for r in ROWS if in_sample(r["id"], 50.0)]
+    expected = sorted(r["id"] for r in sampled if r["predicted"] == "negative")
+    assert 0 < len(expected) < len(SELECTED)
+    assert sorted(r["id"] for r in spark_rows) == expected == sorted(r["id"] for r in twin_rows)
+    assert summary["rows_in"] == len(sampled)
+    assert f"enrich: rows in {len(sampled)} = enriched {len(expected)}" in printed
+
+
+def test_both_commands_offer_the_same_options():
+    spark_help = enrich.parser().format_help()
+    twin_help = mr_enrich_rows.MREnrichRows(args=[]).arg_parser.format_help()
+    for option in ("--cache", "--dry-run", "--sample-percent", "--progress", "--no-progress", "--overwrite"):
+        assert option in spark_help, option
+        assert option in twin_help or option == "--overwrite", option  # the launcher takes --overwrite
 
 
 def test_rerun_answers_from_the_cache(spark, gateway, tmp_path, monkeypatch):

@@ -15,8 +15,10 @@ import pytest
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
 
-from .jobs_support import (
+from .support import (
     CANARY,
+    MIXED_FAULTS,
+    client_limits,
     enrich_settings,
     read_jsonl_dir,
     read_parquet_dir,
@@ -39,24 +41,10 @@ SERVER_LIMITS = {
     "output_tokens": 2000,
     "concurrent": 4,
 }
-CLIENT_LIMITS = {
-    "requests_per_minute": 14,
-    "tokens_per_minute": 7000,
-    "input_tokens_per_minute": 5000,
-    "output_tokens_per_minute": 2000,
-    "max_concurrency": 4,
-    "window_seconds": WINDOW,
-}
-FAULTS = {  # 20 % of requests in all
-    "rate_limit": 0.04,
-    "server_error": 0.03,
-    "unavailable": 0.03,
-    "overloaded": 0.03,
-    "timeout": 0.02,
-    "malformed_json": 0.02,
-    "stream_error": 0.01,
-    "stream_drop": 0.01,
-    "stream_truncate": 0.01,
+CLIENT_LIMITS = client_limits(SERVER_LIMITS)
+# The mixed table on the gateway's default seed, with longer holds and waits.
+FAULTS = {
+    **{k: v for k, v in MIXED_FAULTS.items() if k != "seed"},
     "timeout_hold_seconds": 4,
     "retry_after_seconds": 0.3,
 }

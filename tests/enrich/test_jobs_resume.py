@@ -19,11 +19,12 @@ import pytest
 from gateway.prompts import prompt_hash as gateway_hash
 from jobs.spark import common, enrich
 from udfs.config import load_config
-from udfs.enrich.runner import load_assets, prepared_text, prompt_hash, render, request_params
-from udfs.enrich.store import SqliteStore
-from udfs.enrich_run import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.enrich.assets import load_assets, prepared_text, prompt_hash, request_params
+from udfs.enrich.prompts import render
+from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.enrich.store_sqlite import SqliteStore
 
-from .jobs_support import (
+from .support import (
     CANARY,
     ROOT,
     comparable,

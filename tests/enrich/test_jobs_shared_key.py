@@ -14,9 +14,10 @@ import sys
 
 import pytest
 
-from .jobs_support import (
+from .support import (
     CANARY,
     ROOT,
+    client_limits,
     enrich_settings,
     read_jsonl_dir,
     scored_rows,
@@ -36,7 +37,7 @@ SERVER_LIMITS = {
     "tokens": 8000,
     "concurrent": 8,
 }
-CLIENT_LIMITS = {"requests_per_minute": 16, "tokens_per_minute": 8000, "max_concurrency": 8, "window_seconds": WINDOW}
+CLIENT_LIMITS = client_limits(SERVER_LIMITS)
 LATENCY = {"distribution": "lognormal", "median_ms": 60, "sigma": 0.5, "seed": 4}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from udfs.enrich.store import SqliteStore
+from udfs.enrich.store_sqlite import SqliteStore
 
 OPENERS = 8
 FILES = 25

@@ -20,7 +20,7 @@ settled (or its lease runs out, if its process died).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DIMS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -34,6 +34,18 @@ class BudgetLimits:
     window: float  # seconds, our safety margin included
     limits: dict[str, int]
     max_in_flight: int
+    share: float = 1.0  # the part of them this process takes (limiter.Share)
+
+    def effective(self, announced: Mapping[str, int]) -> BudgetLimits:
+        """Each limit lowered to the one the server announced (if lower), then times the share."""
+        lowered = {dim: min(limit, announced.get(dim, limit)) for dim, limit in self.limits.items()}
+        if self.share >= 1.0:
+            return BudgetLimits(self.window, lowered, self.max_in_flight)
+        return BudgetLimits(
+            self.window,
+            {dim: max(1, int(limit * self.share)) for dim, limit in lowered.items()},
+            max(1, int(self.max_in_flight * self.share)),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,3 +135,31 @@ def compact(entries: list[Entry], now: float, window: float) -> tuple[list[Entry
         added.append(merged)
         kept.append(merged)
     return kept, removed, added
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one acquire does to the log, decided purely: the wait (0.0: admitted), the ids to
+    delete (out of the window, or merged), and the entries to write (merged ones, and the new
+    entry when admitted)."""
+
+    wait: float
+    delete: list[str]
+    write: list[Entry]
+
+
+def plan_acquire(
+    entries: list[Entry], entry_id: str, now: float, amounts: dict[str, int], limits: BudgetLimits, lease_until: float
+) -> Plan:
+    kept = live(entries, now, limits.window)
+    kept_ids = {e.id for e in kept}
+    stale = [e.id for e in entries if e.id not in kept_ids]
+    kept, merged_away, merged = compact(kept, now, limits.window)
+    wait = decide(kept, now, amounts, limits)
+    new = [Entry(entry_id, now, amounts, lease_until)] if wait == 0.0 else []
+    return Plan(wait, stale + merged_away, merged + new)
+
+
+def settled(e: Entry, amounts: dict[str, int] | None, stamp: float) -> Entry:
+    """The entry of a call that is over: slot freed, amounts corrected (None: kept), stamp moved later."""
+    return Entry(e.id, max(e.stamp, stamp), e.amounts if amounts is None else amounts, 0.0)

@@ -1,11 +1,12 @@
-"""One call to an LLM API, in each provider's dialect, through its official async SDK.
+"""One call to an LLM API through its official async SDK, in the provider's dialect.
 
-`OpenAIChatClient` (Chat Completions: OpenAI, vLLM, llama.cpp, LiteLLM) and
-`AnthropicMessagesClient` (Messages) share one shape: `await client.call(system,
-messages)` returns a `CallResult` (text, usage, request id, rate-limit headers,
-time to first token when streaming) or raises `CallError`, which says whether
-a retry can help and how long the server asked us to wait. The SDKs' own
-retries are off (max_retries=0): the runner's one policy decides.
+`LLMClient` has one call path for every provider; what differs between them
+(request, reply, stream events, header names) is in its dialect object
+(dialects.py). `await client.call(system, messages)` returns a `CallResult`
+(text, usage, request id, rate-limit headers, time to first token when
+streaming) or raises `CallError`, which says whether a retry can help and how
+long the server asked us to wait. The SDKs' own retries are off
+(max_retries=0): the runner's one policy decides.
 
 A CallError's message never holds the API key: it is built from the status,
 the provider's error type and message, never from request headers.
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from .dialects import Answer, dialect_for
 from .settings import ProviderConfig
 
 RATE_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
@@ -148,152 +150,42 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 1)
 
 
-class OpenAIChatClient:
-    """Chat Completions with a JSON-schema response format."""
-
-    kind = "openai"
-
-    def __init__(self, cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> None:
-        import openai
-
-        self.cfg = cfg
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout_s)
-        self.response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": "enrichment", "schema": schema, "strict": True},
-        }
-
-    async def call(self, system: str, messages: list[dict[str, str]]) -> CallResult:
-        params: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": [{"role": "system", "content": system}, *messages] if system else messages,
-            "max_tokens": self.cfg.max_tokens,
-            "temperature": self.cfg.temperature,
-        }
-        if self.cfg.structured_output:
-            params["response_format"] = self.response_format
-        start = time.perf_counter()
-        try:
-            if not self.cfg.stream:
-                raw = await self.client.chat.completions.with_raw_response.create(**params)
-                reply = await _parsed(raw)
-                usage = reply.usage
-                return CallResult(
-                    text=reply.choices[0].message.content or "",
-                    input_tokens=usage.prompt_tokens if usage else 0,
-                    output_tokens=usage.completion_tokens if usage else 0,
-                    request_id=raw.headers.get("x-request-id") or reply.id,
-                    model=reply.model,
-                    finish=reply.choices[0].finish_reason,
-                    headers=rate_headers(raw.headers),
-                )
-            raw = await self.client.chat.completions.with_raw_response.create(
-                **params, stream=True, stream_options={"include_usage": True}
-            )
-            parts: list[str] = []
-            ttft: float | None = None
-            finish, model, usage_in, usage_out, rid = None, self.cfg.model, None, None, None
-            async for chunk in await _parsed(raw):
-                rid = rid or chunk.id
-                model = chunk.model or model
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        if ttft is None:
-                            ttft = _ms_since(start)
-                        parts.append(choice.delta.content)
-                    finish = choice.finish_reason or finish
-                if chunk.usage is not None:
-                    usage_in, usage_out = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
-            if finish is None or usage_in is None or usage_out is None:
-                raise IncompleteStream("no finish reason or usage")
-            return CallResult(
-                text="".join(parts),
-                input_tokens=usage_in,
-                output_tokens=usage_out,
-                request_id=raw.headers.get("x-request-id") or rid,
-                model=model,
-                finish=finish,
-                headers=rate_headers(raw.headers),
-                ttft_ms=ttft,
-            )
-        except Exception as exc:
-            raise classify(exc) from None
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-class AnthropicMessagesClient:
-    """Messages with `output_config.format` (JSON schema)."""
-
-    kind = "anthropic"
+class LLMClient:
+    """One provider's API through its official async SDK, in its dialect (dialects.py):
+    `await call(system, messages, method)` returns a CallResult or raises CallError; `method`
+    is how the answer is constrained (schema, tool or prompt: dialects.METHODS)."""
 
     def __init__(self, cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> None:
-        import anthropic
+        self.cfg, self.schema = cfg, schema
+        self.dialect = dialect_for(cfg.kind)
+        self.sdk = self.dialect.open(cfg, api_key)
+        self.create = self.dialect.endpoint(self.sdk)
 
-        self.cfg = cfg
-        self.client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=cfg.base_url,
-            max_retries=0,
-            timeout=cfg.timeout_s,
-            default_headers={"anthropic-version": cfg.anthropic_version},
-        )
-        self.output_config: Any = {"format": {"type": "json_schema", "schema": schema}}
-
-    async def call(self, system: str, messages: list[dict[str, str]]) -> CallResult:
-        params: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": messages,
-            "max_tokens": self.cfg.max_tokens,
-            # This SDK version has no temperature argument; the Messages API still takes it.
-            "extra_body": {"temperature": self.cfg.temperature},
-        }
-        if system:
-            params["system"] = system
-        if self.cfg.structured_output:
-            params["output_config"] = self.output_config
+    async def call(self, system: str, messages: list[dict[str, str]], method: str = "schema") -> CallResult:
+        d = self.dialect
+        params = d.request(self.cfg, system, messages, self.schema, method)
         start = time.perf_counter()
+        ttft: float | None = None
         try:
             if not self.cfg.stream:
-                raw = await self.client.messages.with_raw_response.create(**params)
-                msg = await _parsed(raw)
-                text = "".join(block.text for block in msg.content if block.type == "text")
-                return CallResult(
-                    text=text,
-                    input_tokens=msg.usage.input_tokens,
-                    output_tokens=msg.usage.output_tokens,
-                    request_id=raw.headers.get("request-id") or msg.id,
-                    model=msg.model,
-                    finish=msg.stop_reason,
-                    headers=rate_headers(raw.headers),
-                )
-            raw = await self.client.messages.with_raw_response.create(**params, stream=True)
-            parts: list[str] = []
-            ttft: float | None = None
-            finish, model, rid, usage_in, usage_out, stopped = None, self.cfg.model, None, 0, None, False
-            async for event in await _parsed(raw):
-                if event.type == "message_start":
-                    rid, model, usage_in = event.message.id, event.message.model, event.message.usage.input_tokens
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    if ttft is None:
+                raw = await self.create(**params)
+                answer = d.reply(await _parsed(raw))
+            else:
+                raw = await self.create(**params, **d.stream_args())
+                answer = Answer(model=self.cfg.model)
+                async for event in await _parsed(raw):
+                    if d.event(answer, event) and ttft is None:
                         ttft = _ms_since(start)
-                    parts.append(event.delta.text)
-                elif event.type == "message_delta":
-                    finish, usage_out = event.delta.stop_reason, event.usage.output_tokens
-                    if event.usage.input_tokens is not None:
-                        usage_in = event.usage.input_tokens
-                elif event.type == "message_stop":
-                    stopped = True
-            if not stopped or usage_out is None:
-                raise IncompleteStream("no message_stop")
+                if not answer.complete:
+                    raise IncompleteStream("no closing events (finish reason, usage)")
+                answer.text = "".join(answer.pieces)
             return CallResult(
-                text="".join(parts),
-                input_tokens=usage_in,
-                output_tokens=usage_out,
-                request_id=raw.headers.get("request-id") or rid,
-                model=model,
-                finish=finish,
+                text=answer.text,
+                input_tokens=answer.input_tokens or 0,
+                output_tokens=answer.output_tokens or 0,
+                request_id=raw.headers.get(d.request_id_header) or answer.request_id,
+                model=answer.model or self.cfg.model,
+                finish=answer.finish,
                 headers=rate_headers(raw.headers),
                 ttft_ms=ttft,
             )
@@ -301,13 +193,11 @@ class AnthropicMessagesClient:
             raise classify(exc) from None
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.sdk.close()
 
 
-Client = OpenAIChatClient | AnthropicMessagesClient
+Client = LLMClient
 
 
-def make_client(cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> Client:
-    if cfg.kind == "anthropic":
-        return AnthropicMessagesClient(cfg, api_key, schema)
-    return OpenAIChatClient(cfg, api_key, schema)
+def make_client(cfg: ProviderConfig, api_key: str, schema: dict[str, Any]) -> LLMClient:
+    return LLMClient(cfg, api_key, schema)

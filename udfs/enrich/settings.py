@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TEMPLATE_PATTERN = r"^[a-z][a-z0-9_-]*@[0-9]+$"
 COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -30,19 +30,24 @@ class ProviderConfig(_Strict):
     max_tokens: int = Field(200, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     stream: bool = False
-    # Send the answer schema as the API's structured-output format (OpenAI response_format
-    # json_schema, Anthropic output_config.format). Off for endpoints without it: the template's
-    # instructions, validation and repair attempts then do the work.
-    structured_output: bool = True
+    # How an answer is constrained to the schema: "schema" (OpenAI response_format json_schema,
+    # Anthropic output_config.format), "tool" (one forced tool call whose input schema is the
+    # answer's), "prompt" (the template's instructions, validation and repairs alone), or "auto":
+    # schema, and the next method for the rest of the run when the first answers show the server
+    # ignores it (calls.AUTO_DECIDE). true and false, the old switch, read as auto and prompt.
+    structured_output: Literal["auto", "schema", "tool", "prompt"] = "auto"
     anthropic_version: str = Field("2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @field_validator("structured_output", mode="before")
+    @classmethod
+    def _old_switch(cls, value: object) -> object:
+        return {True: "auto", False: "prompt"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _dialect(self) -> ProviderConfig:
-        if self.kind == "anthropic":
-            if self.base_url.rstrip("/").endswith("/v1"):
-                raise ValueError("base_url: for kind 'anthropic' give the root (the SDK adds /v1/messages itself)")
-            if self.temperature > 1:
-                raise ValueError("temperature: Anthropic's Messages API takes 0 to 1")
+        from .dialects import dialect_for  # dialects.py reads these settings
+
+        dialect_for(self.kind).check_settings(self)
         return self
 
 
