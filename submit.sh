@@ -150,6 +150,21 @@ cluster_args() {
   fi
 }
 
+# Spark's own Kafka source and sink (spark-sql-kafka-0-10) for the Spark
+# runtime's version, which setup resolves from Maven Central where it is served
+# (kafka/connector-pom.xml; the connector uses Spark internals, so it must match).
+kafka_connector_jars() {
+  local core version dir
+  core="$(ls "$SPARK_HOME"/jars/spark-core_2.13-*.jar 2>/dev/null | head -1)"
+  version="$(basename "${core:-unknown}" .jar)"; version="${version#spark-core_2.13-}"
+  dir="$root/var/spark-kafka-$version"
+  ls "$dir"/spark-sql-kafka-0-10_2.13-*.jar >/dev/null 2>&1 \
+    || die "no Spark Kafka connector for Spark $version in $dir: Maven Central serves spark-sql-kafka-0-10_2.13 only for some Spark versions (docs/streams.md); run ./scripts/setup.sh with such a Spark"
+  local jars=("$dir"/*.jar)
+  local IFS=,
+  echo "${jars[*]}"
+}
+
 run_spark() {
   local name="$1"; shift
   local main="$root/jobs/spark/$name.py" preflight=1
@@ -182,6 +197,7 @@ run_spark() {
   fi
   local args=(--properties-file "$spark_conf" --py-files "$zip"
               --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
+  [[ "$name" == stream ]] && args+=(--jars "$(kafka_connector_jars)")
   [[ -n "$master" ]] && args+=(--master "$master")
   cluster_args
   exec "$venv/bin/spark-submit" "${args[@]}" "${cluster_extra[@]}" "$main" "$@"
