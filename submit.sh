@@ -215,6 +215,9 @@ case "$job" in
   help) show_help "$@" ;;
   # The mrjob twins: ./submit.sh mr ingest|score|stats -r inline|local|hadoop ...
   mr) PYTHONPATH="$root" exec "$python" -m jobs.mapreduce.launch "$@" ;;
+  # MQTT devices -> Kafka, each message acknowledged after Kafka's ack (no Spark):
+  # ./submit.sh mqtt-bridge --from mqtt://USER:PASS@HOST:PORT/sensors/# --to kafka://HOST:PORT/TOPIC
+  mqtt-bridge) PYTHONPATH="$root" exec "$python" -m jobs.mqtt_bridge "$@" ;;
   # The packed executor environment: ./submit.sh pack [--upload [DIR_URL]] [--force]
   pack) infra pack "$@"; exit ;;
   *) run_spark "$job" "$@" ;;

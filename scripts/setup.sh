@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   1. checks Python 3.11; installs Java 17, Maven, redis-server and docker-compose
+#   1. checks Python 3.11; installs Java 17, Maven, redis-server, docker-compose and mosquitto
 #      (Debian packages) where they are missing and it can;
 #   2. the virtual environment .venv from the pinned lock files;
 #   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml);
@@ -35,6 +35,8 @@ if [[ -z "${JAVA_HOME:-}" ]] && ! command -v java >/dev/null; then debs+=(openjd
 command -v mvn >/dev/null || debs+=(maven)
 command -v redis-server >/dev/null || debs+=(redis-server)
 command -v docker-compose >/dev/null || debs+=(docker-compose)
+# mosquitto: the MQTT broker of the device bridge (docs/streams.md) and its tests.
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || debs+=(mosquitto)
 if [[ ${#debs[@]} -gt 0 ]]; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${debs[*]}"

@@ -20,7 +20,6 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from infra.kafka import LocalKafka
 from scripts.stream_messages import produce, sample_messages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +35,6 @@ pytestmark = [
         "(Maven Central serves it for 4.2.0, not 4.3.0: docs/streams.md)",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def kafka(tmp_path_factory):
-    broker = LocalKafka.on_free_ports(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def stream_cmd(trained, kafka, topic: str, output: str, *extra: str) -> list[str]:
