@@ -6,6 +6,7 @@
 #   ./submit.sh pack [--upload [DIR_URL]]   packs .venv for cluster executors (cached)
 #   ./submit.sh --master URL env-check      where the cluster's executors run Python from
 #   ./submit.sh [--master URL] my_app.py    your own PySpark script, shipped like a job
+#   ./submit.sh mqtt-bridge --from mqtt://... --to kafka://...   MQTT devices -> Kafka (no Spark)
 # Runs .venv/bin/spark-submit with conf/spark-defaults.conf, shipping the
 # project code (udfs/, jobs/) as a zip for --py-files; local mode unless
 # --master names a cluster (spark://HOST:PORT or yarn). On a cluster the
