@@ -10,6 +10,7 @@ version, where setup found no connector for it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from infra.mosquitto import LocalMosquitto
 from scripts.stream_messages import produce, sample_messages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,8 +100,37 @@ def drained(spark, hdfs, webhdfs, kafka, trained, tmp_path_factory):
     common.run_main(score.main, spark, score.parser().parse_args(argv + ["--model", trained["model"]]))
     env = job_env(tmp)
     out = f"{base}/out"
-    first = run_stream(stream_cmd(trained, kafka, "reviews", out, "--max-per-batch", "120"), env)
-    return {"messages": messages, "batch": batch, "base": base, "out": out, "first": first, "env": env}
+    with LocalMosquitto(tmp / "mosquitto") as mqtt:
+        events = ["--set", f"events.mqtt_url={mqtt.url('').rstrip('/')}"]
+        first = run_stream(stream_cmd(trained, kafka, "reviews", out, "--max-per-batch", "120", *events), env)
+        late = retained_statuses(mqtt)  # a subscriber that connects after the job finished
+    return {"messages": messages, "batch": batch, "base": base, "out": out, "first": first, "env": env, "late": late}
+
+
+def retained_statuses(broker: LocalMosquitto, wait: float = 3.0) -> list[dict]:
+    import paho.mqtt.client as mqtt
+
+    got: list[dict] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="late-subscriber")
+    client.username_pw_set(broker.user, broker.password)
+    client.on_message = lambda c, u, msg: got.append({"retained": msg.retain, **json.loads(msg.payload)})
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("aibatch/runs/+/status", qos=1)
+    client.loop_start()
+    time.sleep(wait)
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
+def test_late_subscriber_gets_the_retained_final_status(spark, drained):
+    [status] = drained["late"]
+    assert status["retained"] and status["state"] == "finished" and status["job"] == "stream"
+    summary = status["summary"]
+    records = spark.read.parquet(f"{drained['out']}/records").count()
+    rejects = spark.read.parquet(f"{drained['out']}/rejects").count()
+    assert (summary["good"], summary["rejected"]) == (records, rejects)
+    assert summary["on_disk"] == {"records": records, "rejects": rejects, "scored": records}
 
 
 def test_drain_equals_batch_ingest_and_score(spark, drained):
