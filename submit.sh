@@ -6,6 +6,7 @@
 #   ./submit.sh pack [--upload [DIR_URL]]   packs .venv for cluster executors (cached)
 #   ./submit.sh --master URL env-check      where the cluster's executors run Python from
 #   ./submit.sh [--master URL] my_app.py    your own PySpark script, shipped like a job
+#   ./submit.sh mqtt-bridge --from mqtt://... --to kafka://...   MQTT devices -> Kafka (no Spark)
 # Runs .venv/bin/spark-submit with conf/spark-defaults.conf, shipping the
 # project code (udfs/, jobs/) as a zip for --py-files; local mode unless
 # --master names a cluster (spark://HOST:PORT or yarn). On a cluster the
@@ -150,6 +151,21 @@ cluster_args() {
   fi
 }
 
+# Spark's own Kafka source and sink (spark-sql-kafka-0-10) for the Spark
+# runtime's version, which setup resolves from Maven Central where it is served
+# (kafka/connector-pom.xml; the connector uses Spark internals, so it must match).
+kafka_connector_jars() {
+  local core version dir
+  core="$(ls "$SPARK_HOME"/jars/spark-core_2.13-*.jar 2>/dev/null | head -1)"
+  version="$(basename "${core:-unknown}" .jar)"; version="${version#spark-core_2.13-}"
+  dir="$root/var/spark-kafka-$version"
+  ls "$dir"/spark-sql-kafka-0-10_2.13-*.jar >/dev/null 2>&1 \
+    || die "no Spark Kafka connector for Spark $version in $dir: Maven Central serves spark-sql-kafka-0-10_2.13 only for some Spark versions (docs/streams.md); run ./scripts/setup.sh with such a Spark"
+  local jars=("$dir"/*.jar)
+  local IFS=,
+  echo "${jars[*]}"
+}
+
 run_spark() {
   local name="$1"; shift
   local main="$root/jobs/spark/$name.py" preflight=1
@@ -182,6 +198,7 @@ run_spark() {
   fi
   local args=(--properties-file "$spark_conf" --py-files "$zip"
               --driver-java-options "-Dlog4j2.configurationFile=file:$root/conf/spark-log4j2.properties")
+  [[ "$name" == stream ]] && args+=(--jars "$(kafka_connector_jars)")
   [[ -n "$master" ]] && args+=(--master "$master")
   cluster_args
   exec "$venv/bin/spark-submit" "${args[@]}" "${cluster_extra[@]}" "$main" "$@"
@@ -199,6 +216,9 @@ case "$job" in
   help) show_help "$@" ;;
   # The mrjob twins: ./submit.sh mr ingest|score|stats -r inline|local|hadoop ...
   mr) PYTHONPATH="$root" exec "$python" -m jobs.mapreduce.launch "$@" ;;
+  # MQTT devices -> Kafka, each message acknowledged after Kafka's ack (no Spark):
+  # ./submit.sh mqtt-bridge --from mqtt://USER:PASS@HOST:PORT/sensors/# --to kafka://HOST:PORT/TOPIC
+  mqtt-bridge) PYTHONPATH="$root" exec "$python" -m jobs.mqtt_bridge "$@" ;;
   # The packed executor environment: ./submit.sh pack [--upload [DIR_URL]] [--force]
   pack) infra pack "$@"; exit ;;
   *) run_spark "$job" "$@" ;;

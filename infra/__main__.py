@@ -4,10 +4,11 @@ packed executor environment:
     python -m infra hdfs start|stop|status|restart [--config conf/hdfs.toml]
     python -m infra yarn start|stop|status|restart [--config conf/cluster.toml]
     python -m infra spark start|stop|status|restart [--config conf/cluster.toml]
+    python -m infra kafka start|stop|status|restart [--data-dir var/kafka] [--port 19092]
     python -m infra pack [--upload [DIR_URL]] [--print-url] [--force]
     python -m infra conf --out DIR [--config conf/hdfs.toml]
 
-scripts/hdfs.sh, scripts/yarn.sh, scripts/cluster.sh and ./submit.sh pack
+scripts/hdfs.sh, scripts/yarn.sh, scripts/cluster.sh, scripts/kafka.sh and ./submit.sh pack
 run this with the project's virtual environment.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from .daemons import ClusterError
 from .hadoop_home import render_conf_dir
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("action", choices=["start", "stop", "status", "restart"])
         p.add_argument("--config", help="cluster settings file (default conf/cluster.toml)")
         p.add_argument("--hdfs-config", help="HDFS settings file (default conf/hdfs.toml)")
+    kafka = sub.add_parser("kafka", help="single-node Kafka broker (KRaft) on loopback")
+    kafka.add_argument("action", choices=["start", "stop", "status", "restart"])
+    kafka.add_argument("--data-dir", help="instance dir (default var/kafka; kept across restarts)")
+    kafka.add_argument("--port", type=int, help="broker port (default 19092; the controller takes the next)")
     pack = sub.add_parser("pack", help="pack the virtual environment for executors (venv-pack, cached)")
     pack.add_argument(
         "--upload",
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         except PackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    if args.service in ("yarn", "spark"):
+    if args.service in ("yarn", "spark", "kafka"):
         return cluster_main(args)
 
     try:
@@ -93,16 +99,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cluster_main(args) -> int:
-    """start|stop|status|restart of the YARN or the Spark standalone cluster."""
+    """start|stop|status|restart of the YARN, the Spark standalone cluster or
+    the Kafka broker (each has start, stop, status and describe)."""
     try:
-        settings = load_cluster_settings(args.config)
-        if args.service == "yarn":
+        if args.service == "kafka":
+            from .kafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
+
+            port = args.port or DEFAULT_PORT
+            node: Any = LocalKafka(Path(args.data_dir or DEFAULT_DATA_DIR), port=port, controller_port=port + 1)
+            label = "Kafka broker"
+        elif args.service == "yarn":
+            settings = load_cluster_settings(args.config)
             from .yarn import LocalYARN
 
             node = LocalYARN(settings, load_settings(args.hdfs_config))
             label = "YARN"
         else:
-            node = SparkStandalone(settings)  # type: ignore[assignment]  # both have start/stop/status
+            node = SparkStandalone(load_cluster_settings(args.config))
             label = "Spark standalone cluster"
         if args.action in ("stop", "restart"):
             print(f"{label} stopped" if node.stop() else f"{label} was not running")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   1. checks Python 3.11; installs Java 17, Maven, redis-server and docker-compose
+#   1. checks Python 3.11; installs Java 17, Maven, redis-server, docker-compose and mosquitto
 #      (Debian packages) where they are missing and it can;
 #   2. the virtual environment .venv from the pinned lock files;
-#   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml).
+#   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml);
+#   4. the Kafka broker's jars and Spark's Kafka connector (kafka/*.xml).
 # A second run reuses what is installed (stamp files hold the hashes of the
 # inputs) and takes seconds.
 # Run with: ./scripts/setup.sh
@@ -34,6 +35,8 @@ if [[ -z "${JAVA_HOME:-}" ]] && ! command -v java >/dev/null; then debs+=(openjd
 command -v mvn >/dev/null || debs+=(maven)
 command -v redis-server >/dev/null || debs+=(redis-server)
 command -v docker-compose >/dev/null || debs+=(docker-compose)
+# mosquitto: the MQTT broker of the device bridge (docs/streams.md) and its tests.
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || debs+=(mosquitto)
 if [[ ${#debs[@]} -gt 0 ]]; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${debs[*]}"
@@ -121,7 +124,34 @@ else
 fi
 "$hadoop_home/bin/hadoop" version | head -1 | sed 's/^/[setup] /'
 
-# --- 4. the encoder for encoder.runtime = "onnxruntime" -----------------------
+# --- 4. Kafka: the broker's jars and Spark's Kafka connector ---------------
+# The broker (kafka/pom.xml) in its own lib dir, never on Spark's classpath;
+# the connector (kafka/connector-pom.xml) for the Spark runtime's own version,
+# which the stream job gets with --jars (docs/streams.md). A Spark whose
+# connector Maven Central does not serve leaves only ./submit.sh stream without it.
+kafka_home="$root/var/kafka-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' kafka/pom.xml)"
+spark_version="$("$venv/bin/python" -c 'import pyspark; print(pyspark.__version__)')"
+connector_dir="$root/var/spark-kafka-$spark_version"
+if [[ "$(cat "$kafka_home/.aibatch-kafka" 2>/dev/null)" != "$(hash_of kafka/pom.xml)" ]]; then
+  say "resolving the Apache Kafka broker's jars from Maven Central into $kafka_home"
+  rm -rf "$kafka_home/libs"
+  mvn -q -B -f kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$kafka_home/libs" \
+    || die "Maven could not resolve the Kafka jars (see the error above)"
+  hash_of kafka/pom.xml > "$kafka_home/.aibatch-kafka"
+fi
+if [[ "$(cat "$connector_dir/.aibatch-connector" 2>/dev/null)" != "$(hash_of kafka/connector-pom.xml)" ]]; then
+  rm -rf "$connector_dir"
+  if mvn -q -B -f kafka/connector-pom.xml -Dspark.version="$spark_version" dependency:copy-dependencies \
+       -DincludeScope=runtime -DoutputDirectory="$connector_dir" >/dev/null 2>&1; then
+    hash_of kafka/connector-pom.xml > "$connector_dir/.aibatch-connector"
+    say "Spark's Kafka connector for Spark $spark_version in $connector_dir"
+  else
+    rm -rf "$connector_dir"
+    say "warning: Maven Central serves no spark-sql-kafka-0-10_2.13 $spark_version: ./submit.sh stream needs a Spark whose connector is served (docs/streams.md)"
+  fi
+fi
+
+# --- 5. the encoder for encoder.runtime = "onnxruntime" -----------------------
 # Exported once from the installed weights (never downloaded), checked against
 # torch, cached under var/onnx/<weights hash>/; a no-op when already there.
 say "ONNX export of the encoder: $(AIBATCH_HOME="$root" "$venv/bin/python" -m udfs.onnx_runtime)"

@@ -58,6 +58,19 @@ def webhdfs(hdfs):
 
 
 @pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """A private single-node Kafka broker (KRaft) on free loopback ports."""
+    from infra.kafka import LocalKafka
+
+    broker = LocalKafka.on_free_ports(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
 

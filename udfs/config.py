@@ -123,6 +123,14 @@ class StatsConfig(_Strict):
     top_k: int = Field(25, ge=1)
 
 
+class EventsConfig(_Strict):
+    """Where every job publishes its lifecycle (jobs/run_events.py); off when empty."""
+
+    mqtt_url: str = Field("", pattern=r"^(mqtt://[^/]+/?)?$")  # mqtt://[USER:PASS@]HOST[:PORT]
+    kafka_url: str = Field("", pattern=r"^(kafka://[^/]+/[^/]+)?$")  # kafka://HOST:PORT/TOPIC
+    progress_seconds: float = Field(30.0, gt=0)
+
+
 class PipelineConfig(_Strict):
     registry_dir: str = "var/models"
     encoder: EncoderConfig = EncoderConfig()
@@ -131,6 +139,7 @@ class PipelineConfig(_Strict):
     score: ScoreConfig = ScoreConfig()
     stats: StatsConfig = StatsConfig()
     enrich: EnrichConfig = EnrichConfig()  # the LLM stage, validated by udfs/enrich/settings.py
+    events: EventsConfig = EventsConfig()  # run events for other applications (issue 23)
 
     def registry_path(self, base: Path) -> Path:
         p = Path(self.registry_dir).expanduser()

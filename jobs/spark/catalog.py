@@ -15,6 +15,7 @@ JOBS = {
     "score": "records -> predicted label, probability, lineage (pandas UDF)",
     "stats": "scored records -> term frequencies, counts, top terms (RDD API)",
     "pipeline": "ingest -> score -> stats in one application (one executor start-up on a cluster)",
+    "stream": "Kafka topic -> records + rejects + scored, per micro-batch (Structured Streaming, checkpointed)",
     "enrich": "scored records -> LLM topic, summary, severity per selected row + dead letters",
     "hdfs_roundtrip": "smoke job: word counts of a text file, HDFS in and out",
 }

@@ -177,19 +177,27 @@ def run_cli(
         return fail(str(exc), log_file)
     if os.environ.get("AIBATCH_PREFLIGHT"):  # submit.sh's checks before spark-submit: no session
         return 0
+    from jobs.run_events import RunEvents
+
+    events = RunEvents(config.events, app, new_run_id())
+    events.start()
     try:
         spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
         spark.sparkContext.setLogLevel("WARN")
     except Exception as exc:
+        events.close("failed", error=one_line(exc))
         return failed_run(app, "could not start Spark", exc, log_file)
     try:
         summary = main(spark, config, args, **extra)
     except USAGE_ERRORS as exc:
+        events.close("failed", error=str(exc))
         return fail(str(exc), log_file)
     except Exception as exc:
+        events.close("failed", error=one_line(exc))
         return failed_run(app, "failed", exc, log_file)
     finally:
         spark.stop()
+    events.close("finished", summary=summary)
     report(summary)
     return 0
 

@@ -1,0 +1,292 @@
+"""Drain a Kafka topic with Spark Structured Streaming: each message's value is
+one raw record (a JSON Lines line), ingested by the batch ingest's rules (the
+same ids, rejects with reasons and raw bytes), scored with a registered model
+and written, per micro-batch, as Parquet records, rejects and scored rows
+under --output, with the offsets in the checkpoint (default
+OUTPUT/_checkpoint). Each micro-batch checks input = good + rejected.
+
+Exactly once: a micro-batch's three outputs are committed together
+(jobs.commit) to OUTPUT/{records,rejects,scored}/batch=N, replacing what a
+killed run may have left for the same batch, which Spark replays with the
+same offsets from the checkpoint. A record whose id an earlier micro-batch
+already kept is rejected as duplicate_record, as the batch ingest rejects a
+second copy. The optional --output-topic copy of the scored rows is
+at-least-once, as Spark documents for its Kafka sink.
+
+Run with (Spark's Kafka connector must match the Spark runtime: docs/streams.md):
+    ./submit.sh stream --bootstrap 127.0.0.1:19092 --topic reviews \
+        --output hdfs://127.0.0.1:19820/user/$USER/aibatch/stream [--model sentiment@1] [--every 30s]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+
+from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import commit
+from jobs.spark import common, ingest, score
+from udfs import records as R
+from udfs.config import PipelineConfig
+from udfs.partitioning import task_count
+from udfs.registry import HeadVersion
+from udfs.scoring import plan_scoring
+from udfs.spark import balance_by_cost, score_udf, task_slots
+
+log = logging.getLogger(__name__)
+
+TABLES = ("records", "rejects", "scored")
+
+
+def parse_every(text: str) -> str:
+    """'30s', '5m', '1h' -> Spark's processing-time interval ('30 seconds')."""
+    found = re.fullmatch(r"(\d+)\s*(s|m|h)", text.strip())
+    if not found or int(found[1]) == 0:
+        raise argparse.ArgumentTypeError(f"--every takes a positive interval like 30s, 5m or 1h, got {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours"}[found[2]]
+    return f"{found[1]} {unit}"
+
+
+def messages_to_lines(messages: DataFrame) -> DataFrame:
+    """Kafka rows -> the batch ingest's lines (column raw, binary): the value
+    is the raw record; a message without a value is an empty line."""
+    return messages.select(F.coalesce(F.col("value"), F.lit(b"")).alias("raw"))
+
+
+def mark_earlier(parsed: DataFrame, earlier_ids: DataFrame | None) -> DataFrame:
+    """Parsed rows with each record whose id an earlier micro-batch kept
+    turned into a duplicate_record reject (the batch ingest keeps the first
+    copy of an id, and rejects the others with their raw bytes)."""
+    if earlier_ids is None:
+        return parsed
+    seen = earlier_ids.select("id", F.lit(True).alias("_seen"))
+    again = (F.col("kind") == R.RECORD) & F.col("_seen").isNotNull()
+    return parsed.join(seen, "id", "left").select(
+        F.when(again, F.lit(R.REJECT)).otherwise(F.col("kind")).alias("kind"),
+        "id",
+        "source",
+        "text",
+        "label",
+        "rating",
+        F.when(again, F.lit(R.DUPLICATE)).otherwise(F.col("reason")).alias("reason"),
+        "raw",
+    )
+
+
+class BatchWriter:
+    """foreachBatch's function: one micro-batch -> committed outputs. Runs in
+    the driver; it keeps this run's totals."""
+
+    def __init__(self, spark: SparkSession, spec: R.SourceSpec, args, scorer, lineage: dict, partitions: int):
+        self.spark, self.spec, self.args = spark, spec, args
+        self.scorer, self.lineage, self.partitions = scorer, lineage, partitions
+        self.paths = {t: f"{args.output.rstrip('/')}/{t}" for t in TABLES}
+        self.totals: dict = {"batches": 0, "messages": 0, "input": 0, "good": 0, "rejected": 0, "skipped": 0}
+        self.reasons: dict[str, int] = {}
+
+    def earlier_ids(self, batch_id: int) -> DataFrame | None:
+        path = self.paths["records"]
+        if not commit.filesystem(path).exists(path):
+            return None
+        try:
+            kept = self.spark.read.parquet(path)
+        except AnalysisException:  # only the hidden staging dirs of a killed run: nothing kept yet
+            return None
+        return kept.where(F.col("batch") < batch_id).select("id").distinct()
+
+    def __call__(self, messages: DataFrame, batch_id: int) -> None:
+        started = time.perf_counter()
+        parsed = ingest.parse_lines(messages_to_lines(messages), self.spec).persist(StorageLevel.DISK_ONLY)
+        try:
+            by_kind = {(r["kind"], r["reason"]): r["count"] for r in parsed.groupBy("kind", "reason").count().collect()}
+            n_messages = sum(by_kind.values())
+            skipped = sum(n for (kind, _), n in by_kind.items() if kind == R.SKIP)
+            records, rejects = ingest.resolve_duplicates(mark_earlier(parsed, self.earlier_ids(batch_id)))
+            balanced = balance_by_cost(
+                records, self.partitions, self.scorer.settings.model_dir, self.scorer.settings.max_length
+            )
+            scored = score.score_frame(balanced, self.scorer.udf, self.lineage, self.scorer.with_embedding)
+            outputs = {t: f"{p}/batch={batch_id}" for t, p in self.paths.items()}
+            # A replayed batch (the run before was killed after writing it but
+            # before Spark recorded it) replaces its own earlier outputs.
+            with common.committed_outputs(self.spark, outputs, overwrite=True) as staging:
+                common.write_table(records, staging["records"])
+                common.write_table(rejects, staging["rejects"])
+                common.write_table(scored, staging["scored"])
+                good = self.spark.read.parquet(staging["records"]).count()
+                rejected_rows = self.spark.read.parquet(staging["rejects"])
+                rejected = rejected_rows.count()
+                reasons = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
+                n_scored = self.spark.read.parquet(staging["scored"]).count()
+                total = n_messages - skipped
+                if total != good + rejected or n_scored != good:
+                    raise RuntimeError(
+                        f"batch {batch_id}: count mismatch: input {total} != good {good} + rejected {rejected}"
+                        f" (scored {n_scored})"
+                    )
+            if self.args.output_topic and good:
+                self.publish(self.spark.read.parquet(outputs["scored"]))
+        finally:
+            parsed.unpersist()
+        for key, n in (("messages", n_messages), ("input", total), ("good", good), ("rejected", rejected)):
+            self.totals[key] += n
+        self.totals["skipped"] += skipped
+        self.totals["batches"] += 1
+        for reason, n in reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        log.info(
+            "stream batch %d: input %d = good %d + rejected %d (skipped %d) in %.1f s",
+            batch_id,
+            total,
+            good,
+            rejected,
+            skipped,
+            time.perf_counter() - started,
+        )
+
+    def publish(self, scored: DataFrame) -> None:
+        """The scored rows to --output-topic, keyed by record id, as JSON
+        (at-least-once: a replayed batch sends its rows again)."""
+        value = F.to_json(F.struct(*[F.col(c) for c in scored.columns if c != "batch"]))
+        (
+            scored.select(F.col("id").alias("key"), value.alias("value"))
+            .write.format("kafka")
+            .option("kafka.bootstrap.servers", self.args.bootstrap)
+            .option("topic", self.args.output_topic)
+            .save()
+        )
+
+
+class Scorer:
+    """The scoring UDF and its settings, made once per run."""
+
+    def __init__(self, settings, with_embedding: bool):
+        self.settings, self.with_embedding = settings, with_embedding
+        self.udf = score_udf(settings, with_embedding)
+
+
+def read_messages(spark: SparkSession, args) -> DataFrame:
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.bootstrap)
+        .option("subscribe", args.topic)
+        # Only the first run: later runs start where the checkpoint says.
+        .option("startingOffsets", args.starting_offsets)
+    )
+    if args.max_per_batch:
+        reader = reader.option("maxOffsetsPerTrigger", str(args.max_per_batch))
+    return reader.load()
+
+
+def totals_on_disk(spark: SparkSession, output: str) -> dict:
+    """Rows in the outputs, all runs together."""
+    out = {}
+    for table in TABLES:
+        path = f"{output.rstrip('/')}/{table}"
+        out[table] = spark.read.parquet(path).count() if commit.filesystem(path).exists(path) else 0
+    return out
+
+
+def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | None = None) -> dict:
+    head = head or score.resolve_model(cfg, args)["head"]
+    run_id = common.new_run_id()
+    plan = plan_scoring(cfg, head, run_id, precision=args.precision)
+    spec = R.SourceSpec(
+        source=args.source or args.topic,
+        format="jsonl",
+        text_field=args.text_field,
+        rating_field=args.rating_field,
+        label_field=args.label_field,
+        positive_min=cfg.ingest.positive_min,
+        negative_max=cfg.ingest.negative_max,
+    )
+    scorer = Scorer(plan.settings, cfg.score.with_embedding)
+    writer = BatchWriter(
+        spark, spec, args, scorer, plan.lineage, task_count(task_slots(spark), cfg.score.partitions_per_core)
+    )
+    checkpoint = args.checkpoint or f"{args.output.rstrip('/')}/_checkpoint"
+    stream = read_messages(spark, args).writeStream.foreachBatch(writer).option("checkpointLocation", checkpoint)
+    stream = stream.trigger(processingTime=args.every) if args.every else stream.trigger(availableNow=True)
+    started = time.perf_counter()
+    query = stream.queryName(f"aibatch-stream-{run_id}").start()
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    seconds = time.perf_counter() - started
+    summary = {
+        **writer.totals,
+        "reasons": writer.reasons,
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(writer.totals["messages"] / seconds, 1) if seconds else None,
+        "on_disk": totals_on_disk(spark, args.output),
+        "model": head.ref,
+        "run_id": run_id,
+        "output": args.output,
+        "checkpoint": checkpoint,
+        "output_topic": args.output_topic,
+    }
+    log.info("stream: %s", summary)
+    return summary
+
+
+def parser():
+    p = common.base_parser("stream", __doc__)
+    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--topic", required=True, help="topic to read (each message value is one JSON record)")
+    p.add_argument("--output", required=True, help="dir of records/, rejects/, scored/ (appended to, per batch)")
+    p.add_argument("--checkpoint", help="Structured Streaming checkpoint (default OUTPUT/_checkpoint)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--available-now",
+        action="store_true",
+        help="read up to the topic's current end, process, stop (the default)",
+    )
+    mode.add_argument("--every", type=parse_every, help="run continuously, a micro-batch every interval (30s, 5m)")
+    p.add_argument("--max-per-batch", type=int, help="at most this many messages per micro-batch")
+    p.add_argument(
+        "--starting-offsets",
+        choices=("earliest", "latest"),
+        default="earliest",
+        help="where a new checkpoint starts (default earliest)",
+    )
+    p.add_argument("--source", help="source name in record ids (default: the topic)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--rating-field")
+    p.add_argument("--label-field")
+    p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
+    p.add_argument("--precision", help="override encoder.precision")
+    p.add_argument("--output-topic", help="also publish the scored rows here, keyed by id (at-least-once)")
+    p.set_defaults(output_dests=(), input_dests=())
+    return p
+
+
+def report(out: dict) -> None:
+    print(
+        f"stream: {out['batches']} micro-batches, {out['messages']} messages: input rows {out['input']} = "
+        f"good {out['good']} + rejected {out['rejected']} (skipped, not records: {out['skipped']}) "
+        f"in {out['seconds']} s ({out['rows_per_s']} messages/s)"
+    )
+    for reason, n in sorted(out["reasons"].items()):
+        print(f"  rejected {reason}: {n}")
+    disk = out["on_disk"]
+    print(f"  all runs: records {disk['records']}, rejects {disk['rejects']}, scored {disk['scored']}")
+    print(f"  scored with {out['model']}, run {out['run_id']}")
+    print(f"output: {out['output']}\ncheckpoint: {out['checkpoint']}")
+    if out["output_topic"]:
+        print(f"scored rows also on topic {out['output_topic']} (at-least-once)")
+
+
+def cli(argv=None) -> int:
+    return common.run_cli("stream", parser(), main, report, argv, prepare=score.resolve_model)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
