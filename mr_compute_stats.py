@@ -1,1 +1,0 @@
-/work/main/var/hdfs/mapred/local/job_local1337179778_0001_710eb222-2400-45cb-a844-8fc3fc6f19e8/mr_compute_stats.py

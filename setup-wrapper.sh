@@ -1,1 +1,0 @@
-/work/main/var/hdfs/mapred/local/job_local1337179778_0001_b89ef927-d66f-4704-9415-853cd683be53/setup-wrapper.sh
