@@ -37,7 +37,7 @@ DAEMONS = ("resourcemanager", "nodemanager")
 
 # Without Hadoop's native library (Maven Central ships none) the NodeManager
 # starts one `chmod` process per file of a localised archive
-# (RawLocalFileSystem.setPermission): about 42,000 for the packed
+# (RawLocalFileSystem.setPermission): about 42,300 for the packed
 # environment. Java 17 starts processes with posix_spawn through its
 # jspawnhelper (two execs each); vfork execs chmod directly, about half the
 # cost per process (bench/bench_chmod.py measures both in one run).
