@@ -26,7 +26,7 @@ from udfs import head as H  # noqa: E402
 from udfs import model as M  # noqa: E402
 
 
-def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, batch_size=64) -> dict:
+def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, batch_size=64, vocab=None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -54,8 +54,8 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
             bf16_rows_per_s=len(texts) / s16,
             speedup=s32 / s16,
             min_cosine=float(cos.min()),
-            accuracy_fp32=H.accuracy(H.predict_labels(arrays, e32[lab])[0], truth),
-            accuracy_bf16=H.accuracy(H.predict_labels(arrays, e16[lab])[0], truth),
+            accuracy_fp32=H.accuracy(H.predict_labels(arrays, vocab, e32[lab])[0], truth),
+            accuracy_bf16=H.accuracy(H.predict_labels(arrays, vocab, e16[lab])[0], truth),
             labelled=len(truth),
             bf16_mode="native" if res["bf16_supported"] else "emulated (forced)",
         )
@@ -90,8 +90,15 @@ def main(argv=None) -> int:
 
     rows = json.loads(Path(args.rows_json).read_text())
     arrays = load_file(str(Path(args.head) / "head.safetensors"))
+    vocab = json.loads((Path(args.head) / "meta.json").read_text())["labels"]
     res = measure(
-        [r["text"] for r in rows], [r["label"] for r in rows], arrays, args.model_dir, args.threads, args.force_bf16
+        [r["text"] for r in rows],
+        [r["label"] for r in rows],
+        arrays,
+        args.model_dir,
+        args.threads,
+        args.force_bf16,
+        vocab=vocab,
     )
     print("\n".join(report(res)))
     print(json.dumps(res))

@@ -126,7 +126,7 @@ def mixed_runs(frame: pd.DataFrame, config: str, ref: str, per_core: list[int], 
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), src / "part-00000.parquet")
         cfg = load_config(config)
         head = Registry(cfg.registry_path(REPO)).load(ref)
-        settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), torch_threads=1)
+        settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, torch_threads=1)
         spark = spark_session()
         try:
             # Warm-up: each Python worker loads the encoder once (cached), as in spark_runs.
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     head = Registry(cfg.registry_path(REPO)).load(args.model)
-    settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), precision="fp32", torch_threads=1)
+    settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, precision="fp32", torch_threads=1)
     print(
         f"bench: {M.ENCODER_NAME} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "
         f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"

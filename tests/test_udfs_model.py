@@ -71,16 +71,19 @@ def test_head_trains_and_predicts_on_real_embeddings(encoder):
     pos = ["great fun", "a delight", "superb acting", "I loved it", "brilliant and moving", "wonderful"]
     neg = ["awful", "a bore", "terrible acting", "I hated it", "dull and lifeless", "dreadful"]
     x = embed(encoder, pos + neg)
-    arrays = H.train_head(x, ["positive"] * 6 + ["negative"] * 6, TrainConfig(hidden=8, epochs=100, seed=1))
-    labels, probs = H.predict_labels(arrays, embed(encoder, ["what a lovely film", "boring and bad"]))
+    vocab = ["negative", "positive"]
+    arrays = H.train_head(x, ["positive"] * 6 + ["negative"] * 6, vocab, TrainConfig(hidden=8, epochs=100, seed=1))
+    labels, probs, every = H.predict_labels(arrays, vocab, embed(encoder, ["what a lovely film", "boring and bad"]))
+    assert every.shape == (2, 2)
     assert labels == ["positive", "negative"] and (probs > 0.5).all()
     p = H.predict_proba(arrays, x)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert H.majority_baseline(["positive", "positive", "negative"], ["negative", "positive"]) == ("positive", 0.5)
 
     out = score_texts(
-        ["lovely", None, "", "awful"], ScoreSettings.from_config(EncoderConfig(), arrays), with_embedding=True
+        ["lovely", None, "", "awful"], ScoreSettings.from_config(EncoderConfig(), arrays, vocab), with_embedding=True
     )
-    assert list(out.columns) == ["predicted", "probability", "embedding"]
+    assert list(out.columns) == ["predicted", "probability", "probabilities", "embedding"]
+    assert set(out["probabilities"][0]) == set(vocab) and out["probabilities"][1] is None
     assert out["predicted"].tolist()[1:3] == [None, None] and np.isnan(out["probability"][1])
     assert out["embedding"][1] is None and len(out["embedding"][0]) == 384

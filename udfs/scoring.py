@@ -51,6 +51,6 @@ def plan_scoring(
     changes: dict = {"model_dir": model_dir, "precision": effective}
     if torch_threads is not None:
         changes["torch_threads"] = torch_threads
-    settings = ScoreSettings.from_config(config.encoder, dict(head.arrays), **changes)
+    settings = ScoreSettings.from_config(config.encoder, dict(head.arrays), head.labels, **changes)
     lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, run_id, scored_at)
     return ScoringPlan(settings=settings, lineage=lineage, head_ref=head.ref)
