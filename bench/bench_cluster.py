@@ -75,7 +75,7 @@ def make_registry(base: Path, cfg) -> Path:
         "sentiment",
         arrays,
         {
-            "encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"},
+            "encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"},
             "trained_on": len(rows),
             "labels": vocab,
         },

@@ -31,9 +31,9 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
 
     torch.set_num_threads(threads)
     fp32 = M.load_encoder(model_dir, "fp32")
-    M.embed(fp32, texts[:64], batch_size, M.MAX_SEQ_LENGTH)
+    M.embed(fp32, texts[:64], batch_size, M.encoder_shape(model_dir).max_length)
     t = time.perf_counter()
-    e32 = M.embed(fp32, texts, batch_size, M.MAX_SEQ_LENGTH)
+    e32 = M.embed(fp32, texts, batch_size, M.encoder_shape(model_dir).max_length)
     s32 = time.perf_counter() - t
     res = {
         "rows": len(texts),
@@ -43,9 +43,9 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
     }
     if res["bf16_supported"] or force_bf16:
         bf16 = M._load_encoder(fp32.model_dir, "bf16")  # forced where unsupported: emulated, for the record
-        M.embed(bf16, texts[:64], batch_size, M.MAX_SEQ_LENGTH)
+        M.embed(bf16, texts[:64], batch_size, M.encoder_shape(model_dir).max_length)
         t = time.perf_counter()
-        e16 = M.embed(bf16, texts, batch_size, M.MAX_SEQ_LENGTH)
+        e16 = M.embed(bf16, texts, batch_size, M.encoder_shape(model_dir).max_length)
         s16 = time.perf_counter() - t
         cos = (e32 * e16).sum(axis=1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
         lab = np.array([x is not None for x in labels], dtype=bool)

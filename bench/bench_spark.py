@@ -235,7 +235,7 @@ def default_workload(args, cfg, head, settings) -> dict:
     texts = frame["text"].tolist()
     n = len(texts)
     print(
-        f"bench: {n} real rows of the default data, {CORES} cores, {M.ENCODER_NAME} fp32 + head {head.ref}, "
+        f"bench: {n} real rows of the default data, {CORES} cores, {M.encoder_shape(cfg.encoder.model_dir or None).name} fp32 + head {head.ref}, "
         f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"
     )
 
@@ -362,7 +362,7 @@ def bound_workload(args, cfg, head, settings) -> dict:
     out: dict = {"peaks": peaks, "runs": []}
     for (runtime, prec, name), sec in best.items():
         texts = sets[name]
-        gflops = float(M.encoder_flops(tokens[name]).sum()) / sec / 1e9
+        gflops = float(M.encoder_flops(tokens[name], M.encoder_shape(None)).sum()) / sec / 1e9
         run = {
             "runtime": runtime,
             "precision": prec,
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     head = Registry(cfg.registry_path(REPO)).load(args.model)
     settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, precision="fp32", torch_threads=1)
     print(
-        f"bench: {M.ENCODER_NAME} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "
+        f"bench: {M.encoder_shape(cfg.encoder.model_dir or None).name} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "
         f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"
     )
     results = {w: WORKLOADS[w](args, cfg, head, settings) for w in args.workloads.split(",") if w}

@@ -33,7 +33,9 @@ def test_set_overrides_keys_with_toml_values():
 
 
 def test_set_errors_name_the_key_like_the_file():
-    with pytest.raises(ConfigError, match=r"encoder\.max_length: Input should be greater than or equal to 8"):
+    with pytest.raises(
+        ConfigError, match=r"encoder\.max_length: Value error, must be 0 \(the encoder.s own limit\) or at least 8"
+    ):
         load_config(PIPELINE, ["encoder.max_length=2"])
     with pytest.raises(ConfigError, match=r"encoder\.max_lenght: Extra inputs are not permitted"):
         load_config(PIPELINE, ["encoder.max_lenght=64"])

@@ -81,7 +81,7 @@ def setup(tmp_path_factory):
     Registry(cfg.registry_path(REPO)).register(
         "sentiment",
         arrays,
-        {"encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"}, "labels": vocab},
+        {"encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"}, "labels": vocab},
     )
     table = pa.Table.from_pylist(rows)
     (base / "records").mkdir()

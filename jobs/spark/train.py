@@ -82,10 +82,10 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     embeddings = np.asarray([r["embedding"] for r in collected], dtype=np.float32)
     version_id = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
     encoder_settings = {
-        "name": M.ENCODER_NAME,
+        "name": M.encoder_shape(model_dir).name,
         "version": version_id,
         "precision": M.effective_precision(enc.precision),
-        "max_length": enc.max_length,
+        "max_length": M.effective_max_length(M.encoder_shape(model_dir), enc.max_length),
     }
     arrays, report = fit_and_evaluate(
         [r["label"] for r in collected],

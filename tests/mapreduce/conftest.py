@@ -64,7 +64,7 @@ def tiny_registry(tmp_path_factory, movie_lines):
         "sentiment",
         arrays,
         {
-            "encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"},
+            "encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"},
             "trained_on": len(rows),
             "labels": vocab,
         },
