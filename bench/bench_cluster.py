@@ -67,13 +67,18 @@ def make_registry(base: Path, cfg) -> Path:
     rows = rows[rows["label"].notna()].head(600)
     enc = cfg.encoder
     emb = embed_texts(rows["text"].tolist(), None, enc.precision, enc.batch_size, enc.max_length)
-    arrays = H.train_head(emb, rows["label"].tolist(), cfg.train.model_copy(update={"epochs": 60, "hidden": 16}))
+    vocab = H.vocabulary(rows["label"].tolist())
+    arrays = H.train_head(emb, rows["label"].tolist(), vocab, cfg.train.model_copy(update={"epochs": 60, "hidden": 16}))
     registry = Registry(base / "models")
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
     registry.register(
         "sentiment",
         arrays,
-        {"encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"}, "trained_on": len(rows)},
+        {
+            "encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"},
+            "trained_on": len(rows),
+            "labels": vocab,
+        },
     )
     text = (REPO / "conf" / "pipeline.toml").read_text()
     assert 'registry_dir = "var/models"' in text

@@ -72,7 +72,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def spark_check(texts, arrays) -> dict:
+def spark_check(texts, arrays, vocab) -> dict:
     """A Spark run with GPU scheduling; what each task saw."""
     import tempfile
 
@@ -108,7 +108,7 @@ def spark_check(texts, arrays) -> dict:
 
                 return pd.Series([",".join(task_gpus()) or "none"] * len(ids))
 
-            settings = ScoreSettings.from_config(EncoderConfig(device="auto"), arrays)
+            settings = ScoreSettings.from_config(EncoderConfig(device="auto"), arrays, vocab)
             df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id long, text string").repartition(2)
             t = time.perf_counter()
             out = df.select("id", seen("id").alias("gpu"), score_udf(settings)("text").alias("s")).cache()
@@ -163,7 +163,8 @@ def main(argv=None) -> int:
         f"({threads} threads, {len(ref_texts)} rows, {sum(i >= n_short for i in ref_idx)} long)"
     )
     lab = [j for j, i in enumerate(ref_idx) if isinstance(labels[i], str)]
-    arrays = H.train_head(ref[lab], [labels[ref_idx[j]] for j in lab], TrainConfig())
+    vocab = H.vocabulary([labels[ref_idx[j]] for j in lab])
+    arrays = H.train_head(ref[lab], [labels[ref_idx[j]] for j in lab], vocab, TrainConfig())
     results: dict = {"rows": len(texts), "gpu": name, "cpu_fp32_rows_per_s": len(ref_texts) / cpu_s, "runs": []}
     cpu_probs = H.predict_proba(arrays, ref)
     for precision in precisions:
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
             settings = ScoreSettings.from_config(
                 enc,
                 arrays,
+                vocab,
                 device=device,
                 gpu_precision=precision,
                 gpu_batch_size=batch,
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
     )
     if args.spark:
         try:
-            results["spark"] = spark_check(texts, arrays)
+            results["spark"] = spark_check(texts, arrays, vocab)
             print(f"  spark GPU scheduling: {results['spark']}")
         except Exception as exc:  # report, keep the figures above
             results["spark"] = {"error": repr(exc)[:2000]}

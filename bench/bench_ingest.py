@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from udfs import records as R  # noqa: E402
 
-SPEC = R.SourceSpec("posts", "jsonl", rating_field="sentiment")
+SPEC = R.SourceSpec("posts", "jsonl", rating_field="sentiment", rating_labels=("negative", "positive"))
 
 
 def real_texts() -> list[tuple[str, float | None]]:

@@ -47,7 +47,7 @@ def plain_python(rows, registry, ref, threads: int) -> float:
     from udfs.predict import ScoreSettings, score_texts
 
     head = registry.load(ref)
-    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), torch_threads=threads)
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels, torch_threads=threads)
     M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):  # the twin's flush size: same batching

@@ -26,14 +26,14 @@ from udfs import head as H  # noqa: E402
 from udfs import model as M  # noqa: E402
 
 
-def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, batch_size=64) -> dict:
+def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, batch_size=64, vocab=None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     fp32 = M.load_encoder(model_dir, "fp32")
-    M.embed(fp32, texts[:64], batch_size, M.MAX_SEQ_LENGTH)
+    M.embed(fp32, texts[:64], batch_size, M.encoder_shape(model_dir).max_length)
     t = time.perf_counter()
-    e32 = M.embed(fp32, texts, batch_size, M.MAX_SEQ_LENGTH)
+    e32 = M.embed(fp32, texts, batch_size, M.encoder_shape(model_dir).max_length)
     s32 = time.perf_counter() - t
     res = {
         "rows": len(texts),
@@ -43,9 +43,9 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
     }
     if res["bf16_supported"] or force_bf16:
         bf16 = M._load_encoder(fp32.model_dir, "bf16")  # forced where unsupported: emulated, for the record
-        M.embed(bf16, texts[:64], batch_size, M.MAX_SEQ_LENGTH)
+        M.embed(bf16, texts[:64], batch_size, M.encoder_shape(model_dir).max_length)
         t = time.perf_counter()
-        e16 = M.embed(bf16, texts, batch_size, M.MAX_SEQ_LENGTH)
+        e16 = M.embed(bf16, texts, batch_size, M.encoder_shape(model_dir).max_length)
         s16 = time.perf_counter() - t
         cos = (e32 * e16).sum(axis=1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
         lab = np.array([x is not None for x in labels], dtype=bool)
@@ -54,8 +54,8 @@ def measure(texts, labels, arrays, model_dir=None, threads=2, force_bf16=False, 
             bf16_rows_per_s=len(texts) / s16,
             speedup=s32 / s16,
             min_cosine=float(cos.min()),
-            accuracy_fp32=H.accuracy(H.predict_labels(arrays, e32[lab])[0], truth),
-            accuracy_bf16=H.accuracy(H.predict_labels(arrays, e16[lab])[0], truth),
+            accuracy_fp32=H.accuracy(H.predict_labels(arrays, vocab, e32[lab])[0], truth),
+            accuracy_bf16=H.accuracy(H.predict_labels(arrays, vocab, e16[lab])[0], truth),
             labelled=len(truth),
             bf16_mode="native" if res["bf16_supported"] else "emulated (forced)",
         )
@@ -90,8 +90,15 @@ def main(argv=None) -> int:
 
     rows = json.loads(Path(args.rows_json).read_text())
     arrays = load_file(str(Path(args.head) / "head.safetensors"))
+    vocab = json.loads((Path(args.head) / "meta.json").read_text())["labels"]
     res = measure(
-        [r["text"] for r in rows], [r["label"] for r in rows], arrays, args.model_dir, args.threads, args.force_bf16
+        [r["text"] for r in rows],
+        [r["label"] for r in rows],
+        arrays,
+        args.model_dir,
+        args.threads,
+        args.force_bf16,
+        vocab=vocab,
     )
     print("\n".join(report(res)))
     print(json.dumps(res))

@@ -126,7 +126,7 @@ def mixed_runs(frame: pd.DataFrame, config: str, ref: str, per_core: list[int], 
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), src / "part-00000.parquet")
         cfg = load_config(config)
         head = Registry(cfg.registry_path(REPO)).load(ref)
-        settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), torch_threads=1)
+        settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, torch_threads=1)
         spark = spark_session()
         try:
             # Warm-up: each Python worker loads the encoder once (cached), as in spark_runs.
@@ -235,7 +235,7 @@ def default_workload(args, cfg, head, settings) -> dict:
     texts = frame["text"].tolist()
     n = len(texts)
     print(
-        f"bench: {n} real rows of the default data, {CORES} cores, {M.ENCODER_NAME} fp32 + head {head.ref}, "
+        f"bench: {n} real rows of the default data, {CORES} cores, {M.encoder_shape(cfg.encoder.model_dir or None).name} fp32 + head {head.ref}, "
         f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"
     )
 
@@ -362,7 +362,7 @@ def bound_workload(args, cfg, head, settings) -> dict:
     out: dict = {"peaks": peaks, "runs": []}
     for (runtime, prec, name), sec in best.items():
         texts = sets[name]
-        gflops = float(M.encoder_flops(tokens[name]).sum()) / sec / 1e9
+        gflops = float(M.encoder_flops(tokens[name], M.encoder_shape(None)).sum()) / sec / 1e9
         run = {
             "runtime": runtime,
             "precision": prec,
@@ -424,9 +424,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     head = Registry(cfg.registry_path(REPO)).load(args.model)
-    settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), precision="fp32", torch_threads=1)
+    settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, precision="fp32", torch_threads=1)
     print(
-        f"bench: {M.ENCODER_NAME} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "
+        f"bench: {M.encoder_shape(cfg.encoder.model_dir or None).name} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "
         f"batches of {cfg.encoder.batch_size} sorted by length, torch {__import__('torch').__version__}"
     )
     results = {w: WORKLOADS[w](args, cfg, head, settings) for w in args.workloads.split(",") if w}

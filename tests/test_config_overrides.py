@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from udfs.config import ConfigError, EncoderConfig, PipelineConfig, load_config, parse_label_map
+from udfs.config import (
+    ConfigError,
+    EncoderConfig,
+    PipelineConfig,
+    load_config,
+    parse_config,
+    parse_label_map,
+    parse_labels,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "conf" / "pipeline.toml"
@@ -25,7 +33,9 @@ def test_set_overrides_keys_with_toml_values():
 
 
 def test_set_errors_name_the_key_like_the_file():
-    with pytest.raises(ConfigError, match=r"encoder\.max_length: Input should be greater than or equal to 8"):
+    with pytest.raises(
+        ConfigError, match=r"encoder\.max_length: Value error, must be 0 \(the encoder.s own limit\) or at least 8"
+    ):
         load_config(PIPELINE, ["encoder.max_length=2"])
     with pytest.raises(ConfigError, match=r"encoder\.max_lenght: Extra inputs are not permitted"):
         load_config(PIPELINE, ["encoder.max_lenght=64"])
@@ -48,16 +58,28 @@ def test_defaults_are_written_once_in_the_config_object():
     assert file_cfg.score == built_in.score == PipelineConfig().score
     assert built_in.score.model == "sentiment@latest"
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(ScoreSettings))
-    settings = ScoreSettings.from_config(EncoderConfig(max_length=64, batch_size=16), {})
+    settings = ScoreSettings.from_config(EncoderConfig(max_length=64, batch_size=16), {}, ())
     assert (settings.max_length, settings.batch_size) == (64, 16)
 
 
 def test_label_map_argument():
     assert parse_label_map("neutral=,pos=positive") == {"neutral": None, "pos": "positive"}
-    with pytest.raises(ConfigError, match="label must be one of"):
-        parse_label_map("pos=good")
+    assert parse_label_map("pos=good") == {"pos": "good"}  # any label name
     with pytest.raises(ConfigError, match="RAW=LABEL"):
         parse_label_map("pos")
+    assert parse_labels("world, sports,business") == ("world", "sports", "business")
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_labels("a,a")
+
+
+def test_source_vocabulary_is_checked_against_its_label_map():
+    source = {"name": "s", "file": "f", "format": "jsonl", "label_field": "l"}
+    cfg = parse_config({"ingest": {"sources": [{**source, "labels": ["x", "y"], "label_map": {"a": "x", "b": ""}}]}})
+    assert cfg.ingest.spec(cfg.ingest.sources[0]).labels == ("x", "y")
+    with pytest.raises(ConfigError, match=r"ingest.sources\[0\].*label_map values must be one of labels"):
+        parse_config({"ingest": {"sources": [{**source, "labels": ["x"], "label_map": {"a": "z"}}]}})
+    with pytest.raises(ConfigError, match="rating_labels"):
+        parse_config({"ingest": {"rating_labels": ["same", "same"]}})
 
 
 def test_submit_honours_aibatch_config(tmp_path):

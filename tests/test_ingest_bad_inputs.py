@@ -184,8 +184,10 @@ def n_lines(data: bytes) -> int:
 
 def spec_of(case: Case) -> R.SourceSpec:
     if case.fmt == "jsonl":
-        return R.SourceSpec(case.name, "jsonl", rating_field="rating", label_field="label")
-    return R.SourceSpec(case.name, case.fmt, rating_field="sentiment")
+        return R.SourceSpec(
+            case.name, "jsonl", rating_field="rating", label_field="label", labels=("negative", "positive")
+        )
+    return R.SourceSpec(case.name, case.fmt, rating_field="sentiment", rating_labels=("negative", "positive"))
 
 
 def write_case(base: Path, case: Case) -> Path:
@@ -232,7 +234,7 @@ def twin_outcome(folder: Path, case: Case) -> dict:
     if case.fmt == "tsv":
         args += ["--format", "tsv", "--header", TSV_HEADER.decode(), "--rating-field", "sentiment"]
     else:
-        args += ["--rating-field", "rating", "--label-field", "label"]
+        args += ["--rating-field", "rating", "--label-field", "label", "--labels", "negative,positive"]
     out, counters = run_job(MRIngestRecords, [*args, str(folder)])
     records, rejects = split_rows(json_lines(out))
     group = counters[-1].get("ingest", {}) if counters else {}

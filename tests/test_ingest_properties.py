@@ -17,7 +17,7 @@ from tests.test_ingest_bad_inputs import n_lines, outcome
 from udfs import records as R
 from udfs.ingest_rows import split_rows
 
-SPEC = R.SourceSpec("prop", "jsonl", rating_field="rating")
+SPEC = R.SourceSpec("prop", "jsonl", rating_field="rating", rating_labels=("negative", "positive"))
 
 json_line = st.builds(
     lambda text, rating, ascii_only: json.dumps({"text": text, "rating": rating}, ensure_ascii=ascii_only).encode(),

@@ -57,7 +57,7 @@ def test_bad_settings_are_named():
 
 def test_settings_reach_the_plan():
     cfg = load_config(None, ["encoder.device=cpu", "encoder.gpu_batch_size=512"])
-    settings = ScoreSettings.from_config(cfg.encoder, {})
+    settings = ScoreSettings.from_config(cfg.encoder, {}, ())
     assert (settings.device, settings.gpu_batch_size, settings.gpu_precision) == ("cpu", 512, "fp16")
     assert device_plan(settings, ["0"]).device == "cpu"
 
@@ -66,11 +66,14 @@ def test_settings_reach_the_plan():
 def test_on_this_cpu_only_machine_auto_scores_on_cpu_and_cuda_fails():
     from udfs import head as H
 
-    arrays = H.train_head(M.embed(M.load_encoder(), ["good", "bad"], 2, 16), ["positive", "negative"], _tiny_train())
-    auto = ScoreSettings.from_config(EncoderConfig(), arrays)
+    vocab = ["negative", "positive"]
+    arrays = H.train_head(
+        M.embed(M.load_encoder(), ["good", "bad"], 2, 16), ["positive", "negative"], vocab, _tiny_train()
+    )
+    auto = ScoreSettings.from_config(EncoderConfig(), arrays, vocab)
     assert device_plan(auto).device == "cpu"
     assert score_texts(["a fine film"], auto)["predicted"].notna().all()
-    cuda = ScoreSettings.from_config(EncoderConfig(device="cuda"), arrays)
+    cuda = ScoreSettings.from_config(EncoderConfig(device="cuda"), arrays, vocab)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         score_texts(["a fine film"], cuda)
 

@@ -75,10 +75,13 @@ def setup(tmp_path_factory):
     labelled = [r for r in rows if r.get("label")][:60]
     enc = EncoderConfig()
     emb = embed_texts([r["text"] for r in labelled], None, enc.precision, enc.batch_size, enc.max_length)
-    arrays = H.train_head(emb, [r["label"] for r in labelled], TrainConfig(hidden=8, epochs=30))
+    vocab = H.vocabulary([r["label"] for r in labelled])
+    arrays = H.train_head(emb, [r["label"] for r in labelled], vocab, TrainConfig(hidden=8, epochs=30))
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
     Registry(cfg.registry_path(REPO)).register(
-        "sentiment", arrays, {"encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"}}
+        "sentiment",
+        arrays,
+        {"encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"}, "labels": vocab},
     )
     table = pa.Table.from_pylist(rows)
     (base / "records").mkdir()

@@ -32,7 +32,7 @@ def head(trained):
 
 def test_udf_equals_direct_python_to_1e5(spark, trained, head):
     records = spark.read.parquet(trained["records"]).orderBy("id").limit(120).repartition(3)
-    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays))
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
     scored = score.score_frame(records, score_udf(settings, with_embedding=True), LINEAGE, with_embedding=True)
     rows = sorted(scored.select("id", "text", "predicted", "probability", "embedding").collect(), key=lambda r: r["id"])
     direct = score_texts([r["text"] for r in rows], settings, with_embedding=True)
@@ -52,7 +52,7 @@ def test_transform_on_literal_frame(spark, head):
         ],
         "id string, source string, text string, label string, rating double",
     )
-    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays))
+    settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
     scored = score.score_frame(records, score_udf(settings), LINEAGE)
     assert scored.columns == [
         "id",

@@ -50,10 +50,12 @@ def test_empty_input_is_an_error(spark, tmp_path, trained):
 
 
 def test_one_split_only_is_an_error(spark, tmp_path, trained):
-    rid = next(f"id{i}" for i in range(100) if split_of(f"id{i}") == "train")
+    ids = [f"id{i}" for i in range(100) if split_of(f"id{i}") == "train"][:2]
     spark.createDataFrame(
-        [(rid, "s", "fine", "positive", None)], "id string, source string, text string, label string, rating double"
+        [(ids[0], "s", "fine", "positive", None), (ids[1], "s", "poor", "negative", None)],
+        "id string, source string, text string, label string, rating double",
     ).write.parquet(str(tmp_path / "in"))
-    args = train.parser().parse_args(["--config", trained["config"], "--input", str(tmp_path / "in")])
+    argv = ["--config", trained["config"], "--input", str(tmp_path / "in"), "--set", "train.min_class_rows=1"]
+    args = train.parser().parse_args(argv)
     with pytest.raises(ValueError, match="both splits"):
         common.run_main(train.main, spark, args)

@@ -11,10 +11,14 @@ import pytest
 from scripts.datasets import package_file
 from udfs import records as R
 
-JSONL = R.SourceSpec("s", "jsonl", rating_field="rating", label_field="label")
-RATED_CSV = R.SourceSpec("c", "csv", rating_field="sentiment")
+JSONL = R.SourceSpec("s", "jsonl", rating_field="rating", label_field="label", labels=("negative", "positive"))
+RATED_CSV = R.SourceSpec("c", "csv", rating_field="sentiment", rating_labels=("negative", "positive"))
 RT = R.SourceSpec(
-    "rt", "csv", label_field="category", label_map={"fresh": "positive", "rotten": "negative", "plot": None}
+    "rt",
+    "csv",
+    label_field="category",
+    label_map={"fresh": "positive", "rotten": "negative", "plot": None},
+    labels=("negative", "positive"),
 )
 
 
@@ -67,7 +71,8 @@ def test_jsonl_rejects_carry_reason_and_raw(raw, reason):
 @pytest.mark.parametrize("rating, label", [(0.5, "positive"), (0.49, None), (-0.49, None), (-0.5, "negative")])
 def test_rating_thresholds_give_labels(rating, label):
     kind, row = R.parse_record(
-        R.SourceSpec("v", "jsonl", rating_field="rating"), f'{{"text": "t", "rating": {rating}}}'.encode()
+        R.SourceSpec("v", "jsonl", rating_field="rating", rating_labels=("negative", "positive")),
+        f'{{"text": "t", "rating": {rating}}}'.encode(),
     )
     assert (kind, row["label"], row["rating"]) == ("record", label, rating)
 
@@ -97,7 +102,7 @@ def test_csv_file_with_multiline_quoted_record_crlf_and_bad_rows():
 
 def test_compressed_files_read_like_plain_ones():
     data = b"id\tsentiment\ttext\n1\t3.0\tgreat\n2\t0.0\tneutral\n"
-    tsv = R.SourceSpec("t", "tsv", rating_field="sentiment")
+    tsv = R.SourceSpec("t", "tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     plain = list(R.parse_file(tsv, "a.txt", data))
     assert list(R.parse_file(tsv, "a.txt.gz", gzip.compress(data))) == plain
     assert list(R.parse_file(tsv, "a.txt.bz2", bz2.compress(data))) == plain
@@ -119,6 +124,31 @@ def test_label_map_keeps_unlabelled_and_rejects_unknown():
         ("record", "negative", None),
         ("reject", None, R.UNKNOWN_LABEL),
     ]
+
+
+def test_without_a_vocabulary_every_label_is_kept_trimmed():
+    spec = R.SourceSpec("news", "jsonl", label_field="topic")
+    rows = [b'{"text": "a", "topic": " World "}', b'{"text": "b", "topic": "sci/tech"}', b'{"text": "c", "topic": " "}']
+    assert [R.parse_record(spec, raw)[1]["label"] for raw in rows] == ["World", "sci/tech", None]
+    renamed = R.SourceSpec("news", "jsonl", label_field="topic", label_map={"World": "world", "sci/tech": None})
+    assert [R.parse_record(renamed, raw)[1]["label"] for raw in rows] == ["world", None, None]
+
+
+def test_vocabulary_rejects_labels_outside_it_after_the_map():
+    spec = R.SourceSpec("p", "jsonl", label_field="l", labels=("neg", "neu", "pos"), label_map={"neutral": "neu"})
+    assert R.parse_record(spec, b'{"text": "a", "l": "neutral"}')[1]["label"] == "neu"
+    assert R.parse_record(spec, b'{"text": "a", "l": "pos"}')[1]["label"] == "pos"
+    assert R.parse_record(spec, b'{"text": "a", "l": "positive"}')[1]["reason"] == R.UNKNOWN_LABEL
+    with pytest.raises(ValueError, match="label_map values must be in labels"):
+        R.SourceSpec("p", "jsonl", label_field="l", labels=("neg",), label_map={"x": "other"})
+    with pytest.raises(ValueError, match="rating_labels"):
+        R.SourceSpec("p", "jsonl", rating_field="r")
+
+
+def test_rating_labels_come_from_the_spec():
+    spec = R.SourceSpec("v", "jsonl", rating_field="r", rating_labels=("bad", "good"))
+    got = [R.parse_record(spec, f'{{"text": "t", "r": {r}}}'.encode())[1]["label"] for r in (2, 0, -2)]
+    assert got == ["good", None, "bad"]
 
 
 def test_duplicates_keep_one_record_and_reject_copies():

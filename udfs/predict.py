@@ -19,6 +19,7 @@ class ScoreSettings:
     """Plain values an executor needs to rebuild the scorer (picklable)."""
 
     head_arrays: Mapping[str, np.ndarray]
+    labels: tuple[str, ...]  # the head's classes, in its output order
     model_dir: str | None
     precision: str
     batch_size: int
@@ -31,12 +32,19 @@ class ScoreSettings:
 
     @classmethod
     def from_config(
-        cls, encoder: EncoderConfig, head_arrays: Mapping[str, np.ndarray], **changes: object
+        cls,
+        encoder: EncoderConfig,
+        head_arrays: Mapping[str, np.ndarray],
+        labels: Sequence[str],
+        **changes: object,
     ) -> ScoreSettings:
         """The settings for encoder (the pipeline config's [encoder]), with
         changes (for example model_dir of a shipped copy) applied."""
+        if head_arrays:  # (empty: settings without a head, for tests of the rest)
+            head_mod.check_labels(head_arrays, labels)
         values: dict = {
             "head_arrays": head_arrays,
+            "labels": tuple(labels),
             "model_dir": encoder.model_dir or None,
             "precision": model.effective_precision(encoder.precision),
             "batch_size": encoder.batch_size,
@@ -87,9 +95,9 @@ def embed_texts(
     device: str = "cpu",
     runtime: str = "torch",
 ) -> np.ndarray:
-    """Embeddings (n, 384); rows whose text is null or empty get NaN."""
+    """Embeddings (n, the encoder's width); rows whose text is null or empty get NaN."""
     present = [(i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
-    out = np.full((len(texts), model.EMBEDDING_DIM), np.nan, dtype=np.float32)
+    out = np.full((len(texts), model.encoder_shape(model_dir).dim), np.nan, dtype=np.float32)
     if present:
         enc = model.load_encoder(model_dir, precision, device, runtime)
         out[[i for i, _ in present]] = model.embed(enc, [t for _, t in present], batch_size, max_length)
@@ -103,7 +111,8 @@ def score_texts(
     assigned_gpus: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per text, in input order: predicted (label or None for a
-    null/empty text), probability of that label, and optionally embedding.
+    null/empty text), probability of that label, probabilities (label ->
+    probability, every class), and optionally embedding.
     assigned_gpus: the GPUs Spark assigned to the task (encoder.device)."""
     set_threads(settings.torch_threads)
     plan = device_plan(settings, assigned_gpus)
@@ -111,12 +120,15 @@ def score_texts(
         texts, settings.model_dir, plan.precision, plan.batch_size, settings.max_length, plan.device, settings.runtime
     )
     ok = ~np.isnan(emb[:, 0]) if len(texts) else np.zeros(0, dtype=bool)
-    labels, probs = head_mod.predict_labels(settings.head_arrays, emb[ok])
+    labels, probs, every = head_mod.predict_labels(settings.head_arrays, settings.labels, emb[ok])
     predicted = np.full(len(texts), None, dtype=object)
     probability = np.full(len(texts), np.nan, dtype=np.float64)
+    probabilities = np.full(len(texts), None, dtype=object)
     predicted[ok] = labels
     probability[ok] = probs
-    out = pd.DataFrame({"predicted": predicted, "probability": probability})
+    names = settings.labels
+    probabilities[ok] = [dict(zip(names, row.tolist(), strict=True)) for row in every]
+    out = pd.DataFrame({"predicted": predicted, "probability": probability, "probabilities": probabilities})
     if with_embedding:
         out["embedding"] = [row.tolist() if good else None for row, good in zip(emb, ok, strict=True)]
     return out

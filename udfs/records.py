@@ -36,7 +36,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-LABELS = ("negative", "positive")
 RECORD_FIELDS = ("id", "source", "text", "label", "rating")
 REJECT_FIELDS = ("id", "source", "reason", "raw")
 
@@ -72,10 +71,13 @@ def wrong_type(field: str) -> str:
 class SourceSpec:
     """How to read one source: its name, format and which fields hold what.
 
-    label_map maps raw label values to a label in LABELS or to None
-    (unlabelled, kept); a value outside the map is rejected. Without a label
-    field, a rating gives the label: >= positive_min positive, <= negative_max
-    negative, otherwise unlabelled (the VADER convention of issue 3).
+    A label field's values are kept as they are read (trimmed), whatever
+    they are; label_map renames raw values (to None: unlabelled, kept) and
+    passes the others through. Only a source that declares its vocabulary
+    (labels) rejects a label outside it as unknown_label. Without a label
+    field, a rating gives the label: >= positive_min rating_labels[1],
+    <= negative_max rating_labels[0], otherwise unlabelled (the VADER
+    convention of issue 3; the names come from the config).
     """
 
     source: str
@@ -84,6 +86,8 @@ class SourceSpec:
     rating_field: str | None = None
     label_field: str | None = None
     label_map: Mapping[str, str | None] | None = None
+    labels: tuple[str, ...] | None = None
+    rating_labels: tuple[str, str] | None = None
     positive_min: float = 0.5
     negative_max: float = -0.5
 
@@ -92,10 +96,13 @@ class SourceSpec:
             raise ValueError("source name must be non-empty")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if self.label_map is not None:
-            bad = {v for v in self.label_map.values() if v is not None and v not in LABELS}
+        if self.labels is not None and self.label_map is not None:
+            vocabulary = set(self.labels)
+            bad = {v for v in self.label_map.values() if v is not None and v not in vocabulary}
             if bad:
-                raise ValueError(f"label_map values must be in {LABELS} or null, got {sorted(bad)}")
+                raise ValueError(f"label_map values must be in labels {list(self.labels)} or null, got {sorted(bad)}")
+        if self.rating_field and not self.label_field and self.rating_labels is None:
+            raise ValueError("a rating field needs rating_labels (the names of a negative and a positive rating)")
 
 
 def record_id(source: str, raw: bytes) -> str:
@@ -321,23 +328,23 @@ def _rating(spec: SourceSpec, fields: dict) -> float | None:
 def _label(spec: SourceSpec, fields: dict, rating: float | None) -> str | None:
     if spec.label_field:
         value = fields.get(spec.label_field)
-        if value is None or value == "":
+        if value is None:
             return None
         if not isinstance(value, str):
             raise _Reject(wrong_type("label"))
-        if spec.label_map is None:
-            if value not in LABELS:
-                raise _Reject(UNKNOWN_LABEL)
-            return value
-        if value not in spec.label_map:
+        value = value.strip()
+        if value == "":
+            return None
+        label = spec.label_map.get(value, value) if spec.label_map is not None else value
+        if label is not None and spec.labels is not None and label not in spec.labels:
             raise _Reject(UNKNOWN_LABEL)
-        return spec.label_map[value]
-    if rating is None:
+        return label
+    if rating is None or spec.rating_labels is None:
         return None
     if rating >= spec.positive_min:
-        return "positive"
+        return spec.rating_labels[1]
     if rating <= spec.negative_max:
-        return "negative"
+        return spec.rating_labels[0]
     return None
 
 

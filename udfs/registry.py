@@ -48,6 +48,14 @@ class HeadVersion:
     def weights_sha256(self) -> str:
         return self.meta["weights_sha256"]
 
+    @property
+    def labels(self) -> list[str]:
+        """The head's classes in its output order (stored at training)."""
+        labels = self.meta.get("labels")
+        if not labels:
+            raise RegistryError(f"{self.ref}: no labels recorded with the head (meta.json 'labels')")
+        return list(labels)
+
 
 def weights_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -51,6 +51,9 @@ def plan_scoring(
     changes: dict = {"model_dir": model_dir, "precision": effective}
     if torch_threads is not None:
         changes["torch_threads"] = torch_threads
-    settings = ScoreSettings.from_config(config.encoder, dict(head.arrays), **changes)
-    lineage = L.lineage(M.ENCODER_NAME, encoder_version, head.ref, head.weights_sha256, run_id, scored_at)
+    settings = ScoreSettings.from_config(config.encoder, dict(head.arrays), head.labels, **changes)
+    # The name recorded at training: the weights check above makes it this
+    # encoder's, and it survives a copy shipped to a task under another name.
+    name = head.meta.get("encoder", {}).get("name") or M.encoder_shape(resolved).name
+    lineage = L.lineage(name, encoder_version, head.ref, head.weights_sha256, run_id, scored_at)
     return ScoringPlan(settings=settings, lineage=lineage, head_ref=head.ref)

@@ -25,8 +25,9 @@ from .worker_env import log_once
 
 
 def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable[..., Column]:
-    """Iterator pandas UDF: text -> struct(predicted, probability[, embedding])."""
-    fields = "predicted string, probability double"
+    """Iterator pandas UDF: text -> struct(predicted, probability,
+    probabilities map<label, probability>[, embedding])."""
+    fields = "predicted string, probability double, probabilities map<string, double>"
     if with_embedding:
         fields += ", embedding array<float>"
 

@@ -29,7 +29,7 @@ from mrjob.step import MRStep
 from jobs.mapreduce.configured import ConfiguredJob
 from udfs import ingest_rows, input_files
 from udfs import records as R
-from udfs.config import parse_label_map
+from udfs.config import ConfigError, parse_label_map, parse_labels
 
 GROUP = "ingest"
 
@@ -51,7 +51,13 @@ class MRIngestRecords(ConfiguredJob):
         self.add_passthru_arg("--text-field", default="text")
         self.add_passthru_arg("--rating-field")
         self.add_passthru_arg("--label-field")
-        self.add_passthru_arg("--label-map", help="map raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled)")
+        self.add_passthru_arg(
+            "--label-map", help="rename raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled; others kept)"
+        )
+        self.add_passthru_arg(
+            "--labels",
+            help="the label vocabulary, e.g. 'negative,neutral,positive' (others: unknown_label; default: keep every label)",
+        )
 
     def steps(self):
         return [
@@ -72,22 +78,31 @@ class MRIngestRecords(ConfiguredJob):
 
     def load_args(self, args):
         super().load_args(args)
-        if self.options.label_map and not self.is_task():
-            parse_label_map(self.options.label_map)  # a bad map fails before any task starts
+        if not self.is_task():
+            self.source_spec()  # a bad map or label set fails before any task starts
+
+    def source_spec(self) -> R.SourceSpec:
+        o = self.options
+        ingest = self.pipeline_config().ingest
+        try:
+            return R.SourceSpec(
+                source=o.source,
+                format=o.format,
+                text_field=o.text_field,
+                rating_field=o.rating_field,
+                label_field=o.label_field,
+                label_map=parse_label_map(o.label_map) if o.label_map else None,
+                labels=parse_labels(o.labels) if o.labels else None,
+                rating_labels=ingest.rating_labels,
+                positive_min=ingest.positive_min,
+                negative_max=ingest.negative_max,
+            )
+        except ValueError as exc:  # ConfigError is one
+            raise ConfigError(f"ingest options: {exc}") from None
 
     def mapper_init_spec(self):
         o = self.options
-        ingest = self.pipeline_config().ingest
-        self.spec = R.SourceSpec(
-            source=o.source,
-            format=o.format,
-            text_field=o.text_field,
-            rating_field=o.rating_field,
-            label_field=o.label_field,
-            label_map=parse_label_map(o.label_map) if o.label_map else None,
-            positive_min=ingest.positive_min,
-            negative_max=ingest.negative_max,
-        )
+        self.spec = self.source_spec()
         self.header = R.parse_header("tsv", o.header.encode()) if o.header else None
         if o.format == "tsv" and not self.header:
             raise ValueError("--format tsv needs --header (the file's field names)")

@@ -1,5 +1,5 @@
-"""mrjob twin of the Spark score job: all-MiniLM-L6-v2 + the sentiment head
-applied in the mapper, in length-sorted batches, one torch thread per task.
+"""mrjob twin of the Spark score job: the encoder + a trained head applied
+in the mapper, in length-sorted batches, one torch thread per task.
 
 The model travels to the tasks the mrjob way, as directories uploaded with
 the job (mrjob's `dirs`): the encoder as `./encoder` and the registered head
@@ -207,11 +207,11 @@ class MRScoreRecords(ConfiguredJob):
         scored = score_texts([r.get("text") for r in rows], self.settings, with_embedding)
         self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
         embeddings = scored["embedding"] if with_embedding else [None] * len(rows)
-        for row, predicted, probability, emb in zip(
-            rows, scored["predicted"], scored["probability"], embeddings, strict=True
+        for row, predicted, probability, probabilities, emb in zip(
+            rows, scored["predicted"], scored["probability"], scored["probabilities"], embeddings, strict=True
         ):
             self.increment_counter(GROUP, "rows")
-            yield None, L.scored_row_json(row, predicted, probability, self.lineage, emb, with_embedding)
+            yield None, L.scored_row_json(row, predicted, probability, self.lineage, emb, with_embedding, probabilities)
 
 
 if __name__ == "__main__":

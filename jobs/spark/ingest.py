@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 from jobs.spark import common
 from udfs import ingest_batches as B
 from udfs import records as R
-from udfs.config import ConfigError, PipelineConfig, parse_label_map
+from udfs.config import ConfigError, PipelineConfig, parse_label_map, parse_labels
 from udfs.input_files import UnreadableInputError
 
 log = logging.getLogger(__name__)
@@ -297,21 +297,7 @@ def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partiti
 
 def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     if args.format:
-        specs = [
-            (
-                args.input,
-                R.SourceSpec(
-                    source=args.source,
-                    format=args.format,
-                    text_field=args.text_field,
-                    rating_field=args.rating_field,
-                    label_field=args.label_field,
-                    label_map=args.label_map,
-                    positive_min=cfg.ingest.positive_min,
-                    negative_max=cfg.ingest.negative_max,
-                ),
-            )
-        ]
+        specs = [(args.input, cli_spec(cfg, args))]
     else:
         names = args.sources.split(",") if args.sources else [s.name for s in cfg.ingest.sources]
         chosen = [cfg.source(n) for n in names]
@@ -361,7 +347,13 @@ def parser():
     p.add_argument(
         "--label-map",
         type=parse_label_map_arg,
-        help="with --format: map raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled)",
+        help="with --format: rename raw labels, e.g. 'neutral=,pos=positive' (empty: unlabelled; others kept)",
+    )
+    p.add_argument(
+        "--labels",
+        type=parse_labels_arg,
+        help="with --format: the label vocabulary, e.g. 'negative,neutral,positive' (others: unknown_label; "
+        "default: keep every label)",
     )
     p.add_argument("--partitions", type=int, help="partitions to parse and deduplicate in")
     return p
@@ -372,6 +364,33 @@ def parse_label_map_arg(text: str) -> dict:
         return parse_label_map(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_labels_arg(text: str) -> tuple[str, ...]:
+    try:
+        return parse_labels(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cli_spec(cfg: PipelineConfig, args) -> R.SourceSpec:
+    """The one source that --format and its options describe; ConfigError
+    where they contradict each other (a --label-map value outside --labels)."""
+    try:
+        return R.SourceSpec(
+            source=args.source,
+            format=args.format,
+            text_field=args.text_field,
+            rating_field=args.rating_field,
+            label_field=args.label_field,
+            label_map=args.label_map,
+            labels=args.labels,
+            rating_labels=cfg.ingest.rating_labels,
+            positive_min=cfg.ingest.positive_min,
+            negative_max=cfg.ingest.negative_max,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"ingest options: {exc}") from None
 
 
 def report(out: dict) -> None:
@@ -385,7 +404,9 @@ def report(out: dict) -> None:
 
 def check_sources(cfg: PipelineConfig, args) -> dict:
     """Before Spark starts: every --sources name is configured (ConfigError
-    naming it and the known ones)."""
+    naming it and the known ones), and the --format options agree."""
+    if args.format:
+        cli_spec(cfg, args)
     if not args.format and args.sources:
         for name in args.sources.split(","):
             cfg.source(name)

@@ -1,8 +1,8 @@
-"""Score records with all-MiniLM-L6-v2 + the sentiment head through an
-iterator pandas UDF (model loaded once per Python worker, batches sorted by
-length), keeping every input column and id, adding the predicted label, its
-probability, optionally the embedding, and lineage (encoder and version,
-head and version, run id, time).
+"""Score records with the encoder + a trained head through an iterator
+pandas UDF (model loaded once per Python worker, batches sorted by length),
+keeping every input column and id, adding the predicted label, its
+probability, every class's probability (a map), optionally the embedding,
+and lineage (encoder and version, head and version, run id, time).
 
 Run with:
     ./submit.sh score --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
@@ -33,11 +33,12 @@ LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 
 
 def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool = False) -> DataFrame:
-    """records' columns + predicted, probability[, embedding] + lineage."""
+    """records' columns + predicted, probability, probabilities[, embedding] + lineage."""
     scored = records.withColumn("_score", scorer(F.col("text")))
     extra: list[Column] = [
         F.col("_score.predicted").alias("predicted"),
         F.col("_score.probability").alias("probability"),
+        F.col("_score.probabilities").alias("probabilities"),
     ]
     if with_embedding:
         extra.append(F.col("_score.embedding").alias("embedding"))

@@ -1,7 +1,8 @@
-"""Train the sentiment head: embed the labelled records (pandas UDF over the
-encoder), split train/test by a hash of the id, fit a small torch head on the
-driver, report its test accuracy next to the majority-class baseline, and
-register it as a new immutable version (name@N) in the model registry.
+"""Train a classification head: embed the labelled records (pandas UDF over
+the encoder), split train/test by a hash of the id, fit a small torch head
+for the 2..N classes the labelled rows hold on the driver, report its test
+accuracy, per-class precision / recall / F1 and the majority-class baseline,
+and register it as a new immutable version (name@N) in the model registry.
 
 Run with:
     ./submit.sh train --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records [--sample-percent 25]
@@ -36,23 +37,32 @@ def labelled_rows(records: DataFrame, test_percent: int, sample_percent: float =
     return rows.select("id", "text", "label", split_udf(test_percent)(F.col("id")).alias("split"))
 
 
-def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settings) -> tuple[dict, dict]:
-    """Train on the train split, evaluate on the test split: (arrays, report)."""
+def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settings, where: str) -> tuple[dict, dict]:
+    """Train on the train split, evaluate on the test split: (arrays, report).
+    The classes are the labelled rows' vocabulary, sorted (H.LabelSetError
+    naming `where` and the counts for one class or a class too small)."""
     splits = np.asarray(splits)
     labels = np.asarray(labels, dtype=object)
+    vocab = H.check_label_set(list(labels), cfg.min_class_rows, where)
     tr, te = splits == "train", splits == "test"
     if not tr.any() or not te.any():
         raise ValueError(f"need labelled rows in both splits, got train {int(tr.sum())}, test {int(te.sum())}")
-    arrays = H.train_head(embeddings[tr], list(labels[tr]), cfg)
-    predicted, _ = H.predict_labels(arrays, embeddings[te])
-    acc = H.accuracy(predicted, list(labels[te]))
-    majority, base = H.majority_baseline(list(labels[tr]), list(labels[te]))
+    arrays = H.train_head(embeddings[tr], list(labels[tr]), vocab, cfg)
+    predicted, _, _ = H.predict_labels(arrays, vocab, embeddings[te])
+    truth = list(labels[te])
+    acc = H.accuracy(predicted, truth)
+    majority, base = H.majority_baseline(list(labels[tr]), truth)
+    matrix = H.confusion_matrix(predicted, truth, vocab)
     report = {
         "train_rows": int(tr.sum()),
         "test_rows": int(te.sum()),
+        "labels": vocab,
+        "label_counts": H.label_counts(list(labels)),
         "test_accuracy": round(acc, 6),
         "majority_label": majority,
         "majority_baseline": round(base, 6),
+        "per_class": H.per_class_metrics(matrix, vocab),
+        "confusion_matrix": matrix,
         "train_settings": cfg.model_dump(include={"hidden", "epochs", "learning_rate", "weight_decay", "seed"}),
         "encoder": encoder_settings,
     }
@@ -72,20 +82,24 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     embeddings = np.asarray([r["embedding"] for r in collected], dtype=np.float32)
     version_id = M.weights_version(str(M.resolve_model_dir(model_dir).resolve()))
     encoder_settings = {
-        "name": M.ENCODER_NAME,
+        "name": M.encoder_shape(model_dir).name,
         "version": version_id,
         "precision": M.effective_precision(enc.precision),
-        "max_length": enc.max_length,
+        "max_length": M.effective_max_length(M.encoder_shape(model_dir), enc.max_length),
     }
     arrays, report = fit_and_evaluate(
-        [r["label"] for r in collected], [r["split"] for r in collected], embeddings, cfg.train, encoder_settings
+        [r["label"] for r in collected],
+        [r["split"] for r in collected],
+        embeddings,
+        cfg.train,
+        encoder_settings,
+        args.input,
     )
     meta = dict(
         report,
         trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=args.input,
         sample_percent=args.sample_percent,
-        labels=list(H.LABELS),
         run_id=common.new_run_id(),
     )
     registry = Registry(cfg.registry_path(common.home()))
@@ -108,11 +122,15 @@ def parser():
 
 def report(out: dict) -> None:
     print(f"train: registered {out['model']} (weights {out['weights_sha256'][:12]}) in {out['registry']}")
-    print(f"  rows: train {out['train_rows']}, test {out['test_rows']}")
+    print(f"  rows: train {out['train_rows']}, test {out['test_rows']}; labels {out['label_counts']}")
     print(
         f"  test accuracy {out['test_accuracy']:.4f} vs majority baseline "
         f"{out['majority_baseline']:.4f} (always '{out['majority_label']}')"
     )
+    width = max(len(label) for label in out["per_class"])
+    print(f"  {'class':<{width}}  precision  recall  f1      support")
+    for label, m in out["per_class"].items():
+        print(f"  {label:<{width}}  {m['precision']:.4f}     {m['recall']:.4f}  {m['f1']:.4f}  {m['support']}")
     print("  " + json.dumps({k: out[k] for k in ("model", "test_accuracy", "majority_baseline")}))
 
 

@@ -48,13 +48,14 @@ def tiny_registry(tmp_path_factory, movie_lines):
     from udfs.predict import embed_texts
     from udfs.registry import Registry
 
-    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     header = R.parse_header("tsv", movie_lines[0])
     rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:]]
     rows = [r for r in rows if r.get("label")]
     enc = EncoderConfig()
     emb = embed_texts([r["text"] for r in rows], None, enc.precision, enc.batch_size, enc.max_length)
-    arrays = H.train_head(emb, [r["label"] for r in rows], TrainConfig(hidden=16, epochs=60))
+    vocab = H.vocabulary([r["label"] for r in rows])
+    arrays = H.train_head(emb, [r["label"] for r in rows], vocab, TrainConfig(hidden=16, epochs=60))
     registry = Registry(tmp_path_factory.mktemp("models"))
     from udfs import model as M
 
@@ -62,6 +63,10 @@ def tiny_registry(tmp_path_factory, movie_lines):
     registry.register(
         "sentiment",
         arrays,
-        {"encoder": {"name": M.ENCODER_NAME, "version": version, "precision": "fp32"}, "trained_on": len(rows)},
+        {
+            "encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"},
+            "trained_on": len(rows),
+            "labels": vocab,
+        },
     )
     return registry

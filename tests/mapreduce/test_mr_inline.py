@@ -126,7 +126,7 @@ def test_ingest_tsv_with_header(movie_lines):
     assert rejects == []
     assert len(records) == 20
     header = R.parse_header("tsv", lines[0])
-    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     expected = [R.parse_record(spec, raw, header)[1] for raw in lines[1:]]
     assert sorted(records, key=lambda r: r["id"]) == sorted(expected, key=lambda r: r["id"])
 
@@ -197,7 +197,7 @@ def score_args(registry, *extra):
 def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
     from udfs.predict import ScoreSettings, score_texts
 
-    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     header = R.parse_header("tsv", movie_lines[0])
     rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:41]]
     reject = {"id": "r1", "source": "movies", "reason": "malformed_json", "raw": "x"}
@@ -206,7 +206,9 @@ def test_score_matches_the_model_called_directly(tiny_registry, movie_lines):
     scored = {r["id"]: r for r in json_lines(out)}
     assert set(scored) == {r["id"] for r in rows}
     head = tiny_registry.load("sentiment@1")
-    direct = score_texts([r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays)))
+    direct = score_texts(
+        [r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
+    )
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         got = scored[row["id"]]
         assert {k: got[k] for k in row} == row  # input columns kept as they were

@@ -103,7 +103,7 @@ def test_ingest_good_and_bad_rows(runner):
 def test_score_good_rows(runner, tiny_registry, movie_lines):
     from udfs.predict import ScoreSettings, score_texts
 
-    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     header = R.parse_header("tsv", movie_lines[0])
     rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:31]]
     src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
@@ -114,7 +114,9 @@ def test_score_good_rows(runner, tiny_registry, movie_lines):
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     scored = {r["id"]: r for r in lines_of(runner.read(out))}
     head = tiny_registry.load("sentiment@1")
-    direct = score_texts([r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays)))
+    direct = score_texts(
+        [r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
+    )
     assert set(scored) == {r["id"] for r in rows}
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         assert scored[row["id"]]["predicted"] == predicted

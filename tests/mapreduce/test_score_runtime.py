@@ -30,7 +30,7 @@ def rows(movie_lines):
     from udfs.config import load_config
     from udfs.records import SourceSpec, parse_header, parse_record
 
-    spec = SourceSpec(source="movies", format="tsv", rating_field="sentiment")
+    spec = SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     header = parse_header("tsv", movie_lines[0])
     short = [parse_record(spec, raw, header)[1] for raw in movie_lines[1:121]]
     from pathlib import Path
