@@ -188,7 +188,7 @@ def test_packed_rows_resolve_like_the_id_group_rule():
 
     from udfs.ingest_rows import pack_parsed, resolve_packed
 
-    spec = R.SourceSpec("s", "tsv", rating_field="r")
+    spec = R.SourceSpec("s", "tsv", rating_field="r", rating_labels=("negative", "positive"))
     header = ["a", "text", "r"]
     raw = "tab\tinside café\t1.0".encode()  # a record whose raw holds tabs and non-ASCII
     parsed = [R.parse_line(spec, raw, header)] * 2 + [R.parse_line(spec, b"one field", header)] * 2
