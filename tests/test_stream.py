@@ -31,6 +31,9 @@ N_GOOD = 300
 
 pytestmark = [
     pytest.mark.slow,
+    # The first test sets up HDFS, the trained head, the batch jobs and a drain:
+    # 737 s on a 2-core machine at load average 21 (the default 900 s is per test).
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         not any(CONNECTOR.glob("spark-sql-kafka-0-10_2.13-*.jar")),
         reason=f"no spark-sql-kafka-0-10 connector for Spark {pyspark.__version__} in {CONNECTOR} "
