@@ -37,7 +37,7 @@ CASES = {
 def config(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("labelsets")
     text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/models"', f'registry_dir = "{base / "models"}"')
+    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
     text = text.replace("epochs = 150", "epochs = 60").replace("min_class_rows = 5", "min_class_rows = 3")
     path = base / "pipeline.toml"
     path.write_text(text)

@@ -9,9 +9,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs.spark import common, score
+from tests.model_store import TestStore
 from udfs.config import EncoderConfig, load_config
 from udfs.predict import ScoreSettings, score_texts
-from udfs.registry import Registry
 from udfs.spark import score_udf
 
 LINEAGE = {
@@ -27,7 +27,7 @@ LINEAGE = {
 @pytest.fixture(scope="module")
 def head(trained):
     cfg = load_config(trained["config"])
-    return Registry(cfg.registry_path(common.home())).load(trained["model"])
+    return TestStore(cfg.registry_path(common.home())).load(trained["model"])
 
 
 def test_udf_equals_direct_python_to_1e5(spark, trained, head):
