@@ -116,3 +116,22 @@ def test_config_errors_name_file_and_key():
         parse_config({"ingest": {"sources": [{"name": "x", "file": "f", "format": "xml"}]}})
     with pytest.raises(ConfigError, match="no such config file"):
         load_config("/nonexistent/pipeline.toml")
+
+
+@pytest.mark.parametrize("job", ["train", "score"])
+def test_jobs_stop_early_on_an_unreachable_store(job, tmp_path, monkeypatch, capsys):
+    """One line, exit 2, before Spark starts (no session is created here)."""
+    import importlib
+
+    from infra.hdfs import free_ports
+
+    (port,) = free_ports(1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AIBATCH_JOB_LOG", str(tmp_path / "job.log"))
+    module = importlib.import_module(f"jobs.spark.{job}")
+    argv = ["--config", str(REPO / "conf" / "pipeline.toml"), "--input", str(tmp_path)]
+    if job == "score":
+        argv += ["--output", str(tmp_path / "out"), "--model", "models:/topics/1"]
+    assert module.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"MLflow tracking store http://127.0.0.1:{port} cannot be reached" in err[0]
