@@ -60,8 +60,8 @@ def make_registry(base: Path, cfg) -> Path:
     600 labelled real rows (its accuracy is not what is measured)."""
     from udfs import head as H
     from udfs import model as M
+    from udfs import models
     from udfs.predict import embed_texts
-    from udfs.registry import Registry
 
     rows = default_rows(cfg, 3000)
     rows = rows[rows["label"].notna()].head(600)
@@ -69,9 +69,10 @@ def make_registry(base: Path, cfg) -> Path:
     emb = embed_texts(rows["text"].tolist(), None, enc.precision, enc.batch_size, enc.max_length)
     vocab = H.vocabulary(rows["label"].tolist())
     arrays = H.train_head(emb, rows["label"].tolist(), vocab, cfg.train.model_copy(update={"epochs": 60, "hidden": 16}))
-    registry = Registry(base / "models")
+    root = base / "models"
+    store = models.Store(models.tracking_uri("", root), root)
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
-    registry.register(
+    store.log_trained(
         "sentiment",
         arrays,
         {
@@ -79,11 +80,14 @@ def make_registry(base: Path, cfg) -> Path:
             "trained_on": len(rows),
             "labels": vocab,
         },
+        {},
+        {},
+        {},
     )
     text = (REPO / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/models"' in text
+    assert 'registry_dir = "var/mlflow"' in text
     path = base / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/models"', f'registry_dir = "{registry.root}"'))
+    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{root}"'))
     return path
 
 

@@ -42,11 +42,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def plain_python(rows, registry, ref, threads: int) -> float:
+def plain_python(rows, store, ref, threads: int) -> float:
     from udfs import model as M
+    from udfs import models
     from udfs.predict import ScoreSettings, score_texts
 
-    head = registry.load(ref)
+    head = models.load(store, ref)
     settings = ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels, torch_threads=threads)
     M.load_encoder(None)  # load time is not throughput: the twins load theirs in mapper_init too
     start = time.perf_counter()
@@ -92,16 +93,17 @@ def main() -> int:
         "start-up excluded (0: skip)",
     )
     parser.add_argument(
-        "--model", default="sentiment@latest", help="head version in the registry (default registry var/models)"
+        "--model", default="sentiment@latest", help="model URI or name@N in the MLflow store (default var/mlflow)"
     )
-    parser.add_argument("--registry-dir", default=str(ROOT / "var" / "models"))
+    parser.add_argument("--registry-dir", default=str(ROOT / "var" / "mlflow"), help="the embedded MLflow store")
     args = parser.parse_args()
     runners = [r for r in args.runners.split(",") if r]
 
-    from udfs.registry import Registry
+    from udfs import models
 
-    registry = Registry(args.registry_dir)
-    ref = registry.resolve(args.model)
+    registry_root = Path(args.registry_dir)
+    store = models.Store(models.tracking_uri("", registry_root), registry_root)
+    ref = args.model
     cfg = load_config(ROOT / "conf" / "pipeline.toml")
     frame = mixed_rows(cfg, args.rows) if args.workload == "mixed" else default_rows(cfg, args.rows)
     rows = frame.to_dict("records")
@@ -115,7 +117,7 @@ def main() -> int:
     )
 
     results = {}
-    seconds = plain_python(rows, registry, ref, threads=cores)
+    seconds = plain_python(rows, store, ref, threads=cores)
     results["plain Python (limit)"] = seconds
     print(f"  plain Python, {cores} torch threads: {len(rows) / seconds:8.1f} rows/s", flush=True)
 
@@ -152,13 +154,13 @@ def main() -> int:
                             runner,
                             f"{node.hdfs_url}{base}/{path.name}",
                             f"{node.hdfs_url}{base}/scored-{name}",
-                            registry.root,
+                            registry_root,
                             ref,
                             env,
                         )
                     else:
                         s = run_twin(
-                            runner, str(path), str(Path(tmp) / f"out-{runner}-{name}"), registry.root, ref, env
+                            runner, str(path), str(Path(tmp) / f"out-{runner}-{name}"), registry_root, ref, env
                         )
                     if name == "records":
                         results[f"mrjob -r {runner}"] = s

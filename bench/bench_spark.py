@@ -49,10 +49,10 @@ import bench_precision as precision  # noqa: E402
 from scripts.datasets import package_file  # noqa: E402
 from udfs import head as H  # noqa: E402
 from udfs import model as M  # noqa: E402
+from udfs import models  # noqa: E402
 from udfs import records as R  # noqa: E402
 from udfs.config import load_config  # noqa: E402
 from udfs.predict import ScoreSettings, score_texts, set_threads  # noqa: E402
-from udfs.registry import Registry  # noqa: E402
 
 log = logging.getLogger("bench")
 CORES = 2
@@ -125,7 +125,7 @@ def mixed_runs(frame: pd.DataFrame, config: str, ref: str, per_core: list[int], 
         src.mkdir()
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), src / "part-00000.parquet")
         cfg = load_config(config)
-        head = Registry(cfg.registry_path(REPO)).load(ref)
+        head = models.load(models.open_store(cfg, REPO), ref)
         settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, torch_threads=1)
         spark = spark_session()
         try:
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
-    head = Registry(cfg.registry_path(REPO)).load(args.model)
+    head = models.load(models.open_store(cfg, REPO), args.model)
     settings = ScoreSettings.from_config(cfg.encoder, dict(head.arrays), head.labels, precision="fp32", torch_threads=1)
     print(
         f"bench: {M.encoder_shape(cfg.encoder.model_dir or None).name} fp32 + head {head.ref}, {CORES} cores ({cpu_name()}), "

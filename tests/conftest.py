@@ -102,8 +102,8 @@ def pipeline_config(tmp_path_factory) -> Path:
     """conf/pipeline.toml with the model registry in a private temp dir."""
     base = tmp_path_factory.mktemp("pipeline")
     text = (REPO_ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/models"' in text
-    text = text.replace('registry_dir = "var/models"', f'registry_dir = "{base / "models"}"')
+    assert 'registry_dir = "var/mlflow"' in text
+    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
     path = base / "pipeline.toml"
     path.write_text(text)
     return path

@@ -37,7 +37,7 @@ CASES = {
 def config(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("labelsets")
     text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/models"', f'registry_dir = "{base / "models"}"')
+    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
     text = text.replace("epochs = 150", "epochs = 60").replace("min_class_rows = 5", "min_class_rows = 3")
     path = base / "pipeline.toml"
     path.write_text(text)
@@ -176,3 +176,28 @@ def test_train_refuses_a_label_set_it_cannot_fit(counts, message, spark, config,
     with pytest.raises(LabelSetError, match=message) as err:
         spark_job(spark, train, config, "--input", str(tmp_path / "rec"))
     assert str(tmp_path / "rec") in str(err.value)  # names the input
+
+
+def test_the_training_run_is_in_mlflow_and_its_model_loads_as_pyfunc(chains, config):
+    import mlflow
+    import pandas as pd
+
+    from udfs import models
+    from udfs.config import load_config
+
+    store = models.open_store(load_config(config), ROOT)
+    summary = chains["five"]["train"]
+    run = store.client.get_run(summary["mlflow_run_id"])
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert metrics["majority_baseline"] == pytest.approx(summary["majority_baseline"])
+    for i, label in enumerate(summary["labels"]):
+        assert metrics[f"class{i}.{label}.f1"] == pytest.approx(summary["per_class"][label]["f1"])
+    assert run.data.params["head_weights_sha256"] == summary["weights_sha256"]
+    path = store.client.download_artifacts(run.info.run_id, "confusion_matrix.json", str(chains["five"]["raw"].parent))
+    confusion = json.loads(Path(path).read_text())
+    assert (confusion["labels"], confusion["matrix"]) == (summary["labels"], summary["confusion_matrix"])
+    # the registered version is an MLflow pyfunc anyone can load and call
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["Where is the Eiffel Tower ?", "How many feet are in a mile ?"]}))
+    assert set(out["predicted"]) <= set(summary["labels"]) and list(out.columns)[:2] == ["predicted", "probability"]

@@ -15,11 +15,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.spark import common, score
+from tests.model_store import TestStore
 from udfs import model as M
 from udfs import partitioning as P
 from udfs import records as R
 from udfs.config import EncoderConfig, TrainConfig, load_config
-from udfs.registry import Registry
 from udfs.spark import COST_COLUMN, balance_by_cost
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
     text = (
         (REPO / "conf" / "pipeline.toml")
         .read_text()
-        .replace('registry_dir = "var/models"', f'registry_dir = "{base / "models"}"')
+        .replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
     )
     config = base / "pipeline.toml"
     config.write_text(text)
@@ -78,7 +78,7 @@ def setup(tmp_path_factory):
     vocab = H.vocabulary([r["label"] for r in labelled])
     arrays = H.train_head(emb, [r["label"] for r in labelled], vocab, TrainConfig(hidden=8, epochs=30))
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))
-    Registry(cfg.registry_path(REPO)).register(
+    TestStore(cfg.registry_path(REPO)).register(
         "sentiment",
         arrays,
         {"encoder": {"name": M.DEFAULT_ENCODER_NAME, "version": version, "precision": "fp32"}, "labels": vocab},

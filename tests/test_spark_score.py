@@ -9,9 +9,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs.spark import common, score
+from tests.model_store import TestStore
 from udfs.config import EncoderConfig, load_config
 from udfs.predict import ScoreSettings, score_texts
-from udfs.registry import Registry
 from udfs.spark import score_udf
 
 LINEAGE = {
@@ -19,6 +19,8 @@ LINEAGE = {
     "encoder_version": "v",
     "head": "sentiment@1",
     "head_version": "h",
+    "model_uri": "models:/sentiment/1",
+    "model_run_id": "m",
     "run_id": "r",
     "scored_at": None,
 }
@@ -27,7 +29,7 @@ LINEAGE = {
 @pytest.fixture(scope="module")
 def head(trained):
     cfg = load_config(trained["config"])
-    return Registry(cfg.registry_path(common.home())).load(trained["model"])
+    return TestStore(cfg.registry_path(common.home())).load(trained["model"])
 
 
 def test_udf_equals_direct_python_to_1e5(spark, trained, head):
@@ -62,6 +64,7 @@ def test_transform_on_literal_frame(spark, head):
         "rating",
         "predicted",
         "probability",
+        "probabilities",
         *score.LINEAGE_COLUMNS,
     ]
     expected = spark.createDataFrame(
@@ -96,6 +99,8 @@ def test_end_to_end_on_hdfs(spark, trained, hdfs):
     assertDataFrameEqual(scored.select("id", "source", "text", "label", "rating"), records)
     lineage = scored.select(*score.LINEAGE_COLUMNS).distinct().collect()
     assert len(lineage) == 1 and lineage[0]["head"] == trained["model"]
+    assert lineage[0]["model_uri"] == trained["summary"]["model_uri"]
+    assert lineage[0]["model_run_id"] == trained["summary"]["mlflow_run_id"]
     assert lineage[0]["encoder_version"] == trained["summary"]["encoder"]["version"]
     assert scored.where(F.size("embedding") != 384).count() == 0
     assert scored.where(F.col("predicted").isNull()).count() == 0
@@ -141,7 +146,7 @@ def test_unknown_model_fails_before_spark_starts(trained, monkeypatch, capsys):
     rc = score.cli(["--config", trained["config"], "--input", "x", "--output", "y", "--model", "sentiment@99"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "unknown model 'sentiment@99'" in err and "known: sentiment@1" in err
+    assert "unknown model 'models:/sentiment/99'" in err and "registered: sentiment (versions 1)" in err
 
 
 def test_head_trained_on_other_encoder_weights_fails(spark, tmp_path, trained, head):

@@ -53,7 +53,7 @@ def test_bad_config_names_the_key(tmp_path):
 def test_unknown_model_fails_before_spark_starts(tmp_path, pipeline_config):
     r = submit(["--config", pipeline_config, "score", "--input", "x", "--output", "y", "--model", "nosuch@3"], tmp_path)
     assert r.returncode == 2
-    assert "unknown model 'nosuch@3'" in r.out and "known:" in r.out
+    assert "unknown model 'models:/nosuch/3'" in r.out and "registered:" in r.out
     assert "SparkContext" not in r.out
 
 

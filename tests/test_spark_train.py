@@ -7,9 +7,9 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from jobs.spark import common, train
+from tests.model_store import TestStore
 from udfs.config import load_config
 from udfs.records import split_of
-from udfs.registry import Registry
 
 
 def test_labelled_rows_on_literal_frame(spark):
@@ -34,7 +34,7 @@ def test_trained_head_is_registered_with_report(trained, spark):
     labelled = spark.read.parquet(trained["records"]).where("label is not null").count()
     assert summary["train_rows"] + summary["test_rows"] == labelled
     assert 0.5 <= summary["majority_baseline"] <= 1 and 0 <= summary["test_accuracy"] <= 1
-    head = Registry(load_config(trained["config"]).registry_path(common.home())).load(trained["model"])
+    head = TestStore(load_config(trained["config"]).registry_path(common.home())).load(trained["model"])
     assert head.meta["test_accuracy"] == summary["test_accuracy"]
     assert head.meta["encoder"]["name"] == "all-MiniLM-L6-v2" and head.meta["labels"] == ["negative", "positive"]
     assert set(head.arrays) == {"l0.weight", "l0.bias", "l1.weight", "l1.bias"}

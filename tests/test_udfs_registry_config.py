@@ -1,12 +1,15 @@
-"""Model registry (immutable versions) and pipeline settings validation."""
+"""Models in MLflow (versions, URIs, runs, bad references) and pipeline settings validation."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.model_store import TestStore
+from udfs import models
 from udfs.config import ConfigError, load_config, parse_config
-from udfs.registry import Registry, RegistryError
+from udfs.models import ModelError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -15,42 +18,80 @@ def arrays(v):
     return {"l0.weight": np.full((2, 3), v, dtype=np.float32), "l0.bias": np.zeros(2, dtype=np.float32)}
 
 
-def test_register_creates_immutable_numbered_versions(tmp_path):
-    reg = Registry(tmp_path)
-    one = reg.register("sentiment", arrays(1.0), {"note": "a"})
-    two = reg.register("sentiment", arrays(2.0), {"note": "b"})
-    assert (one.ref, two.ref) == ("sentiment@1", "sentiment@2")
-    assert one.weights_sha256 != two.weights_sha256
-    assert reg.resolve("sentiment@latest") == "sentiment@2"
-    again = reg.load("sentiment@1")
-    np.testing.assert_array_equal(again.arrays["l0.weight"], arrays(1.0)["l0.weight"])
-    assert again.meta["note"] == "a"
-    weights = tmp_path / "sentiment" / "1" / "head.safetensors"
-    assert not weights.stat().st_mode & 0o222  # read-only
-    assert reg.known() == ["sentiment@1", "sentiment@2"]
+META = {"labels": ["a", "b"], "encoder": {"name": "e", "version": "v"}}
 
 
-def test_unknown_version_lists_known_ones(tmp_path):
-    reg = Registry(tmp_path)
-    with pytest.raises(RegistryError, match="known: none"):
-        reg.load("sentiment@1")
-    reg.register("sentiment", arrays(1.0), {})
-    with pytest.raises(RegistryError, match=r"unknown model 'sentiment@7'.*known: sentiment@1"):
-        reg.load("sentiment@7")
-    with pytest.raises(RegistryError, match="name@N"):
-        reg.resolve("sentiment")
+def test_train_registers_numbered_versions_found_by_every_uri_kind(tmp_path):
+    reg = TestStore(tmp_path)
+    one = reg.register("topics", arrays(1.0), {**META, "note": "a"})
+    two = reg.register("topics", arrays(2.0), {**META, "note": "b"})
+    assert (one.ref, two.ref, one.uri) == ("topics@1", "topics@2", "models:/topics/1")
+    assert one.weights_sha256 != two.weights_sha256 and one.run_id != two.run_id
+    reg.store.client.set_registered_model_alias("topics", "champion", "1")
+    for ref, version in [
+        ("models:/topics/1", 1),
+        ("topics@1", 1),  # the old name@N form
+        ("models:/topics/latest", 2),
+        ("topics@latest", 2),
+        ("models:/topics@champion", 1),
+        (f"runs:/{two.run_id}/model", None),
+    ]:
+        head = reg.load(ref)
+        assert (head.version, head.meta["note"]) == (version, "a" if version == 1 else "b"), ref
+        assert head.labels == ["a", "b"]
+    np.testing.assert_array_equal(reg.load("topics@1").arrays["l0.weight"], arrays(1.0)["l0.weight"])
+    # a local model dir (an MLflow model downloaded, or the head's own files)
+    local = models.download_to(reg.store, "models:/topics/2", tmp_path / "copy")
+    assert models.load(None, str(tmp_path / "copy" / "head")).weights_sha256 == local.weights_sha256
+
+
+def test_the_run_holds_params_metrics_and_the_confusion_matrix(tmp_path):
+    reg = TestStore(tmp_path)
+    head = reg.store.log_trained(
+        "topics", arrays(1.0), META, {"train.epochs": 3}, {"test_accuracy": 0.5}, {"matrix": [[1, 0], [1, 0]]}
+    )
+    run = reg.store.client.get_run(head.run_id)
+    assert run.data.metrics["test_accuracy"] == 0.5
+    assert run.data.params["train.epochs"] == "3" and run.data.params["head_weights_sha256"] == head.weights_sha256
+    path = reg.store.client.download_artifacts(head.run_id, "confusion_matrix.json", str(tmp_path))
+    assert json.loads(Path(path).read_text()) == {"matrix": [[1, 0], [1, 0]]}
+
+
+def test_unknown_models_name_what_the_registry_holds(tmp_path):
+    reg = TestStore(tmp_path)
+    with pytest.raises(ModelError, match="no registered models"):
+        reg.load("models:/topics/1")
+    reg.register("topics", arrays(1.0), META)
+    with pytest.raises(ModelError, match=r"unknown model 'models:/topics/7'.*registered: topics \(versions 1\)"):
+        reg.load("topics@7")
+    with pytest.raises(ModelError, match=r"unknown model 'models:/topics@gold'"):
+        reg.load("models:/topics@gold")
+    with pytest.raises(ModelError, match="not a model URI"):
+        reg.load("topics")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="not a model directory"):
+        models.load(None, str(tmp_path / "empty"))
 
 
 def test_tampered_weights_fail_their_hash(tmp_path):
-    reg = Registry(tmp_path)
-    reg.register("sentiment", arrays(1.0), {})
-    weights = tmp_path / "sentiment" / "1" / "head.safetensors"
-    weights.chmod(0o644)
+    reg = TestStore(tmp_path)
+    reg.register("topics", arrays(1.0), META)
+    models.download_to(reg.store, "topics@1", tmp_path / "copy")
+    weights = tmp_path / "copy" / "head" / models.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(RegistryError, match="hash"):
-        reg.load("sentiment@1")
+    with pytest.raises(ModelError, match="hash"):
+        models.load(None, str(tmp_path / "copy" / "head"))
+
+
+def test_an_unreachable_tracking_server_is_one_error(tmp_path):
+    from infra.hdfs import free_ports
+
+    (port,) = free_ports(1)
+    store = models.Store(f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelError, match=rf"MLflow tracking store http://127.0.0.1:{port} cannot be reached"):
+        store.check()
 
 
 def test_project_config_loads_with_five_default_sources():
@@ -67,9 +108,7 @@ def test_project_config_loads_with_five_default_sources():
 
 def test_config_errors_name_file_and_key():
     with pytest.raises(ConfigError) as err:
-        parse_config(
-            {"encoder": {"precision": "fp16", "batch_size": 0}, "score": {"model": "sentiment"}, "bogus": 1}, "p.toml"
-        )
+        parse_config({"encoder": {"precision": "fp16", "batch_size": 0}, "score": {"model": ""}, "bogus": 1}, "p.toml")
     text = str(err.value)
     for key in ("p.toml: encoder.precision", "p.toml: encoder.batch_size", "p.toml: score.model", "p.toml: bogus"):
         assert key in text
@@ -77,3 +116,22 @@ def test_config_errors_name_file_and_key():
         parse_config({"ingest": {"sources": [{"name": "x", "file": "f", "format": "xml"}]}})
     with pytest.raises(ConfigError, match="no such config file"):
         load_config("/nonexistent/pipeline.toml")
+
+
+@pytest.mark.parametrize("job", ["train", "score"])
+def test_jobs_stop_early_on_an_unreachable_store(job, tmp_path, monkeypatch, capsys):
+    """One line, exit 2, before Spark starts (no session is created here)."""
+    import importlib
+
+    from infra.hdfs import free_ports
+
+    (port,) = free_ports(1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AIBATCH_JOB_LOG", str(tmp_path / "job.log"))
+    module = importlib.import_module(f"jobs.spark.{job}")
+    argv = ["--config", str(REPO / "conf" / "pipeline.toml"), "--input", str(tmp_path)]
+    if job == "score":
+        argv += ["--output", str(tmp_path / "out"), "--model", "models:/topics/1"]
+    assert module.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"MLflow tracking store http://127.0.0.1:{port} cannot be reached" in err[0]

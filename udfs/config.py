@@ -136,7 +136,9 @@ class TrainConfig(_Strict):
 
 
 class ScoreConfig(_Strict):
-    model: str = Field("sentiment@latest", pattern=r"^[a-z][a-z0-9_-]*@([0-9]+|latest)$")
+    # An MLflow model URI (models:/name/N, models:/name@alias, runs:/ID/model),
+    # a local model dir, or name@N (models:/name/N).
+    model: str = Field("sentiment@latest", min_length=1)
     with_embedding: bool = False
     # Scoring tasks per task slot (core); rows are dealt to them by
     # estimated cost (udfs/partitioning.py). Chosen by bench/bench_spark.py.
@@ -155,8 +157,15 @@ class EventsConfig(_Strict):
     progress_seconds: float = Field(30.0, gt=0)
 
 
+class MlflowConfig(_Strict):
+    # Empty: $MLFLOW_TRACKING_URI, else the embedded SQLite store in registry_dir.
+    tracking_uri: str = ""
+
+
 class PipelineConfig(_Strict):
-    registry_dir: str = "var/models"
+    # The embedded MLflow store (SQLite + artifacts), relative to the project root.
+    registry_dir: str = "var/mlflow"
+    mlflow: MlflowConfig = MlflowConfig()
     encoder: EncoderConfig = EncoderConfig()
     ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()

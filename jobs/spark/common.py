@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs import commit
 from udfs.config import ConfigError, PipelineConfig, load_config
 from udfs.head import LabelSetError
-from udfs.registry import RegistryError
+from udfs.models import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def committed_outputs(
 
 
 # Errors in what the user asked for: one line, exit 2.
-USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, RegistryError, LabelSetError, commit.OutputError)
+USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, LabelSetError, commit.OutputError)
 
 
 def check_encoder(config: PipelineConfig, args: argparse.Namespace | None = None) -> dict:

@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 from jobs.spark import common, ingest, score, stats
 from udfs import model as M
 from udfs.config import PipelineConfig
-from udfs.registry import HeadVersion
+from udfs.models import HeadVersion
 
 
 def parser():

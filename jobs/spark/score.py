@@ -21,9 +21,10 @@ from pyspark.sql import functions as F
 from jobs.spark import common
 from udfs import lineage as L
 from udfs import model as M
+from udfs import models
 from udfs.config import PipelineConfig
+from udfs.models import HeadVersion
 from udfs.partitioning import task_count
-from udfs.registry import HeadVersion, Registry
 from udfs.scoring import plan_scoring
 from udfs.spark import balance_by_cost, in_sample_udf, score_udf, task_slots
 
@@ -47,11 +48,13 @@ def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool 
 
 
 def resolve_model(cfg: PipelineConfig, args) -> dict:
-    """The head version named by --model or the config, loaded (weights hash
-    checked); RegistryError, listing the known versions, before Spark starts."""
+    """The model named by --model or the config (an MLflow model URI, a
+    local model dir, or name@N), downloaded and loaded (weights hash
+    checked); ModelError, naming what the registry holds, before Spark starts."""
     common.check_encoder(cfg)
-    registry = Registry(cfg.registry_path(common.home()))
-    return {"head": registry.load(args.model or cfg.score.model)}
+    ref = args.model or cfg.score.model
+    store = None if models.is_local(ref) else models.open_store(cfg, common.home())
+    return {"head": models.load(store, ref)}
 
 
 def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | None = None) -> dict:
@@ -103,7 +106,11 @@ def parser():
     common.add_output_args(p)
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
-    p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
+    p.add_argument(
+        "--model",
+        help="MLflow model URI (models:/NAME/N, models:/NAME@ALIAS, runs:/ID/model), a local model dir, "
+        "or NAME@N (default: score.model in the config)",
+    )
     p.add_argument("--precision", choices=M.PRECISIONS, help="override encoder.precision")
     p.add_argument(
         "--sample-percent",

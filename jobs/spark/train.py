@@ -2,7 +2,8 @@
 the encoder), split train/test by a hash of the id, fit a small torch head
 for the 2..N classes the labelled rows hold on the driver, report its test
 accuracy, per-class precision / recall / F1 and the majority-class baseline,
-and register it as a new immutable version (name@N) in the model registry.
+and log it all as an MLflow run whose model is registered as the next
+version of train.name (models:/NAME/N; docs/models.md).
 
 Run with:
     ./submit.sh train --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records [--sample-percent 25]
@@ -22,8 +23,8 @@ from pyspark.sql import functions as F
 from jobs.spark import common
 from udfs import head as H
 from udfs import model as M
+from udfs import models
 from udfs.config import PipelineConfig
-from udfs.registry import Registry
 from udfs.spark import embed_udf, in_sample_udf, split_udf
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def fit_and_evaluate(labels, splits, embeddings: np.ndarray, cfg, encoder_settin
     return arrays, report
 
 
-def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
+def main(spark: SparkSession, cfg: PipelineConfig, args, store: models.Store | None = None) -> dict:
     enc = cfg.encoder
     model_dir = enc.model_dir or None
     records = common.read_table(spark, args.input, args.input_format)
@@ -100,11 +101,58 @@ def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
         trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=args.input,
         sample_percent=args.sample_percent,
-        run_id=common.new_run_id(),
     )
-    registry = Registry(cfg.registry_path(common.home()))
-    version = registry.register(cfg.train.name, arrays, meta)
-    return dict(report, model=version.ref, weights_sha256=version.weights_sha256, registry=str(registry.root))
+    store = store or models.open_store(cfg, common.home())
+    version = store.log_trained(cfg.train.name, arrays, meta, *run_record(report, args))
+    return dict(
+        report,
+        model=version.ref,
+        model_uri=version.uri,
+        mlflow_run_id=version.run_id,
+        weights_sha256=version.weights_sha256,
+        registry=store.uri,
+    )
+
+
+def run_record(report: dict, args) -> tuple[dict, dict, dict]:
+    """(params, metrics, confusion matrix) of the MLflow run."""
+    params = {
+        **{f"train.{k}": v for k, v in report["train_settings"].items()},
+        "encoder.name": report["encoder"]["name"],
+        "encoder.weights_version": report["encoder"]["version"],
+        "encoder.precision": report["encoder"]["precision"],
+        "encoder.max_length": report["encoder"]["max_length"],
+        "input": args.input,
+        "sample_percent": args.sample_percent,
+        "labels": ",".join(report["labels"]),
+    }
+    metrics: dict[str, float] = {
+        "test_accuracy": report["test_accuracy"],
+        "majority_baseline": report["majority_baseline"],
+        "train_rows": report["train_rows"],
+        "test_rows": report["test_rows"],
+    }
+    for i, (label, m) in enumerate(report["per_class"].items()):
+        # MLflow metric names allow letters, digits and _-./ and spaces: any
+        # other label character is replaced, with the class index to keep it unique.
+        safe = "".join(c if c.isalnum() or c in "_-. " else "_" for c in label)
+        for key in ("precision", "recall", "f1"):
+            metrics[f"class{i}.{safe}.{key}"] = m[key]
+    confusion = {
+        "labels": report["labels"],
+        "matrix": report["confusion_matrix"],
+        "rows": "true",
+        "columns": "predicted",
+    }
+    return params, metrics, confusion
+
+
+def check_store(cfg: PipelineConfig, args) -> dict:
+    """Before Spark starts: the encoder is there and the MLflow store answers."""
+    common.check_encoder(cfg)
+    store = models.open_store(cfg, common.home())
+    store.check()
+    return {"store": store}
 
 
 def parser():
@@ -121,7 +169,10 @@ def parser():
 
 
 def report(out: dict) -> None:
-    print(f"train: registered {out['model']} (weights {out['weights_sha256'][:12]}) in {out['registry']}")
+    print(
+        f"train: registered {out['model_uri']} (run {out['mlflow_run_id']}, weights {out['weights_sha256'][:12]}) "
+        f"in {out['registry']}"
+    )
     print(f"  rows: train {out['train_rows']}, test {out['test_rows']}; labels {out['label_counts']}")
     print(
         f"  test accuracy {out['test_accuracy']:.4f} vs majority baseline "
@@ -135,7 +186,7 @@ def report(out: dict) -> None:
 
 
 def cli(argv=None) -> int:
-    return common.run_cli("train", parser(), main, report, argv, prepare=common.check_encoder)
+    return common.run_cli("train", parser(), main, report, argv, prepare=check_store)
 
 
 if __name__ == "__main__":

@@ -134,9 +134,9 @@ def hdfs_raw(hdfs, webhdfs, raw_rows) -> str:
 @pytest.fixture(scope="session")
 def cluster_config(tmp_path_factory, tiny_registry) -> Path:  # noqa: F811 (the imported fixture)
     text = (ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/models"' in text
+    assert 'registry_dir = "var/mlflow"' in text
     path = tmp_path_factory.mktemp("cluster-conf") / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/models"', f'registry_dir = "{tiny_registry.root}"'))
+    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{tiny_registry.root}"'))
     return path
 
 

@@ -43,10 +43,10 @@ def movie_lines() -> list[bytes]:
 def tiny_registry(tmp_path_factory, movie_lines):
     """A registry holding sentiment@1: a head trained briefly on the sample's
     labelled rows (enough to score; its accuracy is not the point)."""
+    from tests.model_store import TestStore
     from udfs import head as H
     from udfs import records as R
     from udfs.predict import embed_texts
-    from udfs.registry import Registry
 
     spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
     header = R.parse_header("tsv", movie_lines[0])
@@ -56,7 +56,7 @@ def tiny_registry(tmp_path_factory, movie_lines):
     emb = embed_texts([r["text"] for r in rows], None, enc.precision, enc.batch_size, enc.max_length)
     vocab = H.vocabulary([r["label"] for r in rows])
     arrays = H.train_head(emb, [r["label"] for r in rows], vocab, TrainConfig(hidden=16, epochs=60))
-    registry = Registry(tmp_path_factory.mktemp("models"))
+    registry = TestStore(tmp_path_factory.mktemp("models"))
     from udfs import model as M
 
     version = M.weights_version(str(M.resolve_model_dir(None).resolve()))

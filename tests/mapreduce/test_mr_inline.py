@@ -16,7 +16,7 @@ from jobs.mapreduce.mr_score_records import MRScoreRecords, ShippedModelMissing
 from udfs import records as R
 from udfs.config import EncoderConfig
 from udfs.ingest_rows import split_rows
-from udfs.registry import RegistryError
+from udfs.models import ModelError
 
 from .conftest import json_lines, run_job
 
@@ -243,7 +243,7 @@ def test_score_empty_input(tiny_registry):
 
 
 def test_score_unknown_model_lists_known_versions(tiny_registry):
-    with pytest.raises(RegistryError, match=r"unknown model 'sentiment@7'.*known: sentiment@1"):
+    with pytest.raises(ModelError, match=r"unknown model 'models:/sentiment/7'.*registered: sentiment \(versions 1\)"):
         run_job(
             MRScoreRecords,
             [*INLINE, "--set", f"registry_dir={tiny_registry.root}", "--model", "sentiment@7"],
@@ -271,11 +271,11 @@ def test_stats_bad_input_line_is_named():
 
 
 def test_score_refuses_a_head_trained_on_other_encoder_weights(tiny_registry, tmp_path):
+    from tests.model_store import TestStore
     from udfs.lineage import EncoderMismatch
-    from udfs.registry import Registry
 
     head = tiny_registry.load("sentiment@1")
-    other = Registry(tmp_path / "models")
+    other = TestStore(tmp_path / "models")
     other.register(
         "sentiment", dict(head.arrays), {**head.meta, "encoder": {**head.meta["encoder"], "version": "000000000000"}}
     )

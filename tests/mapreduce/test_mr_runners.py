@@ -138,7 +138,8 @@ def test_score_unknown_model_fails_before_the_job(runner, tiny_registry):
         runner.out("scored"),
     )
     assert proc.returncode == 2
-    assert b"unknown model 'sentiment@9'" in proc.stderr and b"known: sentiment@1" in proc.stderr
+    assert b"unknown model 'models:/sentiment/9'" in proc.stderr
+    assert b"registered: sentiment (versions 1)" in proc.stderr
 
 
 def test_stats_tables(runner):

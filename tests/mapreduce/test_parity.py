@@ -62,9 +62,9 @@ def raw_jsonl(movie_lines) -> bytes:
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory, tiny_registry) -> Path:
     text = (ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/models"' in text
+    assert 'registry_dir = "var/mlflow"' in text
     path = tmp_path_factory.mktemp("conf") / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/models"', f'registry_dir = "{tiny_registry.root}"'))
+    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{tiny_registry.root}"'))
     return path
 
 

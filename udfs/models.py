@@ -1,0 +1,351 @@
+"""Trained heads in MLflow: runs, registered model versions, and model URIs.
+
+Train logs one MLflow run (parameters, metrics, the confusion matrix as an
+artifact) and registers its model as a new version of a registered model.
+The model is an MLflow pyfunc (udfs/mlflow_pyfunc.py) whose artifact
+`head` is a directory holding head.safetensors and meta.json (labels,
+encoder name and weights version, the SHA-256 of the head's weights, checked
+on every load).
+
+Jobs name a model by an MLflow model URI: `models:/name/3`,
+`models:/name@champion`, `models:/name/latest`, `runs:/<run id>/model`, or
+a local model directory. The project's older `name@N` refs mean
+`models:/name/N` (and `name@latest` `models:/name/latest`).
+
+Where the tracking store lives: $MLFLOW_TRACKING_URI, else the config's
+mlflow.tracking_uri, else an embedded store that needs no server: SQLite
+at <home>/<registry_dir>/mlflow.db with artifacts under
+<home>/<registry_dir>/artifacts.
+
+The drivers resolve a URI and download the head's files here; executors
+and mrjob tasks receive only those files (or the arrays), never MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "head.safetensors"
+META_FILE = "meta.json"
+HEAD_ARTIFACT = "head"  # the pyfunc artifact holding the head's directory
+MODEL_PATH = "model"  # the model's path inside its run
+EXPERIMENT = "aibatch"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_OLD_REF = re.compile(r"^([a-z][a-z0-9_-]*)@([0-9]+|latest)$")
+
+
+class ModelError(LookupError):
+    """A model URI that names no model, a damaged model, or a tracking
+    store that cannot be reached; the message says which and what is there."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadVersion:
+    """A trained head: its arrays and meta, and where it came from."""
+
+    name: str
+    version: int | None  # the registered version (None: a run's or a dir's model)
+    arrays: Mapping[str, np.ndarray]
+    meta: Mapping
+    uri: str = ""  # the model URI it was loaded by
+    run_id: str = ""  # the MLflow run that trained it
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if self.version is not None else self.name
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.meta["weights_sha256"]
+
+    @property
+    def labels(self) -> list[str]:
+        """The head's classes in its output order (stored at training)."""
+        labels = self.meta.get("labels")
+        if not labels:
+            raise ModelError(f"{self.ref}: no labels recorded with the head ({META_FILE} 'labels')")
+        return list(labels)
+
+
+def weights_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def normalize_uri(ref: str) -> str:
+    """An MLflow model URI for ref: `name@N` -> models:/name/N, `name@latest`
+    -> models:/name/latest; a URI or a path unchanged."""
+    m = _OLD_REF.match(ref)
+    if m:
+        return f"models:/{m.group(1)}/{m.group(2)}"
+    return ref
+
+
+# ----- the head's files -------------------------------------------------------
+
+
+def write_head_dir(d: Path, arrays: Mapping[str, np.ndarray], meta: Mapping) -> dict:
+    """head.safetensors and meta.json (with weights_sha256) in d; the meta written."""
+    from safetensors.numpy import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(d / WEIGHTS_FILE))
+    full = dict(meta, weights_sha256=weights_digest(d / WEIGHTS_FILE))
+    (d / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return full
+
+
+def find_head_dir(model_dir: Path) -> Path:
+    """The head's directory inside a downloaded model (or the dir itself
+    where it holds the files); ModelError naming what is missing."""
+    for d in (model_dir / "artifacts" / HEAD_ARTIFACT, model_dir):
+        if (d / META_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
+            return d
+    if not (model_dir / "MLmodel").is_file():
+        raise ModelError(f"{model_dir} is not a model directory (no MLmodel, no {META_FILE} + {WEIGHTS_FILE})")
+    raise ModelError(
+        f"{model_dir}: an MLflow model without this project's head (artifacts/{HEAD_ARTIFACT}/{META_FILE})"
+    )
+
+
+def load_head_dir(d: Path, name: str = "", version: int | None = None, uri: str = "", run_id: str = "") -> HeadVersion:
+    """A head from its files (a download, or a copy shipped to a task), its
+    weights checked against the SHA-256 recorded at training."""
+    from safetensors.numpy import load_file
+
+    meta = json.loads((d / META_FILE).read_text())
+    name = name or meta.get("name") or d.name
+    digest = weights_digest(d / WEIGHTS_FILE)
+    if digest != meta.get("weights_sha256"):
+        raise ModelError(f"{uri or d}: weights hash {digest[:12]} != recorded {str(meta.get('weights_sha256'))[:12]}")
+    version = version if version is not None else meta.get("version")
+    return HeadVersion(
+        name, version, load_file(str(d / WEIGHTS_FILE)), meta, uri or str(d), run_id or meta.get("run_id", "")
+    )
+
+
+# ----- the tracking store -------------------------------------------------------
+
+
+def tracking_uri(configured: str, store_dir: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else configured (mlflow.tracking_uri), else the
+    embedded SQLite store in store_dir."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{store_dir.resolve() / 'mlflow.db'}"
+
+
+def _quiet() -> None:
+    # No progress bars (mrjob's inline runner has a bytes stderr), no
+    # minutes of retries against a server that is down.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Store:
+    """One tracking store (and its model registry), opened by URI."""
+
+    def __init__(self, uri: str, store_dir: Path | None = None):
+        _quiet()
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.store_dir = store_dir
+        if uri.startswith("sqlite:///") and store_dir is not None:
+            store_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def check(self) -> None:
+        """Reach the store once: ModelError in one line where it cannot be."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # connection refused, DNS, HTTP errors: all the same to the user
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"MLflow tracking store {self.uri} cannot be reached: {first}") from None
+
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///") and self.store_dir is not None:
+            location = (self.store_dir / "artifacts").resolve().as_uri()
+        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+
+    # ----- what the registry holds --------------------------------------
+
+    def known(self) -> str:
+        try:
+            models = self.client.search_registered_models()
+        except Exception:
+            return "unknown (the store cannot be listed)"
+        parts = []
+        for m in sorted(models, key=lambda m: m.name):
+            versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{m.name}'"))
+            aliases = sorted(getattr(m, "aliases", {}) or {})
+            extra = f", aliases {', '.join(aliases)}" if aliases else ""
+            parts.append(f"{m.name} (versions {', '.join(map(str, versions))}{extra})")
+        return "; ".join(parts) or "no registered models (run the train job first)"
+
+    def _unknown(self, uri: str, why: str = "") -> ModelError:
+        return ModelError(f"unknown model {uri!r}{why} in MLflow store {self.uri}; registered: {self.known()}")
+
+    def locate(self, uri: str) -> tuple[str, str, int | None, str]:
+        """(download URI, name, version, run id) of a model URI; ModelError
+        naming what the registry holds where it names no model."""
+        from mlflow.exceptions import MlflowException
+
+        if uri.startswith("models:/"):
+            rest = uri.removeprefix("models:/")
+            name, alias, version = rest, None, None
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+            elif "/" in rest:
+                name, version = rest.split("/", 1)
+            try:
+                if alias:
+                    mv = self.client.get_model_version_by_alias(name, alias)
+                elif version == "latest" or version is None:
+                    versions = self.client.search_model_versions(f"name='{name}'")
+                    if not versions:
+                        raise self._unknown(uri)
+                    mv = max(versions, key=lambda v: int(v.version))
+                elif version.isdigit():
+                    mv = self.client.get_model_version(name, version)
+                else:
+                    raise self._unknown(uri, " (a version is a number, 'latest' or @alias)")
+            except MlflowException:
+                raise self._unknown(uri) from None
+            return f"models:/{name}/{mv.version}", name, int(mv.version), mv.run_id or ""
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException:
+                raise ModelError(f"unknown run in {uri!r} in MLflow store {self.uri}") from None
+            return uri, run.data.tags.get("aibatch.model_name", run_id), None, run_id
+        raise ModelError(
+            f"model {uri!r}: not a model URI (models:/name/N, models:/name@alias, runs:/ID/model) "
+            "nor a local model directory"
+        )
+
+    def download(self, uri: str, dest: Path) -> tuple[Path, str, int | None, str]:
+        """The model's files under dest: (head dir, name, version, run id)."""
+        import mlflow
+
+        source, name, version, run_id = self.locate(uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(dest)))
+        except Exception as exc:
+            raise ModelError(
+                f"model {uri!r}: its files cannot be downloaded: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        return find_head_dir(local), name, version, run_id
+
+    # ----- training: one run, one new version ------------------------------
+
+    def log_trained(
+        self,
+        name: str,
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        confusion: Mapping[str, Any],
+    ) -> HeadVersion:
+        """Log a run (params, metrics, confusion_matrix.json) whose model is
+        the head as a pyfunc, and register it as the next version of name."""
+        import mlflow
+
+        from . import mlflow_pyfunc
+
+        if not _NAME.match(name):
+            raise ModelError(f"model name must match {_NAME.pattern}, got {name!r}")
+        experiment = self.experiment_id()
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment) as run:
+            head_dir = Path(tmp) / HEAD_ARTIFACT
+            full = write_head_dir(head_dir, arrays, dict(meta, name=name, run_id=run.info.run_id))
+            mlflow.set_tag("aibatch.model_name", name)
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_params({"head_weights_sha256": full["weights_sha256"]})
+            mlflow.log_metrics(dict(metrics))
+            mlflow.log_dict(dict(confusion), "confusion_matrix.json")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_PATH,
+                python_model=mlflow_pyfunc.HeadEncoderModel(),
+                artifacts={HEAD_ARTIFACT: str(head_dir)},
+                registered_model_name=name,
+                pip_requirements=[],  # runs in this project's environment: nothing to infer
+            )
+            version = int(info.registered_model_version)
+        log.info(
+            "registered %s version %d (run %s, weights %s)", name, version, run.info.run_id, full["weights_sha256"][:12]
+        )
+        return HeadVersion(
+            name, version, dict(arrays), dict(full, version=version), f"models:/{name}/{version}", run.info.run_id
+        )
+
+
+def open_store(config: Any, home: Path) -> Store:
+    """The store a pipeline config names (mlflow.tracking_uri, registry_dir)."""
+    store_dir = config.registry_path(home)
+    return Store(tracking_uri(config.mlflow.tracking_uri, store_dir), store_dir)
+
+
+def is_local(ref: str) -> bool:
+    """Whether ref names a local model directory (no MLflow store needed)."""
+    uri = normalize_uri(ref)
+    return ":/" not in uri and Path(uri).expanduser().is_dir()
+
+
+def fetch(store: Store | None, ref: str, dest: Path) -> tuple[Path, str, int | None, str, str]:
+    """The head's directory for ref (a model URI, `name@N`, or a local dir)
+    under dest where downloaded: (head dir, name, version, run id, URI)."""
+    uri = normalize_uri(ref)
+    if is_local(uri):
+        d = find_head_dir(Path(uri).expanduser().resolve())
+        meta = json.loads((d / META_FILE).read_text())
+        return d, meta.get("name", d.name), meta.get("version"), meta.get("run_id", ""), str(Path(uri).resolve())
+    if store is None:
+        raise ModelError(f"model {ref!r}: no MLflow store to look it up in")
+    store.check()
+    head_dir, name, version, run_id = store.download(uri, dest)
+    return head_dir, name, version, run_id, uri
+
+
+def load(store: Store | None, ref: str) -> HeadVersion:
+    """The head that ref names, loaded (weights hash checked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d, name, version, run_id, uri = fetch(store, ref, Path(tmp))
+        return load_head_dir(d, name, version, uri, run_id)
+
+
+def download_to(store: Store | None, ref: str, dest: Path) -> HeadVersion:
+    """Like load, but the head's files stay in dest (dest/head): for the
+    mrjob twin, which ships that directory to its tasks."""
+    d, name, version, run_id, uri = fetch(store, ref, dest / "download")
+    target = dest / HEAD_ARTIFACT
+    if d != target:
+        shutil.copytree(d, target, dirs_exist_ok=True)
+    # name, version and URI travel with the files: the task knows no MLflow
+    meta = json.loads((target / META_FILE).read_text())
+    meta.update(name=name, version=version, run_id=run_id, model_uri=uri)
+    (target / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return load_head_dir(target, name, version, uri, run_id)
