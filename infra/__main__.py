@@ -5,6 +5,7 @@ packed executor environment:
     python -m infra yarn start|stop|status|restart [--config conf/cluster.toml]
     python -m infra spark start|stop|status|restart [--config conf/cluster.toml]
     python -m infra kafka start|stop|status|restart [--data-dir var/kafka] [--port 19092]
+    python -m infra mosquitto start|stop|status [--data-dir var/mosquitto] [--port 1883]
     python -m infra pack [--upload [DIR_URL]] [--print-url] [--force]
     python -m infra conf --out DIR [--config conf/hdfs.toml]
 
@@ -25,7 +26,7 @@ from .hadoop_home import render_conf_dir
 from .hdfs import HdfsError, LocalHDFS
 from .pack import PackError
 from .pack import main as pack_main
-from .settings import SettingsError, hdfs_user, load_cluster_settings, load_settings
+from .settings import REPO_ROOT, SettingsError, hdfs_user, load_cluster_settings, load_settings
 from .standalone import SparkStandalone
 
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     kafka.add_argument("action", choices=["start", "stop", "status", "restart"])
     kafka.add_argument("--data-dir", help="instance dir (default var/kafka; kept across restarts)")
     kafka.add_argument("--port", type=int, help="broker port (default 19092; the controller takes the next)")
+    mqtt = sub.add_parser("mosquitto", help="Mosquitto MQTT broker on loopback (password file, persistence)")
+    mqtt.add_argument("action", choices=["start", "stop", "status"])
+    mqtt.add_argument("--data-dir", default="var/mosquitto", help="instance dir (kept across restarts)")
+    mqtt.add_argument("--port", type=int, default=1883, help="listener port on 127.0.0.1 (default 1883)")
     pack = sub.add_parser("pack", help="pack the virtual environment for executors (venv-pack, cached)")
     pack.add_argument(
         "--upload",
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.service in ("yarn", "spark", "kafka"):
         return cluster_main(args)
+    if args.service == "mosquitto":
+        return mosquitto_main(args)
 
     try:
         node = LocalHDFS(load_settings(args.config))
@@ -93,6 +100,32 @@ def main(argv: list[str] | None = None) -> int:
             print(node.describe())
             return 0 if state == "running" else 3
     except (HdfsError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def mosquitto_main(args) -> int:
+    """start|stop|status of a background Mosquitto; start prints its URL with
+    where the generated password is kept (never the password itself)."""
+    from .mosquitto import LocalMosquitto, MosquittoError
+
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_absolute():
+        data_dir = REPO_ROOT / data_dir
+    broker = LocalMosquitto(data_dir, port=args.port)
+    try:
+        if args.action == "start":
+            started = broker.start_background()
+            print("mosquitto started" if started else "mosquitto already running (nothing done)")
+            print(f"mqtt://{broker.user}:<password in {data_dir / 'password.txt'}>@127.0.0.1:{broker.port}")
+        elif args.action == "stop":
+            print("mosquitto stopped" if broker.stop_background() else "mosquitto was not running")
+        else:
+            pid = broker.running_pid()
+            print(f"mosquitto {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
+            return 0 if pid else 3
+    except MosquittoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -4,11 +4,17 @@ dir, for the device bridge (jobs/mqtt_bridge.py), its tests and the demo.
 
     with LocalMosquitto(data_dir) as broker:    # a free port, user aibatch
         broker.url("sensors/#")                 # mqtt://aibatch:PASS@127.0.0.1:PORT/sensors/#
+
+    python -m infra mosquitto start|stop|status [--data-dir var/mosquitto] [--port 1883]
+
+(./scripts/mosquitto.sh) runs one in the background instead, its pid in
+data_dir/mosquitto.pid, the password in data_dir/password.txt (mode 0600).
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import secrets
 import shutil
 import signal
@@ -50,7 +56,9 @@ class LocalMosquitto:
 
     def write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "password.txt").write_text(self.password + "\n")
+        secret = self.data_dir / "password.txt"
+        secret.write_text(self.password + "\n")
+        secret.chmod(0o600)
         passwd = self.data_dir / "passwd"
         passwd.unlink(missing_ok=True)
         subprocess.run(
@@ -76,10 +84,13 @@ class LocalMosquitto:
         )
         return conf
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, new_session: bool = False) -> None:
         conf = self.write_config()
         self.proc = subprocess.Popen(
-            [binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [binary("mosquitto"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -98,6 +109,44 @@ class LocalMosquitto:
                         f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout:.0f} s"
                     ) from None
                 time.sleep(0.05)
+
+    # ----- in the background (python -m infra mosquitto) ----------------------
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "mosquitto.pid"
+
+    def running_pid(self) -> int | None:
+        """The pid of a background broker of this data dir, if it runs."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def start_background(self, timeout: float = 20.0) -> bool:
+        """Start mosquitto detached from this process (False if it already ran);
+        its pid and port are kept in pid_file."""
+        if self.running_pid():
+            return False
+        self.start(timeout, new_session=True)
+        assert self.proc is not None
+        self.pid_file.write_text(f"{self.proc.pid} {self.port}\n")
+        self.proc = None  # not stopped with this process
+        return True
+
+    def stop_background(self) -> bool:
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)  # mosquitto saves its database first
+        deadline = time.monotonic() + 10
+        while self.running_pid() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.running_pid():
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
 
     def stop(self) -> None:
         """A clean stop (SIGTERM): mosquitto saves its database first."""
