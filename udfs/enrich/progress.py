@@ -43,13 +43,13 @@ class ProgressFeed:
         self._lock = threading.Lock()
 
     def on_event(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("type")
+        event_type = event.get("type")
         deltas: dict[str, int] = {}
-        if kind == "row":
+        if event_type == "row":
             deltas["done"] = 1
-        elif kind == "call":
+        elif event_type == "call":
             deltas = {"calls": 1, "in_flight": 1}
-        elif kind == "call_done":
+        elif event_type == "call_done":
             deltas["in_flight"] = -1
             if event.get("status") == 429:
                 deltas["rate_limited"] = 1
