@@ -94,7 +94,8 @@ kill "$gateway_pid" 2>/dev/null || true
 
 say "summary"
 grep '^ingest:' "$logs/ingest.out" | sed 's/^ingest: /  ingest: /'
-grep 'test accuracy' "$logs/train.out" | sed "s/^ */  head $model: /"
+# (the model is a URI such as models:/sentiment/1: no sed with it inside)
+grep -m1 'test accuracy' "$logs/train.out" | sed 's/^ *//' | while IFS= read -r line; do echo "  head $model: $line"; done
 sed -n 's/^score: \(.*\)/  score: \1/p' "$logs/score.out"
 sed -n 's/^\(stats: [0-9].*\)/  \1/p' "$logs/stats.out"
 sed -n 's/^enrich: \(.*\)/  enrich: \1/p; s/^  \(calls made.*\)/    \1/p' "$logs/enrich.out"

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -287,13 +288,25 @@ class Store:
             mlflow.log_params({"head_weights_sha256": full["weights_sha256"]})
             mlflow.log_metrics(dict(metrics))
             mlflow.log_dict(dict(confusion), "confusion_matrix.json")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_PATH,
-                python_model=mlflow_pyfunc.HeadEncoderModel(),
-                artifacts={HEAD_ARTIFACT: str(head_dir)},
-                registered_model_name=name,
-                pip_requirements=[],  # runs in this project's environment: nothing to infer
-            )
+            # mlflow warns that the model class has no type hints (its
+            # signature is not inferred: score's output schema is ours) and
+            # that a Python object is pickled (our own class, by design):
+            # neither is for the user of train.
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.ERROR)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
+                    info = mlflow.pyfunc.log_model(
+                        name=MODEL_PATH,
+                        python_model=mlflow_pyfunc.HeadEncoderModel(),
+                        artifacts={HEAD_ARTIFACT: str(head_dir)},
+                        registered_model_name=name,
+                        pip_requirements=[],  # runs in this project's environment: nothing to infer
+                    )
+            finally:
+                pyfunc_log.setLevel(level)
             version = int(info.registered_model_version)
         log.info(
             "registered %s version %d (run %s, weights %s)", name, version, run.info.run_id, full["weights_sha256"][:12]
