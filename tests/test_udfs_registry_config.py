@@ -39,6 +39,8 @@ def test_train_registers_numbered_versions_found_by_every_uri_kind(tmp_path):
         head = reg.load(ref)
         assert (head.version, head.meta["note"]) == (version, "a" if version == 1 else "b"), ref
         assert head.labels == ["a", "b"]
+        if version is not None:  # lineage names the version that scored, not the alias
+            assert head.uri == f"models:/topics/{version}", ref
     np.testing.assert_array_equal(reg.load("topics@1").arrays["l0.weight"], arrays(1.0)["l0.weight"])
     # a local model dir (an MLflow model downloaded, or the head's own files)
     local = models.download_to(reg.store, "models:/topics/2", tmp_path / "copy")

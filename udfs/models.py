@@ -340,6 +340,9 @@ def fetch(store: Store | None, ref: str, dest: Path) -> tuple[Path, str, int | N
         raise ModelError(f"model {ref!r}: no MLflow store to look it up in")
     store.check()
     head_dir, name, version, run_id = store.download(uri, dest)
+    if uri.startswith("models:/") and version is not None:
+        # lineage names the version that scored, not an alias or "latest"
+        uri = f"models:/{name}/{version}"
     return head_dir, name, version, run_id, uri
 
 
