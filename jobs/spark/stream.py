@@ -35,8 +35,8 @@ from jobs import commit
 from jobs.spark import common, ingest, score
 from udfs import records as R
 from udfs.config import PipelineConfig
+from udfs.models import HeadVersion
 from udfs.partitioning import task_count
-from udfs.registry import HeadVersion
 from udfs.scoring import plan_scoring
 from udfs.spark import balance_by_cost, score_udf, task_slots
 
@@ -204,6 +204,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
         text_field=args.text_field,
         rating_field=args.rating_field,
         label_field=args.label_field,
+        rating_labels=cfg.ingest.rating_labels,
         positive_min=cfg.ingest.positive_min,
         negative_max=cfg.ingest.negative_max,
     )
