@@ -1,6 +1,7 @@
 """Models in MLflow (versions, URIs, runs, bad references) and pipeline settings validation."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,13 @@ def test_jobs_stop_early_on_an_unreachable_store(job, tmp_path, monkeypatch, cap
     assert module.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"MLflow tracking store http://127.0.0.1:{port} cannot be reached" in err[0]
+
+
+def test_opening_a_store_leaves_the_environment_alone(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI: the first store
+    # opened must not become every later store of the process (and of the
+    # processes it starts, such as a job's tasks)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    models.Store(models.tracking_uri("", tmp_path / "a"), tmp_path / "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert models.tracking_uri("", tmp_path / "b") == f"sqlite:///{(tmp_path / 'b').resolve() / 'mlflow.db'}"

@@ -169,8 +169,20 @@ class Store:
         self.store_dir = store_dir
         if uri.startswith("sqlite:///") and store_dir is not None:
             store_dir.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into
+        # os.environ: the first store opened would then win over every later
+        # one in this process (tracking_uri() reads the variable first) and
+        # in every process it starts. Keep the environment as it was.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def check(self) -> None:
