@@ -21,6 +21,18 @@ class ClusterError(RuntimeError):
     """A cluster daemon could not be started or reached; the message says why."""
 
 
+def end_child(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a child server cleanly: SIGTERM (servers save their state on it),
+    then SIGKILL if it has not exited within timeout seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def java_or_error() -> str:
     try:
         return check_java()

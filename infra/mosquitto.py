@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .daemons import end_child
 from .hdfs import free_ports
 
 
@@ -150,13 +151,7 @@ class LocalMosquitto:
 
     def stop(self) -> None:
         """A clean stop (SIGTERM): mosquitto saves its database first."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_child(self.proc)
         self.proc = None
 
     def __enter__(self) -> LocalMosquitto:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .daemons import end_child
 from .hdfs import free_ports
 
 
@@ -74,13 +75,7 @@ class LocalRedis:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_child(self.proc)
         self.proc = None
 
     def __enter__(self) -> LocalRedis:
