@@ -106,7 +106,7 @@ class IngestConfig(_Strict):
         label_map = None
         if source.label_map is not None:
             label_map = {k: (v or None) for k, v in source.label_map.items()}
-        return SourceSpec(
+        return self.source_spec(
             source=source.name,
             format=source.format,
             text_field=source.text_field,
@@ -114,6 +114,15 @@ class IngestConfig(_Strict):
             label_field=source.label_field,
             label_map=label_map,
             labels=tuple(source.labels) if source.labels is not None else None,
+        )
+
+    def source_spec(self, **fields: object) -> SourceSpec:
+        """A SourceSpec of these fields (source, format, text/rating/label
+        fields, label map, labels) with the rating rules of this config: every
+        way of naming a source (the config, the jobs' options, a topic) gets
+        them from here."""
+        return SourceSpec(
+            **fields,  # type: ignore[arg-type]
             rating_labels=self.rating_labels,
             positive_min=self.positive_min,
             negative_max=self.negative_max,

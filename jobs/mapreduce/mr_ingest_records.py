@@ -85,7 +85,7 @@ class MRIngestRecords(ConfiguredJob):
         o = self.options
         ingest = self.pipeline_config().ingest
         try:
-            return R.SourceSpec(
+            return ingest.source_spec(
                 source=o.source,
                 format=o.format,
                 text_field=o.text_field,
@@ -93,9 +93,6 @@ class MRIngestRecords(ConfiguredJob):
                 label_field=o.label_field,
                 label_map=parse_label_map(o.label_map) if o.label_map else None,
                 labels=parse_labels(o.labels) if o.labels else None,
-                rating_labels=ingest.rating_labels,
-                positive_min=ingest.positive_min,
-                negative_max=ingest.negative_max,
             )
         except ValueError as exc:  # ConfigError is one
             raise ConfigError(f"ingest options: {exc}") from None

@@ -377,7 +377,7 @@ def cli_spec(cfg: PipelineConfig, args) -> R.SourceSpec:
     """The one source that --format and its options describe; ConfigError
     where they contradict each other (a --label-map value outside --labels)."""
     try:
-        return R.SourceSpec(
+        return cfg.ingest.source_spec(
             source=args.source,
             format=args.format,
             text_field=args.text_field,
@@ -385,9 +385,6 @@ def cli_spec(cfg: PipelineConfig, args) -> R.SourceSpec:
             label_field=args.label_field,
             label_map=args.label_map,
             labels=args.labels,
-            rating_labels=cfg.ingest.rating_labels,
-            positive_min=cfg.ingest.positive_min,
-            negative_max=cfg.ingest.negative_max,
         )
     except ValueError as exc:
         raise ConfigError(f"ingest options: {exc}") from None

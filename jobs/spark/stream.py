@@ -198,15 +198,12 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
     head = head or score.resolve_model(cfg, args)["head"]
     run_id = common.new_run_id()
     plan = plan_scoring(cfg, head, run_id, precision=args.precision)
-    spec = R.SourceSpec(
+    spec = cfg.ingest.source_spec(
         source=args.source or args.topic,
         format="jsonl",
         text_field=args.text_field,
         rating_field=args.rating_field,
         label_field=args.label_field,
-        rating_labels=cfg.ingest.rating_labels,
-        positive_min=cfg.ingest.positive_min,
-        negative_max=cfg.ingest.negative_max,
     )
     scorer = Scorer(plan.settings, cfg.score.with_embedding)
     writer = BatchWriter(
