@@ -1,5 +1,6 @@
 """Spark ingest of one JSON Lines file of over 200 MB on local[2] with the
-default memory settings: the file is split into several parse tasks (none
+default memory settings (a 1 GB heap, 128 MiB splits, which the job caps at
+16 MiB): the file is split into several parse tasks (none
 holds the whole file), input = good + rejected, and the counts equal the
 mrjob twin's on -r local over the same file."""
 
@@ -108,7 +109,11 @@ def test_a_200_mb_file_is_split_and_matches_the_twin(spark, big_jsonl, tmp_path,
     first_stage = min(tracker.getJobInfo(jobs[0]).stageIds)
     stage = tracker.getStageInfo(first_stage)
     assert stage.numTasks >= 2 and stage.numCompletedTasks == stage.numTasks
-    assert ingest.read_lines(spark, str(big_jsonl)).rdd.getNumPartitions() == stage.numTasks
+    with ingest.bounded_splits(spark):  # the job's splits: at most MAX_SPLIT_BYTES
+        assert ingest.read_lines(spark, str(big_jsonl)).rdd.getNumPartitions() == stage.numTasks
+    assert stage.numTasks >= SIZE // ingest.MAX_SPLIT_BYTES
+    # the session's own setting is back (Spark's default 128 MiB in the tests)
+    assert spark.conf.get("spark.sql.files.maxPartitionBytes") in ("128m", "134217728b", "134217728")
 
     twin, twin_skipped = twin_counts(big_jsonl, tmp_path / "twin")
     assert twin == {k: summary[k] for k in ("good", "rejected", "reasons")}

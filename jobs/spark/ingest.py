@@ -53,6 +53,14 @@ REJECT_SCHEMA = T.StructType(
 )
 
 
+# Input splits are at most this many bytes while ingest runs, whatever the
+# session's spark.sql.files.maxPartitionBytes (Spark's default is 128 MiB):
+# measured on local[2] with Spark's default 1 GB heap, a 200 MB JSON Lines
+# file in 128 MiB splits ran the JVM out of heap (java.lang.OutOfMemoryError,
+# about 660 MB of byte arrays in the two parse tasks) and passed in 16 or
+# 32 MiB splits; small splits also keep both cores busy to the end.
+MAX_SPLIT_BYTES = 16 * 2**20
+
 # Up to this many duplicated ids go to every task as a broadcast hash table
 # (16 hex digits and a count each: tens of MB); more are joined by shuffle.
 BROADCAST_DUPLICATE_IDS = 2_000_000
@@ -295,7 +303,41 @@ def ingest(spark: SparkSession, sources: list[tuple[str, R.SourceSpec]], partiti
     return IngestResult(records, rejects, parsed, tally, duplicated, cached=(by_id,))
 
 
+@contextlib.contextmanager
+def bounded_splits(spark: SparkSession, limit: int = MAX_SPLIT_BYTES):
+    """spark.sql.files.maxPartitionBytes at most limit inside the block (a
+    smaller setting is kept), restored after it. Spark reads the setting when
+    a job runs, not when a frame is built, so the block must cover the writes."""
+    key = "spark.sql.files.maxPartitionBytes"
+    before = spark.conf.get(key)
+    if before is not None and _bytes(before) <= limit:
+        yield
+        return
+    spark.conf.set(key, str(limit))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _bytes(size: str) -> int:
+    """A Spark byte size ('134217728b', '16m', '1g', '4096') in bytes."""
+    text = size.strip().lower().removesuffix("b")
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
 def main(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
+    with bounded_splits(spark):
+        return ingest_and_write(spark, cfg, args)
+
+
+def ingest_and_write(spark: SparkSession, cfg: PipelineConfig, args) -> dict:
     if args.format:
         specs = [(args.input, cli_spec(cfg, args))]
     else:
