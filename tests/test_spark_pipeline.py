@@ -44,10 +44,11 @@ def test_pipeline_equals_the_three_jobs(spark, trained, hdfs_sample, tmp_path):
     assert per_label == Counter(row["predicted"] for row in scored.values())
 
 
-def test_pipeline_checks_every_output_before_spark(tmp_path, pipeline_config, capsys):
+def test_pipeline_checks_every_output_before_spark(tmp_path, trained, capsys):
+    # the model is resolved first (a registered one, so the output check is reached)
     (tmp_path / "stats").mkdir()
     (tmp_path / "raw.jsonl").write_text('{"text": "fine"}\n')
-    argv = ["--config", str(pipeline_config), "--input", str(tmp_path / "raw.jsonl"), "--format", "jsonl"]
+    argv = ["--config", trained["config"], "--input", str(tmp_path / "raw.jsonl"), "--format", "jsonl"]
     argv += ["--output", str(tmp_path / "r"), "--rejects", str(tmp_path / "j")]
     argv += ["--scored", str(tmp_path / "s"), "--stats", str(tmp_path / "stats")]
     assert pipeline.cli(argv) == 2

@@ -85,9 +85,12 @@ def test_chain_from_outside_the_repository(tmp_path, hdfs, hdfs_sample, pipeline
 
     r = submit([*conf, "train", "--input", f"{base}/records", "--input-format", "jsonl"], cwd)
     assert r.returncode == 0, r.stderr[-3000:]
-    model = re.search(r"registered (\S+@\d+)", r.stdout).group(1)
+    registered = re.search(r"registered models:/(\S+)/(\d+) ", r.stdout)
+    assert registered, r.stdout[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["model"] == model and report["test_accuracy"] > report["majority_baseline"] - 0.1
+    model = report["model"]  # name@N, the version the line names as models:/name/N
+    assert model == "{}@{}".format(*registered.groups())
+    assert report["test_accuracy"] > report["majority_baseline"] - 0.1
 
     r = submit(
         [

@@ -130,7 +130,8 @@ def test_non_default_settings_reach_both_engines(spark, tiny_registry, raw_file,
 
 
 def test_label_map_on_both_engines(spark, tmp_path):
-    """A third class mapped on the command line instead of rejected row by row."""
+    """A third class mapped on the command line instead of rejected row by row;
+    with the vocabulary declared (--labels), a label outside it is rejected."""
     rows = [
         {"text": "fine", "stance": "pos"},
         {"text": "meh", "stance": "neutral"},
@@ -140,6 +141,7 @@ def test_label_map_on_both_engines(spark, tmp_path):
     raw = tmp_path / "labels.jsonl"
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["--source", "s", "--label-field", "stance", "--label-map", "neutral=,pos=positive,negative=negative"]
+    args += ["--labels", "positive,negative"]
     common.run_main(
         ingest.main,
         spark,
