@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from . import anthropic_api, openai_api, openai_batches
+from . import anthropic_api, anthropic_batches, openai_api, openai_batches
 from .batches import BatchRunner
 from .config import GatewayConfig
 from .dialect import Dialect
@@ -162,8 +162,9 @@ def create_app(
         data = await read_json(request, config.max_request_bytes)
         return JSONResponse({"input_tokens": ANTHROPIC.count_tokens(data, config, gw.counter)})
 
-    # The Batch API (its own module); answers and errors in the provider's shape.
+    # The Batch APIs (their own modules); answers and errors in each provider's shape.
     app.include_router(openai_batches.router, dependencies=openai_route)
+    app.include_router(anthropic_batches.router, dependencies=anthropic_route)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
