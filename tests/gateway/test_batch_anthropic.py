@@ -17,7 +17,7 @@ from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageB
 from gateway.tokens import default_counter
 from tests.gateway.conftest import RunningGateway, make_raw_config, run_gateway
 
-FAST = {"processing_seconds": 0.3}
+FAST = {"processing_seconds": 0.3, "finalizing_seconds": 0}
 QUEUE_LIMIT = 40  # input tokens per key and model; see test_queue_limit_refuses_the_create_with_a_429
 
 
@@ -27,9 +27,9 @@ def gw() -> Iterator[RunningGateway]:
         {"name": "main", "admin": True, "batches": FAST},
         {"name": "flaky", "batches": {**FAST, "line_error_rate": 0.5, "seed": 5}},
         {"name": "failing", "batches": {**FAST, "batch_failure_rate": 1.0}},
-        {"name": "short", "batches": {"processing_seconds": 2.0, "completion_window_seconds": 0.5}},
-        {"name": "slow", "batches": {"processing_seconds": 3.0}},
-        {"name": "queue", "batches": {"processing_seconds": 1.0, "enqueued_tokens": QUEUE_LIMIT}},
+        {"name": "short", "batches": {**FAST, "processing_seconds": 2.0, "completion_window_seconds": 0.7}},
+        {"name": "slow", "batches": {**FAST, "processing_seconds": 3.0}},
+        {"name": "queue", "batches": {**FAST, "processing_seconds": 1.0, "enqueued_tokens": QUEUE_LIMIT}},
         {"name": "small", "batches": {**FAST, "anthropic_max_requests": 3, "anthropic_max_bytes": 3000}},
         {"name": "instant", "batches": {"processing_seconds": 0, "finalizing_seconds": 0}},
     ]
