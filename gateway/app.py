@@ -19,7 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from . import anthropic_api, openai_api
+from . import anthropic_api, anthropic_batches, openai_api, openai_batches
+from .batches import BatchRunner
 from .config import GatewayConfig
 from .dialect import Dialect
 from .errors import ApiError
@@ -69,11 +70,14 @@ def create_app(
     config: GatewayConfig, clock: Callable[[], float] = time.time, counter: TokenCounter | None = None
 ) -> FastAPI:
     gw = Gateway(config, clock, counter or default_counter())
+    batches, files = BatchRunner(gw), openai_batches.FileStore(config.batch_dir)
     logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)  # adding it twice keeps one
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await batches.close()
+        files.close()
         gw.llama.close()
 
     app = FastAPI(
@@ -86,7 +90,7 @@ def create_app(
         redoc_url="/redoc" if config.docs else None,
         description="Local OpenAI- and Anthropic-compatible API with provider-style rate limits and fault injection.",
     )
-    app.state.gateway = gw
+    app.state.gateway, app.state.batches, app.state.files = gw, batches, files
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> Response:
@@ -119,12 +123,13 @@ def create_app(
     async def admin_usage() -> Response:
         return JSONResponse(gw.usage())
 
-    @app.get("/v1/admin/keys/{name}/prompts", dependencies=admin_route)
-    async def admin_prompts(name: str) -> Response:
+    @app.get("/v1/admin/keys/{name}/{ledger}", dependencies=admin_route)
+    async def admin_ledger(name: str, ledger: str) -> Response:
+        """`prompts`: admitted prompt hashes; `batch_lines`: batch lines admitted and answered, by custom_id."""
         for caller in gw.callers:
-            if caller.key.name == name:
-                return JSONResponse({"key": name, **caller.prompts.snapshot()})
-        raise ApiError("not_found", f"No key named {name!r}.", param="name")
+            if caller.key.name == name and ledger in ("prompts", "batch_lines"):
+                return JSONResponse({"key": name, **getattr(caller, ledger).snapshot()})
+        raise ApiError("not_found", f"No key named {name!r} with a ledger {ledger!r}.", param="name")
 
     # The routes read the raw body themselves (to answer in each provider's error
     # shape), so the OpenAPI spec gets the request schemas spelled out here.
@@ -156,6 +161,10 @@ def create_app(
         ANTHROPIC.check_request(request, config)
         data = await read_json(request, config.max_request_bytes)
         return JSONResponse({"input_tokens": ANTHROPIC.count_tokens(data, config, gw.counter)})
+
+    # The Batch APIs (their own modules); answers and errors in each provider's shape.
+    app.include_router(openai_batches.router, dependencies=openai_route)
+    app.include_router(anthropic_batches.router, dependencies=anthropic_route)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

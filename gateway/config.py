@@ -96,6 +96,30 @@ class Latency(Table):
     seed: int = 0
 
 
+class BatchSettings(Table):
+    """The Batch APIs: how long a batch takes, its window, the queue limit, its faults.
+
+    A batch of N lines spends `validating_seconds` validating, answers its lines
+    evenly over `processing_seconds` (line k of N at k/N of the span), then
+    spends `finalizing_seconds` before it ends; lines not answered within
+    `completion_window_seconds` of creation end `expired`."""
+
+    validating_seconds: float = Field(default=1.0, ge=0)
+    processing_seconds: float = Field(default=60.0, ge=0)
+    finalizing_seconds: float = Field(default=1.0, ge=0)
+    completion_window_seconds: float = Field(default=86_400.0, gt=0)  # both providers: 24 h
+    # Input tokens of unfinished batches, per key and model (OpenAI's batch queue limit).
+    enqueued_tokens: int = Field(default=2_000_000, ge=1)
+    line_error_rate: Probability = 0.0  # share of lines answered with a 500-like error
+    batch_failure_rate: Probability = 0.0  # share of batches that fail as a whole
+    seed: int = 0
+    # The providers' documented limits per batch.
+    openai_max_requests: int = Field(default=50_000, ge=1)
+    openai_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    anthropic_max_requests: int = Field(default=100_000, ge=1)
+    anthropic_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+
+
 class ModelSpec(Table):
     id: str = Field(min_length=1)
     display_name: str
@@ -131,6 +155,7 @@ class ServerTable(Table):
     max_request_bytes: int = Field(default=1_048_576, ge=1)
     anthropic_min_version: str = "2023-01-01"  # anthropic-version must be a YYYY-MM-DD date >= this
     docs: bool = False  # serve /docs, /redoc and /openapi.json (without a key)
+    batch_dir: str = ""  # where batch input and result files live; empty: a temporary directory
 
     @field_validator("host")
     @classmethod
@@ -156,6 +181,7 @@ class KeyEntry(Table):
     limits: dict[str, Any] = {}
     faults: dict[str, Any] = {}
     latency: dict[str, Any] = {}
+    batches: dict[str, Any] = {}
 
 
 class ConfigFile(Table):
@@ -163,6 +189,7 @@ class ConfigFile(Table):
     limits: Limits = Limits()
     faults: Faults = Faults()
     latency: Latency = Latency()
+    batches: BatchSettings = BatchSettings()
     llama: LlamaSettings = LlamaSettings()
     keys: list[KeyEntry] = []
     models: list[ModelSpec] = []
@@ -176,6 +203,7 @@ class ApiKey(Table):
     limits: Limits = Limits()
     faults: Faults = Faults()
     latency: Latency = Latency()
+    batches: BatchSettings = BatchSettings()
 
 
 class GatewayConfig(Table):
@@ -184,6 +212,7 @@ class GatewayConfig(Table):
     max_request_bytes: int = 1_048_576
     anthropic_min_version: str = "2023-01-01"
     docs: bool = False
+    batch_dir: str = ""
     keys: tuple[ApiKey, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     latency: Latency = Latency()
@@ -247,6 +276,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
                 limits=_override(Limits, file.limits, entry.limits, f"{where}.limits"),
                 faults=_override(Faults, file.faults, entry.faults, f"{where}.faults"),
                 latency=_override(Latency, file.latency, entry.latency, f"{where}.latency"),
+                batches=_override(BatchSettings, file.batches, entry.batches, f"{where}.batches"),
             )
         )
     if not keys:
@@ -267,6 +297,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         max_request_bytes=file.server.max_request_bytes,
         anthropic_min_version=file.server.anthropic_min_version,
         docs=file.server.docs,
+        batch_dir=file.server.batch_dir,
         keys=tuple(keys),
         models=tuple(file.models),
         latency=file.latency,

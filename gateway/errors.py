@@ -17,6 +17,7 @@ STATUS = {
     "authentication": 401,
     "permission": 403,
     "not_found": 404,
+    "conflict": 409,
     "too_large": 413,
     "rate_limit": 429,
     "server": 500,
@@ -30,6 +31,7 @@ OPENAI_TYPES = {
     "authentication": "invalid_request_error",
     "permission": "invalid_request_error",
     "not_found": "invalid_request_error",
+    "conflict": "invalid_request_error",
     "too_large": "invalid_request_error",
     "rate_limit": "requests",
     "server": "server_error",
@@ -43,6 +45,7 @@ ANTHROPIC_TYPES = {
     "authentication": "authentication_error",
     "permission": "permission_error",
     "not_found": "not_found_error",
+    "conflict": "invalid_request_error",  # Anthropic has no 409 type
     "too_large": "request_too_large",
     "rate_limit": "rate_limit_error",
     "server": "api_error",

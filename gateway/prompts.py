@@ -59,3 +59,31 @@ class PromptLedger:
 
     def snapshot(self) -> dict[str, object]:
         return {**self.summary(), "prompts": dict(self.counts)}
+
+
+class BatchLineLedger:
+    """Batch lines of one key by custom_id: how often each was admitted into a
+    batch (it passed validation and the queue limit) and how often answered
+    successfully, so a client test can prove no line was submitted or paid twice."""
+
+    def __init__(self) -> None:
+        self.admitted: Counter[str] = Counter()
+        self.succeeded: Counter[str] = Counter()
+
+    def admit(self, custom_ids: Sequence[str]) -> None:
+        self.admitted.update(custom_ids)
+
+    def succeed(self, custom_id: str) -> None:
+        self.succeeded[custom_id] += 1
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "admitted": sum(self.admitted.values()),
+            "distinct": len(self.admitted),
+            "repeated": sum(1 for n in self.admitted.values() if n > 1),
+            "succeeded": sum(self.succeeded.values()),
+            "succeeded_repeated": sum(1 for n in self.succeeded.values() if n > 1),
+        }
+
+    def snapshot(self) -> dict[str, object]:
+        return {**self.summary(), "custom_ids": dict(self.admitted), "succeeded_ids": dict(self.succeeded)}

@@ -25,7 +25,7 @@ from .config import ApiKey, GatewayConfig
 from .dialect import Dialect, StreamWriter, new_request_id
 from .errors import ApiError
 from .faults import FaultInjector, LatencySampler
-from .prompts import PromptLedger
+from .prompts import BatchLineLedger, PromptLedger
 from .ratelimit import Admission, KeyLimits, Rejection, go_duration, retry_headers
 from .tokens import TokenCounter
 
@@ -56,6 +56,7 @@ class Caller:
     faults: FaultInjector
     latency: LatencySampler
     prompts: PromptLedger = field(default_factory=PromptLedger)
+    batch_lines: BatchLineLedger = field(default_factory=BatchLineLedger)
 
 
 class Gateway:
@@ -90,6 +91,7 @@ class Gateway:
                 "peak_concurrent": c.limits.concurrency.peak,
                 "peaks": c.limits.peaks(),
                 "prompts": c.prompts.summary(),
+                "batch_lines": c.batch_lines.summary(),
                 "windows": c.limits.ledger.snapshot(),
             }
         return {"now": self.clock(), "keys": keys}
@@ -250,14 +252,22 @@ async def serve(request: Request, dialect: Dialect) -> Response:
 async def complete(backend: Backend, prompt: Prompt, caller: Caller, admitted: Admission) -> Completion:
     completion = None
     try:
-        async for item in backend.generate(prompt, caller.latency):
+        completion = await generate(backend, prompt, caller.latency)
+    finally:
+        caller.limits.settle(admitted, completion.output_tokens if completion else 0)
+    return completion
+
+
+async def generate(backend: Backend, prompt: Prompt, latency: LatencySampler | None) -> Completion:
+    """The backend's whole answer, or the provider's 500; online requests and batch lines both come here."""
+    completion = None
+    try:
+        async for item in backend.generate(prompt, latency):
             if isinstance(item, Completion):
                 completion = item
     except Exception:
         log.exception("backend %s failed", prompt.model.backend)
         raise backend_failed() from None
-    finally:
-        caller.limits.settle(admitted, completion.output_tokens if completion else 0)
     if completion is None:
         raise backend_failed()
     return completion
