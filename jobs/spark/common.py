@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -166,7 +167,8 @@ def run_cli(
     failed run is one line and exit status 1; either way the full trace is
     in the job's log file (job_log_path), whose path the line gives. With
     $AIBATCH_PREFLIGHT set it stops after the checks (submit.sh runs them
-    so before spark-submit starts a JVM)."""
+    so before spark-submit starts a JVM). With $AIBATCH_RESULT_FILE set the
+    outcome is also written there as JSON (write_result), for the service."""
     log_file = job_log_path(app)
     setup_logging(log_file)
     args = parser.parse_args(argv)
@@ -199,8 +201,26 @@ def run_cli(
     finally:
         spark.stop()
     events.close("finished", summary=summary)
+    write_result({"state": "succeeded", "exit_status": 0, "summary": summary})
     report(summary)
     return 0
+
+
+RESULT_ENV = "AIBATCH_RESULT_FILE"
+
+
+def write_result(result: dict) -> None:
+    """The run's outcome as JSON in $AIBATCH_RESULT_FILE, where set (the
+    service reads it: a job it finds again after a restart is no child of
+    its own, so no exit status reaches it). Written whole by a rename."""
+    path = os.environ.get(RESULT_ENV)
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, target)
 
 
 def job_log_path(app: str) -> Path:
@@ -295,6 +315,7 @@ def fail(message: str, log_file: Path | None = None) -> int:
     log.error("usage error: %s", message, exc_info=sys.exc_info()[0] is not None, extra=FILE_ONLY)
     where = f" (details: {log_file})" if log_file else ""
     sys.stderr.write(f"error: {message}{where}\n")
+    write_result({"state": "failed", "exit_status": 2, "error": message})
     return 2
 
 
@@ -304,4 +325,5 @@ def failed_run(app: str, what: str, exc: BaseException, log_file: Path) -> int:
     exit status 1."""
     log.error("%s %s:\n%s", app, what, "".join(traceback.format_exception(exc)), extra=FILE_ONLY)
     sys.stderr.write(f"error: {app} {what}: {one_line(exc)} (full trace: {log_file})\n")
+    write_result({"state": "failed", "exit_status": 1, "error": f"{app} {what}: {one_line(exc)}"})
     return 1
