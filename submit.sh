@@ -7,6 +7,7 @@
 #   ./submit.sh --master URL env-check      where the cluster's executors run Python from
 #   ./submit.sh [--master URL] my_app.py    your own PySpark script, shipped like a job
 #   ./submit.sh mqtt-bridge --from mqtt://... --to kafka://...   MQTT devices -> Kafka (no Spark)
+#   ./submit.sh serve [--config conf/service.toml] [--port N]     the REST service (docs/service.md)
 # Runs .venv/bin/spark-submit with conf/spark-defaults.conf, shipping the
 # project code (udfs/, jobs/) as a zip for --py-files; local mode unless
 # --master names a cluster (spark://HOST:PORT or yarn). On a cluster the
@@ -219,6 +220,8 @@ case "$job" in
   # MQTT devices -> Kafka, each message acknowledged after Kafka's ack (no Spark):
   # ./submit.sh mqtt-bridge --from mqtt://USER:PASS@HOST:PORT/sensors/# --to kafka://HOST:PORT/TOPIC
   mqtt-bridge) PYTHONPATH="$root" exec "$python" -m jobs.mqtt_bridge "$@" ;;
+  # The REST service (models, scoring, runs; loopback): ./submit.sh serve [--config FILE] [--port N]
+  serve) PYTHONPATH="$root" exec "$python" -m service "$@" ;;
   # The packed executor environment: ./submit.sh pack [--upload [DIR_URL]] [--force]
   pack) infra pack "$@"; exit ;;
   *) run_spark "$job" "$@" ;;

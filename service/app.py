@@ -1,0 +1,291 @@
+"""The FastAPI application: /api/v1 and /api/v2 routes, the key and size
+checks, problem+json errors.
+
+create_app(config, keys) builds everything from a validated ServiceConfig
+and the API keys (from the environment variable the config names; never
+logged). Keys and body size are checked in one ASGI middleware before
+FastAPI reads a body, so a request without a valid key gets 401 whatever it
+carries, and an oversized one 413 before it is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from udfs.config import load_config as load_pipeline_config
+
+from . import errors
+from .config import REPO, ServiceConfig
+from .jobcall import RunRequest
+from .registry import BadReference, Registry, UnknownModel
+from .runs import RunManager, RunStore, State, present
+from .scoring import Scored, Scorer
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = ("/api/v1/health",)
+# v1 of /score is deprecated since v2 appeared (2026-12-05, RFC 9745's
+# Deprecation header) and lives at least six months more (RFC 8594's Sunset).
+SCORE_V1_DEPRECATED = "@1796428800"
+SCORE_V1_SUNSET = "Sat, 05 Jun 2027 00:00:00 GMT"
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="models:/NAME/N, models:/NAME@ALIAS, models:/NAME/latest, NAME@N")
+    texts: list[str] = Field(min_length=1, description="the texts to score (at most score.max_texts)")
+
+
+def _problem_send(problem: errors.Problem, path: str) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps(problem.body(path)).encode()
+    headers = [(b"content-type", errors.PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in problem.headers.items()]
+    return {"type": "http.response.start", "status": problem.status, "headers": headers}, body
+
+
+class Guard:
+    """Keys (constant-time, every key compared) and the body limit for /api/,
+    before the route reads anything."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], max_bytes: int) -> None:
+        self.app, self.keys, self.max_bytes = app, tuple(k.encode() for k in keys), max_bytes
+
+    def authenticated(self, scope: Scope) -> bool:
+        supplied = b""
+        for name, value in scope.get("headers", []):
+            if name == b"x-api-key":
+                supplied = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                supplied = supplied or value[7:].strip()
+        match = False
+        for key in self.keys:  # no early exit: the time does not say which key came close
+            match |= hmac.compare_digest(key, supplied)
+        return match and bool(supplied)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/api/") or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        problem = None
+        if not self.authenticated(scope):
+            problem = errors.unauthorized(
+                "A valid API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
+        else:
+            declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                problem = errors.too_large(self.max_bytes)
+        if problem is None:
+            body, more = bytearray(), True
+            while more:  # a chunked body is refused once it passes the limit, not after all of it
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_bytes:
+                    problem = errors.too_large(self.max_bytes)
+                    break
+        if problem is not None:
+            start, payload = _problem_send(problem, path)
+            await send(start)
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) -> FastAPI:
+    pipeline_path = config.path(config.pipeline_config)
+    pipeline = load_pipeline_config(pipeline_path)
+    registry = Registry(pipeline, home, config.score.resolve_cache_seconds)
+    scorer = Scorer(
+        pipeline, registry, config.score.max_batch_size, config.score.max_wait_ms, config.score.torch_threads
+    )
+    store = RunStore(config.path(config.runs.db))
+    runs = RunManager(store, config.path(config.runs.dir), home, pipeline_path, config.runs.cancel_grace_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(runs.recover)
+        yield
+        await scorer.close()
+        runs.close()
+
+    app = FastAPI(
+        title="aibatch service",
+        version="1.0.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if config.docs else None,
+        docs_url="/docs" if config.docs else None,
+        redoc_url=None,
+        description="Registered models, online scoring and batch runs of the aibatch pipeline (docs/service.md).",
+    )
+    app.state.registry, app.state.scorer, app.state.runs = registry, scorer, runs
+    app.add_middleware(Guard, keys=keys, max_bytes=config.max_request_bytes)
+
+    @app.exception_handler(errors.Problem)
+    async def problem(request: Request, exc: errors.Problem) -> Response:
+        return errors.problem_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return errors.problem_response(request, errors.validation_problem(errors.json_safe(list(exc.errors()))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return errors.problem_response(request, errors.Problem(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return errors.problem_response(request, errors.Problem(500, "The service failed; its log has the details."))
+
+    # Documents the key in the OpenAPI spec; Guard is what checks it.
+    bearer = HTTPBearer(auto_error=False, description="an API key from the service's keys environment variable")
+    v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(bearer)])
+    v2 = APIRouter(prefix="/api/v2", dependencies=[Depends(bearer)])
+
+    @app.get("/api/v1/health", tags=["service"])
+    async def health() -> dict[str, Any]:
+        stats = scorer.batcher.stats
+        return {
+            "status": "ok",
+            "version": app.version,
+            "score": {"batches": stats.batches, "texts": stats.items, "largest_batch": stats.largest},
+        }
+
+    # ----- models -------------------------------------------------------
+
+    @v1.get("/models", tags=["models"])
+    def list_models() -> dict[str, Any]:
+        return {"registry": registry.uri, "models": [registry.describe(name) for name in registry.names()]}
+
+    @v1.get("/models/{name}", tags=["models"])
+    def get_model(name: str) -> dict[str, Any]:
+        try:
+            return registry.describe(name)
+        except UnknownModel as exc:
+            raise errors.not_found(str(exc)) from None
+
+    # ----- scoring ------------------------------------------------------
+
+    async def score(body: ScoreRequest) -> Scored:
+        if len(body.texts) > config.score.max_texts:
+            raise errors.invalid(
+                f"texts: {len(body.texts)} texts, more than score.max_texts = {config.score.max_texts}"
+            )
+        for i, text in enumerate(body.texts):
+            if len(text) > config.score.max_text_chars:
+                raise errors.invalid(f"texts.{i}: longer than score.max_text_chars = {config.score.max_text_chars}")
+        try:
+            resolved = await asyncio.to_thread(registry.resolve, body.model)
+            return await scorer.score(resolved, body.texts)
+        except UnknownModel as exc:
+            raise errors.not_found(str(exc)) from None
+        except BadReference as exc:
+            raise errors.invalid(str(exc)) from None
+
+    @v1.post("/score", tags=["scoring"], deprecated=True)
+    async def score_v1(body: ScoreRequest) -> Response:
+        """Deprecated: use /api/v2/score (every class's probability, the resolved version, lineage)."""
+        scored = await score(body)
+        answer = {
+            "model": f"{scored.model.name}@{scored.model.version}",
+            "predictions": [{"label": p.label, "probability": p.probability} for p in scored.predictions],
+        }
+        headers = {
+            "Deprecation": SCORE_V1_DEPRECATED,
+            "Sunset": SCORE_V1_SUNSET,
+            "Link": '</api/v2/score>; rel="successor-version"',
+        }
+        return JSONResponse(answer, headers=headers)
+
+    @v2.post("/score", tags=["scoring"])
+    async def score_v2(body: ScoreRequest) -> dict[str, Any]:
+        scored = await score(body)
+        return {
+            "model": {
+                "name": scored.model.name,
+                "version": scored.model.version,
+                "uri": scored.model.uri,
+                "run_id": scored.model.run_id,
+                "labels": scored.labels,
+            },
+            "lineage": scored.lineage,
+            "predictions": [
+                {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+                for p in scored.predictions
+            ],
+        }
+
+    # ----- runs ---------------------------------------------------------
+
+    @v1.post("/runs", status_code=202, tags=["runs"])
+    def submit_run(body: RunRequest) -> Response:
+        run = runs.submit(body)
+        return JSONResponse(run, status_code=202, headers={"Location": run["links"]["self"]})
+
+    @v1.get("/runs", tags=["runs"])
+    def list_runs(
+        state: State | None = Query(default=None),
+        limit: int = Query(default=config.runs.page_size, ge=1, le=500),
+        after: int | None = Query(default=None, ge=0, description="the `seq` of the last run of the previous page"),
+    ) -> dict[str, Any]:
+        rows = runs.store.page(state, after, limit)
+        next_url = None
+        if len(rows) == limit:
+            next_url = f"/api/v1/runs?limit={limit}&after={rows[-1]['seq']}" + (f"&state={state}" if state else "")
+        return {"runs": [dict(present(r), seq=r["seq"]) for r in rows], "next": next_url}
+
+    @v1.get("/runs/{run_id}", tags=["runs"])
+    def get_run(run_id: str) -> dict[str, Any]:
+        return runs.view(run_id)
+
+    @v1.delete("/runs/{run_id}", tags=["runs"])
+    def cancel_run(run_id: str) -> dict[str, Any]:
+        return runs.cancel(run_id)
+
+    @v1.get("/runs/{run_id}/log", tags=["runs"], response_class=PlainTextResponse)
+    def run_log(
+        run_id: str,
+        lines: int = Query(default=200, ge=1, le=10_000),
+        source: Literal["job", "console"] = Query(
+            default="job", description="job: the job's log (driver and Spark); console: what it printed"
+        ),
+    ) -> PlainTextResponse:
+        return PlainTextResponse(runs.log_tail(run_id, lines, source))
+
+    app.include_router(v1)
+    app.include_router(v2)
+    return app

@@ -1,0 +1,111 @@
+"""The service's settings, read once from a TOML file (conf/service.toml) and
+validated by pydantic with unknown keys refused, as gateway/config.py does.
+
+API keys never live in the file: `keys_env` names the environment variable
+that holds them (comma-separated). Errors name the key at fault, never a
+key's value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infra.settings import is_loopback
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "conf" / "service.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key at fault."""
+
+
+class Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ScoreSettings(Table):
+    max_texts: int = Field(default=64, ge=1)  # texts per /score request
+    max_text_chars: int = Field(default=10_000, ge=1)
+    # Micro-batching, as TorchServe's batch_size/max_batch_delay and Triton's
+    # max_queue_delay_microseconds: a batch goes to the model when it holds
+    # max_batch_size texts or max_wait_ms after its first request arrived.
+    max_batch_size: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    # How long a resolved reference (an alias, 'latest') is reused before the
+    # registry is asked again; the loaded versions themselves are kept.
+    resolve_cache_seconds: float = Field(default=10.0, ge=0)
+    # torch threads for the service's one model call at a time (the jobs use
+    # one per Spark task; here one call has the cores to itself).
+    torch_threads: int = Field(default=2, ge=1)
+
+
+class RunSettings(Table):
+    db: str = "var/service/runs.db"  # relative to the repository root
+    dir: str = "var/service/runs"  # per run: console output, job log, result
+    cancel_grace_seconds: float = Field(default=10.0, ge=0)  # SIGTERM, then SIGKILL after this
+    page_size: int = Field(default=20, ge=1, le=500)
+
+
+class ServiceConfig(Table):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8790, ge=0, le=65535)
+    # A non-loopback host is refused unless this is true (as for HDFS).
+    allow_remote_access: bool = False
+    keys_env: str = "AIBATCH_SERVICE_KEYS"
+    pipeline_config: str = "conf/pipeline.toml"  # relative to the repository root
+    max_request_bytes: int = Field(default=1_000_000, ge=1)
+    docs: bool = True  # /openapi.json, /docs: the spec holds no secrets
+    score: ScoreSettings = ScoreSettings()
+    runs: RunSettings = RunSettings()
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else REPO / p
+
+    def check_exposure(self, host: str) -> None:
+        if is_loopback(host) or self.allow_remote_access:
+            return
+        raise ConfigError(
+            f"host {host!r} is not a loopback address: the service starts and cancels jobs for whoever holds a "
+            'key. Use host = "127.0.0.1", or, on a trusted network, set allow_remote_access = true.'
+        )
+
+
+def api_keys(config: ServiceConfig, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys in config.keys_env (comma-separated); ConfigError naming the
+    variable where it is unset or empty."""
+    env = os.environ if environ is None else environ
+    keys = tuple(k.strip() for k in env.get(config.keys_env, "").split(",") if k.strip())
+    if not keys:
+        raise ConfigError(f"${config.keys_env} holds no API key: set it to one or more keys, comma-separated")
+    return keys
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_config(data: Mapping[str, object], where: str = "service config") -> ServiceConfig:
+    try:
+        return ServiceConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{where}: {_where(first['loc'])}: {first['msg']}") from None
+
+
+def load_config(path: str | Path | None = None) -> ServiceConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))
