@@ -68,6 +68,9 @@ def test_cancel_ends_the_process_group_and_leaves_no_output(client, service_base
     pid = store.get(run["id"])["pid"]
     store.close()
     assert group_alive(pid) and client.get(f"/api/v1/runs/{run['id']}").json()["state"] == "running"
+    # another run may not write the outputs this one writes, overwrite or not
+    body = assert_problem(client.post("/api/v1/runs", json=dict(ingest_request(tmp_path, "b"), overwrite=True)), 409)
+    assert run["id"] in body["detail"]
     cancelled = client.delete(f"/api/v1/runs/{run['id']}")
     assert cancelled.status_code == 200, cancelled.text
     body = cancelled.json()
