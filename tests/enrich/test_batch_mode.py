@@ -199,3 +199,26 @@ def test_cancel_cancels_the_open_batches(gateway, tmp_path, monkeypatch, capsys)
     # the cancelled lines end as dead letters (fallback none, one attempt), named as such
     assert rows == [] and sorted(r["id"] for r in dead) == SELECTED
     assert all("canceled" in r["error"] or "cancelled" in r["error"] for r in dead), dead[0]["error"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_batch_ledger_on_both_stores(backend, tmp_path, request):
+    from udfs.enrich.settings import StoreConfig
+    from udfs.enrich.store import open_store
+
+    if backend == "redis":
+        cfg = StoreConfig(backend="redis", url=request.getfixturevalue("redis_url"))
+    else:
+        cfg = StoreConfig(path=str(tmp_path / "store.sqlite"))
+    store = open_store(cfg)
+    try:
+        job = f"batches-{tmp_path.name}"
+        assert store.ledger_read(job) == {}
+        store.ledger_put(job, "b1", {"name": "b1", "state": "prepared", "lines": ["a", "b"]})
+        store.ledger_put(job, "b1", {"name": "b1", "state": "submitted", "lines": ["a", "b"], "batch_id": "x"})
+        store.ledger_put(job, "b2", {"name": "b2", "state": "prepared", "lines": ["c"]})
+        got = store.ledger_read(job)
+        assert got["b1"]["state"] == "submitted" and got["b1"]["batch_id"] == "x" and set(got) == {"b1", "b2"}
+        assert store.ledger_read("another-job") == {}
+    finally:
+        store.close()
