@@ -17,6 +17,7 @@ Run with:
     AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched [--overwrite] \
         [--cache DIR] [--set enrich.KEY=VALUE]
     AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --dry-run   (no output dir: writes nothing)
+    ... --set enrich.mode=batch [--cancel]   (the Batch APIs; --cancel cancels the --output-dir run's batches)
     (-r hadoop reads and writes hdfs:// paths; -r inline runs in one process)
 """
 
@@ -56,14 +57,21 @@ class MREnrichRows(ConfiguredJob):
 
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
+        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output)")
+        self.add_passthru_arg(
+            "--run-output",
+            default="",
+            help="the final output as the user named it (the launcher sets it: the job writes to a staging dir); "
+            "it names the job and its batches (default: --output-dir)",
+        )
         self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
         self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
         self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
         self.add_passthru_arg(
             "--cancel",
             action="store_true",
-            help="enrich.mode = batch: cancel the open batches of this key and store at the provider; write nothing",
+            help="enrich.mode = batch: cancel this run's open batches (the run writing --output-dir) at the "
+            "provider; write nothing",
         )
         # Internal (batch mode's first pass, set by the driver): the mappers emit request lines.
         self.add_passthru_arg("--batch-lines", action="store_true", help=argparse.SUPPRESS)
@@ -217,7 +225,9 @@ def run_enrich(probe: MREnrichRows) -> None:
     from udfs.enrich.progress import ProgressBar, snapshot
     from udfs.enrich.runner import open_store
 
-    output = probe.options.output_dir
+    # The run is named by its final output, not the staging dir the launcher gives the job, so a
+    # rerun of the same command finds its claims, counters and batches again.
+    output = probe.options.run_output or probe.options.output_dir
     job_id = probe.options.job_id or job_id_for(output or "-".join(probe.options.args))
     staged_argv = list(probe._cl_args) if probe.options.job_id else [*probe._cl_args, "--job-id", job_id]
     ecfg = probe.pipeline_config().enrich
@@ -231,7 +241,7 @@ def run_enrich(probe: MREnrichRows) -> None:
     batch_lines: list[str] = []
     if ecfg.mode == "batch" and not probe.options.dry_run:
         resolved = ecfg.model_copy(update={"store": store_settings(ecfg, probe.options.cache)})
-        done = batch_phase(probe, resolved, store, prices, staged_argv)
+        done = batch_phase(probe, resolved, store, prices, staged_argv, output or "-".join(probe.options.args))
         if done is None:  # --cancel
             store.close()
             return
@@ -294,24 +304,27 @@ def without_output_dir(argv: list[str]) -> list[str]:
     return out
 
 
-def batch_phase(probe: MREnrichRows, ecfg, store, prices, staged_argv: list[str]) -> list[str] | None:
+def batch_phase(probe: MREnrichRows, ecfg, store, prices, staged_argv: list[str], run: str) -> list[str] | None:
     """enrich.mode = "batch" (the launcher is the driver): a first pass of the same job whose
     mappers emit the selected rows' request lines, streamed back here into
     udfs.enrich.batch_mode, which fills the answer cache through the Batch API; the usual pass
-    then answers the rows from the cache. --cancel cancels the open batches instead (None)."""
+    then answers the rows from the cache. --cancel cancels the run's open batches instead
+    (None). `run`: the final output (the inputs when there is none), which keys the batches."""
     from udfs.enrich.assets import load_assets
     from udfs.enrich.batch_mode import cancel_batches, obtain_batch_answers
 
     api_key = read_api_key(ecfg.provider.api_key_env).get_secret_value()
     assets = load_assets(ecfg, root=ConfiguredJob.home())
     if probe.options.cancel:
-        print("\n".join(cancel_batches(ecfg, assets, api_key, store)))
+        if not (probe.options.run_output or probe.options.output_dir):
+            raise ValueError("enrich --cancel: give the run's --output-dir (the batches cancelled are that run's)")
+        print("\n".join(cancel_batches(ecfg, assets, api_key, store, run)))
         return None
     job = MREnrichRows(args=[*without_output_dir(staged_argv), "--batch-lines"])
     with job.make_runner() as runner:
         runner.run()
         lines = (tuple(json.loads(value)) for _, value in job.parse_output(runner.cat_output()))
-        return obtain_batch_answers(ecfg, assets, api_key, store, lines, prices)
+        return obtain_batch_answers(ecfg, assets, api_key, store, lines, prices, run)
 
 
 def main(argv: list[str] | None = None) -> int:

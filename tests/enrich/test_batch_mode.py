@@ -3,7 +3,8 @@ fraction of a second): the same outputs as online mode on the same rows
 (deterministic backend) on Spark and on the twin, no online call made, no
 batch line submitted twice; errored lines retried and then dead-lettered with
 their reason (fallback "none"); expired lines retried and then answered online
-(fallback "online"); --dry-run shows both costs and the batches; --cancel."""
+(fallback "online"); --dry-run shows both costs and the batches; --cancel
+cancels the run's batches and no other run's on the same key and store."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
+from udfs.config import load_config
+from udfs.enrich.batch_mode import KILL_AT_ENV, run_key
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .support import (
@@ -19,8 +22,10 @@ from .support import (
     enrich_settings,
     read_jsonl_dir,
     read_parquet_dir,
+    run_twin,
     scored_rows,
     start_gateway,
+    submit_env,
     write_config,
     write_jsonl,
     write_parquet,
@@ -45,6 +50,7 @@ def gateway():
         "expiring": {"batches": {"validating_seconds": 0, "processing_seconds": 3.0, "completion_window_seconds": 0.4}},
         "dry": {"batches": FAST},
         "cancel": {"batches": {**FAST, "processing_seconds": 30.0}},
+        "two-runs": {"batches": {**FAST, "processing_seconds": 60.0}},
     }
     with start_gateway(keys) as gw:
         yield gw
@@ -191,6 +197,8 @@ def test_cancel_cancels_the_open_batches(gateway, tmp_path, monkeypatch, capsys)
         "--config",
         str(cancel_cfg),
         write_jsonl(ROWS, tmp_path / "c.jsonl"),
+        "--output-dir",
+        str(tmp_path / "cancel-twin-out"),  # the run's output names the run whose batches are cancelled
         "--cancel",
     ]
     assert mr_enrich_rows.main(args) == 0
@@ -199,6 +207,48 @@ def test_cancel_cancels_the_open_batches(gateway, tmp_path, monkeypatch, capsys)
     # the cancelled lines end as dead letters (fallback none, one attempt), named as such
     assert rows == [] and sorted(r["id"] for r in dead) == SELECTED
     assert all("canceled" in r["error"] or "cancelled" in r["error"] for r in dead), dead[0]["error"]
+
+
+def test_cancel_leaves_another_runs_batches_alone(gateway, tmp_path):
+    """Two runs (different outputs) on one key and store, each killed while polling so its batch
+    stays open; --cancel of the first cancels its batch only: the second's runs on at the gateway."""
+    key = "two-runs"
+    cfg = write_config(tmp_path / "c.toml", batch_settings(gateway, key, tmp_path / "store"))
+    src = write_jsonl(ROWS, tmp_path / "scored.jsonl")
+    outs = {name: tmp_path / name for name in ("a", "b")}
+    for out in outs.values():
+        killed = run_twin(
+            "inline",
+            ["--config", str(cfg), src, "--output-dir", str(out)],
+            submit_env(gateway, key, **{KILL_AT_ENV: "polling"}),
+        )
+        assert "exited with status -9" in killed.stderr, killed.stderr[-3000:]
+    ecfg = load_config(cfg).enrich
+    runs = {name: run_key(ecfg, str(out)) for name, out in outs.items()}
+
+    def statuses() -> dict[str, list[str]]:
+        reply = httpx.get(
+            f"{gateway.base_url}/v1/batches",
+            params={"limit": 100},
+            headers={"Authorization": f"Bearer {gateway.keys[key]}"},
+        )
+        reply.raise_for_status()
+        got: dict[str, list[str]] = {name: [] for name in runs}
+        for b in reply.json()["data"]:
+            name = next(n for n, r in runs.items() if b["metadata"]["aibatch_run"] == r)  # our run key in metadata
+            got[name].append(b["status"])
+        return got
+
+    before = statuses()
+    assert len(before["a"]) == len(before["b"]) == 1 and "cancel" not in str(before), before
+    done = run_twin(
+        "inline", ["--config", str(cfg), src, "--output-dir", str(outs["a"]), "--cancel"], submit_env(gateway, key)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cancelled 1 batch(es)" in done.stdout and not outs["a"].exists()  # no output written or committed
+    after = statuses()
+    assert after["a"][0] in ("cancelling", "cancelled"), after
+    assert after["b"][0] in ("validating", "in_progress"), after  # the other run's batch goes on
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

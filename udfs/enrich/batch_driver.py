@@ -3,8 +3,10 @@ provider's Batch API, and what comes back goes into the same answer cache; the
 engines' usual path then writes the outputs from the cache (so batch mode's
 outputs are online mode's, rows answered from the cache).
 
-Every step is recorded first in the job's batch ledger (the store beside the
-answers), so the same command after a kill -9 anywhere submits no line twice:
+Every step is recorded first in the batch ledger (the store beside the answers;
+one per API key and endpoint, each entry tagged with its run's key, and this
+driver reads and touches only its run's entries), so the same command after a
+kill -9 anywhere submits no line twice:
 
   prepared  -> the entry's lines are chosen (custom_id = the prompt's cache key)
   uploaded  -> OpenAI: the input file is up (a killed upload is found by its name and reused)
@@ -64,14 +66,16 @@ class BatchDriver:
         assets: Assets,
         api_key: str,
         store: Store,
-        job_id: str,
+        ledger: str,
+        run: str,
         workdir: Path,
         say: Callable[[str], None],
         on_stage: Stage = lambda _stage: None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.cfg, self.assets, self.api_key, self.store, self.job = cfg, assets, api_key, store, job_id
+        self.cfg, self.assets, self.api_key, self.store = cfg, assets, api_key, store
+        self.ledger, self.run_id = ledger, run  # the key's ledger; this run's key, in each of its entries
         self.workdir, self.say, self.on_stage, self.clock, self.sleep = workdir, say, on_stage, clock, sleep
         self.wire = dialect_for(cfg.provider.kind).batches
         self.spool = Spool(workdir / "spool.jsonl")
@@ -80,10 +84,15 @@ class BatchDriver:
 
     # ----- the ledger -----------------------------------------------------------
     def entries(self) -> dict[str, dict[str, Any]]:
-        return self.store.ledger_read(self.job)
+        """This run's entries (other runs on the key and store are not this run's to wait for)."""
+        return {n: e for n, e in self.store.ledger_read(self.ledger).items() if e.get("run") == self.run_id}
+
+    def known_batches(self) -> set[str]:
+        """Every batch id some run on this key has recorded: never one to adopt as this run's."""
+        return {str(e["batch_id"]) for e in self.store.ledger_read(self.ledger).values() if e.get("batch_id")}
 
     def put(self, entry: dict[str, Any]) -> None:
-        self.store.ledger_put(self.job, entry["name"], entry)
+        self.store.ledger_put(self.ledger, entry["name"], entry)
 
     @staticmethod
     def failures(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -103,7 +112,7 @@ class BatchDriver:
 
     # ----- one run --------------------------------------------------------------
     def run(self, lines: Iterable[tuple[str, str]]) -> BatchReport:
-        """Submit the uncached lines, follow every batch of the job to its end, read the results
+        """Submit the uncached lines, follow every batch of the run to its end, read the results
         into the cache; returns what this run did."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.report.selected_lines = self.spool.fill(lines, lambda cid: self.store.get_answer(cid) is not None)
@@ -142,7 +151,7 @@ class BatchDriver:
     def new_entry(self, group: list[str]) -> dict[str, Any]:
         entries = self.entries()
         seq = 1 + max((int(e["seq"]) for e in entries.values()), default=0)
-        entry = {"name": f"{self.job}-{seq:05d}", "seq": seq, "state": PREPARED, "lines": group}
+        entry = {"name": f"{self.run_id}-{seq:05d}", "run": self.run_id, "seq": seq, "state": PREPARED, "lines": group}
         self.put(entry)
         return entry
 
@@ -170,16 +179,16 @@ class BatchDriver:
             self.put(entry)
         batch_id = None
         if resumed and entry["state"] in (UPLOADED, CREATING):
-            known = {str(e.get("batch_id")) for e in self.entries().values() if e.get("batch_id")}
-            since = float(entry.get("since", 0.0))
-            batch_id = wire.find_created(http, name, entry.get("file_id"), since, len(entry["lines"]), known)
+            since, n = float(entry.get("since", 0.0)), len(entry["lines"])
+            batch_id = wire.find_created(http, name, self.run_id, entry.get("file_id"), since, n, self.known_batches())
             if batch_id is not None:
                 log.info("batch ledger: adopting %s, created by a run that was killed (%s)", batch_id, name)
         if batch_id is None:
             entry.update(state=CREATING, since=self.clock())
             self.put(entry)
             path = None if wire.uploads else self.batch_file(entry)
-            batch_id = wire.create(http, name, path or Path(), entry.get("file_id"), self.cfg.batch.completion_window)
+            window = self.cfg.batch.completion_window
+            batch_id = wire.create(http, name, self.run_id, path or Path(), entry.get("file_id"), window)
             self.on_stage("created")
             self.report.batches_created += 1
             self.report.lines_submitted += len(entry["lines"])
@@ -252,15 +261,16 @@ class BatchDriver:
         )
 
     def cancel(self) -> list[str]:
-        """Cancel the job's batches that have not ended (and a killed run's half-created one)."""
+        """Cancel this run's batches that have not ended (and a killed run's half-created one);
+        other runs' batches on the same key and store are left alone."""
         cancelled = []
         with self.wire.client(self.cfg.provider, self.api_key) as http:
-            known = {str(e.get("batch_id")) for e in self.entries().values() if e.get("batch_id")}
+            known = self.known_batches()
             for entry in self.entries().values():
                 batch_id = entry.get("batch_id")
                 if entry["state"] in (UPLOADED, CREATING):
-                    since, n = float(entry.get("since", 0.0)), len(entry["lines"])
-                    batch_id = self.wire.find_created(http, entry["name"], entry.get("file_id"), since, n, known)
+                    since, n, file_id = float(entry.get("since", 0.0)), len(entry["lines"]), entry.get("file_id")
+                    batch_id = self.wire.find_created(http, entry["name"], self.run_id, file_id, since, n, known)
                     if batch_id is not None:
                         entry.update(state=SUBMITTED, batch_id=batch_id)
                         self.put(entry)

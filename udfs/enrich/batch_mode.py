@@ -3,14 +3,18 @@
 made, cancel the open batches (`--cancel`), count the batches a dry run would
 create, and the documented kill hook the crash tests use.
 
-The ledger is kept per API key and endpoint (the budget's namespace), not per
-output: the batches exist at the provider for that key, so a rerun of the same
-command on either engine, or another job on the same key and store, finds
-them and submits none of their lines again.
+The ledger is kept per API key and endpoint (the budget's namespace), and each
+entry carries its run's key (run_key: the final output as the user named it,
+plus the provider's endpoint and model), so a rerun of the same command on
+either engine picks up its own batches, while --cancel and the waiting touch
+only this run's: another job on the same key and store is left alone. The
+whole key's ledger still says which batch ids some run has recorded, so
+adopting a batch a killed run created never takes another run's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,6 +41,16 @@ def ledger_name(cfg: EnrichConfig, api_key: str) -> str:
     return "batches-" + budget_namespace(cfg, api_key)
 
 
+def run_key(cfg: EnrichConfig, output: str) -> str:
+    """What identifies a batch-mode run across reruns: its final output as the user named it
+    (a local path made absolute, so the same command from the same directory gives it again;
+    never a staging dir) and the provider's endpoint and model."""
+    where = output.rstrip("/") if "://" in output else os.path.abspath(output)
+    p = cfg.provider
+    digest = hashlib.sha256("\0".join((where, p.base_url.rstrip("/"), p.kind, p.model)).encode()).hexdigest()
+    return f"run-{digest[:16]}"
+
+
 def kill_hook(environ: Mapping[str, str] | None = None) -> Stage:
     stage = (os.environ if environ is None else environ).get(KILL_AT_ENV, "").strip()
 
@@ -61,21 +75,23 @@ def obtain_batch_answers(
     store: Store,
     lines: Iterable[tuple[str, str]],
     prices: PriceTable,
+    output: str,
 ) -> list[str]:
-    """Run batch mode over the request lines (custom_id, line JSON); the answers land in the
-    store's cache. Returns the summary line of what it did."""
+    """Run batch mode over the request lines (custom_id, line JSON) for the run whose final
+    output is `output`; the answers land in the store's cache. Returns the summary line."""
     with tempfile.TemporaryDirectory(prefix="enrich-batch-") as work:
-        driver = BatchDriver(
-            cfg, assets, api_key, store, ledger_name(cfg, api_key), Path(work), say, on_stage=kill_hook()
-        )
+        ledger, run = ledger_name(cfg, api_key), run_key(cfg, output)
+        driver = BatchDriver(cfg, assets, api_key, store, ledger, run, Path(work), say, on_stage=kill_hook())
         report = driver.run(lines)
     return batch_report(report, prices)
 
 
-def cancel_batches(cfg: EnrichConfig, assets: Assets, api_key: str, store: Store) -> list[str]:
-    """--cancel: cancel the key's open batches at the provider; the outputs are left as they are."""
+def cancel_batches(cfg: EnrichConfig, assets: Assets, api_key: str, store: Store, output: str) -> list[str]:
+    """--cancel: cancel the open batches of the run whose final output is `output` at the
+    provider (other runs' on the same key and store are left alone); no output is touched."""
     with tempfile.TemporaryDirectory(prefix="enrich-batch-") as work:
-        driver = BatchDriver(cfg, assets, api_key, store, ledger_name(cfg, api_key), Path(work), say)
+        ledger, run = ledger_name(cfg, api_key), run_key(cfg, output)
+        driver = BatchDriver(cfg, assets, api_key, store, ledger, run, Path(work), say)
         cancelled = driver.cancel()
     return [f"enrich --cancel: cancelled {len(cancelled)} batch(es): {' '.join(cancelled) or '-'}; outputs untouched"]
 

@@ -5,10 +5,11 @@ run created but did not record, polling, the results (streamed) and cancelling.
 Synchronous httpx: the batch driver runs on the job's driver, not in the tasks.
 
 OpenAI: the lines go up as a file (`/v1/files`, purpose "batch", named by the
-ledger entry), then `/v1/batches` names it (with the entry's name in metadata).
-Anthropic: the lines go in the body of `/v1/messages/batches`, which has no
-metadata, so a batch a killed run created is recognised by its creation time
-and size.
+ledger entry), then `/v1/batches` names it, with the run's key and the entry's
+name in its metadata, so a batch a killed run created is adopted by those (or
+by its input file). Anthropic: the lines go in the body of
+`/v1/messages/batches`, which has no metadata, so such a batch is recognised by
+its creation time and size, among the batches no run has recorded.
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ class BatchWire:
     def delete_upload(self, http: httpx.Client, file_id: str) -> None:
         pass
 
-    def create(self, http: httpx.Client, name: str, path: Path, file_id: str | None, window: str) -> str:
+    def create(self, http: httpx.Client, name: str, run: str, path: Path, file_id: str | None, window: str) -> str:
         raise NotImplementedError
 
     def find_created(
-        self, http: httpx.Client, name: str, file_id: str | None, since: float, lines: int, known: set[str]
+        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
     ) -> str | None:
-        """The batch a killed run created for this entry but never recorded, if there is one."""
+        """The batch a killed run created for this entry (of run `run`) but never recorded, if
+        there is one; `known`: the batch ids recorded by any run, never this entry's."""
         raise NotImplementedError
 
     def poll(self, http: httpx.Client, batch_id: str) -> Polled:
@@ -126,24 +128,26 @@ class OpenAIBatches(BatchWire):
     def delete_upload(self, http: httpx.Client, file_id: str) -> None:
         _check(http.delete(f"/files/{file_id}"))
 
-    def create(self, http: httpx.Client, name: str, path: Path, file_id: str | None, window: str) -> str:
+    def create(self, http: httpx.Client, name: str, run: str, path: Path, file_id: str | None, window: str) -> str:
         body = {
             "input_file_id": file_id,
             "endpoint": OPENAI_ENDPOINT,
             "completion_window": window,
-            "metadata": {"aibatch_entry": name},
+            "metadata": {"aibatch_run": run, "aibatch_entry": name},
         }
         return str(_check(http.post("/batches", json=body)).json()["id"])
 
     def find_created(
-        self, http: httpx.Client, name: str, file_id: str | None, since: float, lines: int, known: set[str]
+        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
     ) -> str | None:
         after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
             page = _check(http.get("/batches", params=params)).json()
             for b in page["data"]:
-                if b["input_file_id"] == file_id or (b.get("metadata") or {}).get("aibatch_entry") == name:
+                meta = b.get("metadata") or {}
+                ours = meta.get("aibatch_run") == run and meta.get("aibatch_entry") == name
+                if b["id"] not in known and (ours or (file_id is not None and b["input_file_id"] == file_id)):
                     return str(b["id"])
             if not page.get("has_more") or not page["data"]:
                 return None
@@ -208,7 +212,7 @@ class AnthropicBatches(BatchWire):
         flat = {k: v for k, v in params.items() if k != "extra_body"}  # the SDK merges extra_body into the body
         return {"custom_id": custom_id, "params": {**flat, **params.get("extra_body", {})}}
 
-    def create(self, http: httpx.Client, name: str, path: Path, file_id: str | None, window: str) -> str:
+    def create(self, http: httpx.Client, name: str, run: str, path: Path, file_id: str | None, window: str) -> str:
         def body() -> Iterator[bytes]:  # the request body streamed from the file, never whole in memory
             yield b'{"requests": ['
             with path.open("rb") as fh:
@@ -220,7 +224,7 @@ class AnthropicBatches(BatchWire):
         return str(_check(reply).json()["id"])
 
     def find_created(
-        self, http: httpx.Client, name: str, file_id: str | None, since: float, lines: int, known: set[str]
+        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
     ) -> str | None:
         page = _check(http.get(self.PATH, params={"limit": 1000})).json()
         found = [
