@@ -5,9 +5,17 @@ AIBATCH_ENRICH_BATCH_KILL_AT, placed where a crash hurts most: after the
 provider acted, before the ledger recorded it). The same command again then
 finishes; the gateway's batch ledger shows no line submitted twice and no
 online call; the output equals an uninterrupted run's. The twin's launcher is
-the driver (./submit.sh mr enrich), run as a subprocess."""
+the driver (./submit.sh mr enrich), run as a subprocess. On Spark the whole
+./submit.sh process group (spark-submit's JVM, the Python driver, its workers)
+is killed from outside while the driver polls."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
 
 import httpx
 import pytest
@@ -17,15 +25,18 @@ from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .support import (
     CANARY,
+    ROOT,
     comparable,
     enrich_settings,
     read_jsonl_dir,
+    read_parquet_dir,
     run_twin,
     scored_rows,
     start_gateway,
     submit_env,
     write_config,
     write_jsonl,
+    write_parquet,
 )
 
 pytestmark = pytest.mark.slow
@@ -34,6 +45,7 @@ ROWS = scored_rows(24)
 SELECTED = sorted(r["id"] for r in ROWS if r["predicted"] == "negative")
 COMPARED = tuple(f for f in RESULT_FIELDS if f not in RUN_VARYING_FIELDS)
 FAST = {"validating_seconds": 0.05, "processing_seconds": 0.5, "finalizing_seconds": 0.05}
+SLOW = {**FAST, "processing_seconds": 10.0}  # the Spark case: long enough to be killed while polling
 POLL = {"poll_interval_s": 0.05, "poll_backoff": 1.5, "poll_max_s": 0.3}
 CASES = [
     ("openai", "upload"),
@@ -52,6 +64,7 @@ def key_of(provider: str, stage: str) -> str:
 def gateway():
     keys = {key_of(p, s): {"batches": FAST} for p, s in CASES}
     keys.update({f"{p}-baseline": {"batches": FAST} for p in ("openai", "anthropic")})
+    keys["spark-polling"] = {"batches": SLOW}
     with start_gateway(keys) as gw:
         yield gw
 
@@ -101,4 +114,51 @@ def test_kill_and_rerun_submits_no_line_twice(gateway, baselines, tmp_path, prov
     assert lines["repeated"] == 0 and lines["admitted"] == len(SELECTED) == lines["succeeded"]
     assert admin(gateway, key, "prompts")["admitted"] == 0  # nothing went online
     for text in (killed.stdout, killed.stderr, rerun.stdout, rerun.stderr):
+        assert CANARY not in text
+
+
+def test_spark_driver_killed_while_polling_then_rerun(gateway, baselines, tmp_path):
+    """kill -9 of ./submit.sh's process group once the driver polls its batches (every line
+    submitted, a progress line printed), then the same command: no line twice, no online call,
+    the output the uninterrupted run's (the twin's: batch mode gives both engines the same rows)."""
+    key = "spark-polling"
+    settings = enrich_settings(gateway, key, tmp_path / "store", mode="batch", batch={**POLL, "max_lines": 5})
+    cfg = write_config(tmp_path / "c.toml", settings)
+    out = tmp_path / "out"
+    scored = write_parquet(ROWS, tmp_path / "scored")
+    cmd = [str(ROOT / "submit.sh"), "--master", "local[2]", "--config", str(cfg), "enrich"]
+    cmd += ["--input", scored, "--output", str(out), "--tasks", "2"]
+    env = submit_env(gateway, key)
+    # Files, not pipes: a pipe nobody reads until the kill could fill and stall the job.
+    out_file, err_file = tmp_path / "killed.out", tmp_path / "killed.err"
+    with open(out_file, "w") as so, open(err_file, "w") as se:
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=so, stderr=se, start_new_session=True)
+
+    def printed() -> str:  # spark-submit passes the Python driver's stderr (the progress line) to its stdout
+        return out_file.read_text() + err_file.read_text()
+
+    try:
+        deadline = time.monotonic() + 300
+        while admin(gateway, key, "batch_lines")["admitted"] < len(SELECTED) or "enrich batch:" not in printed():
+            assert job.poll() is None, f"the job ended before it could be killed: {printed()[-3000:]}"
+            assert time.monotonic() < deadline, f"not polling after 300 s: {printed()[-3000:]}"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the whole group: bash, the JVM, Python driver and workers
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    assert job.returncode != 0 and not out.exists()  # nothing committed
+    before = admin(gateway, key, "batch_lines")
+    assert before["admitted"] == len(SELECTED) and before["succeeded"] < len(SELECTED), before  # still processing
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = read_parquet_dir(out)
+    assert comparable(rows, COMPARED) == baselines["openai"]
+    assert all(r["status"] == "enriched" for r in rows) and read_parquet_dir(str(out) + "_dead_letters") == []
+    lines = admin(gateway, key, "batch_lines")
+    assert lines["repeated"] == 0 and lines["admitted"] == len(SELECTED) == lines["succeeded"], lines
+    assert admin(gateway, key, "prompts")["admitted"] == 0  # nothing went online
+    assert "0 batch(es) created" in rerun.stdout  # the rerun adopted the killed run's batches
+    for text in (printed(), rerun.stdout, rerun.stderr):
         assert CANARY not in text
