@@ -3,6 +3,7 @@ budget) beside a naive client and the OpenAI cookbook's throttled client, on
 the same workload against the same gateway limits, in one run.
 
 Run with: .venv/bin/python bench/bench_enrich.py [--rows 2000 --window 20 --latency-ms 200]
+          .venv/bin/python bench/bench_enrich.py --mode batch [--rows N --batch-span 60]
 
 The gateway (python -m gateway, a free 127.0.0.1 port, generated config and
 keys) limits each client's key to 600 requests and 60,000 tokens per window,
@@ -26,6 +27,16 @@ that did not end with a schema-valid answer); wall time.
   worth, refilled continuously, a 1 ms polling loop, 5 attempts a row, a
   15 s pause after a rate-limit error detected by error.code == '429'); its
   minute and its 15 s are scaled by window/60 like the limits.
+
+--mode batch: the enrich job twice on the same rows, each on its own key with
+the same limits: online (enrich.mode = "online"), then through the Batch API
+(enrich.mode = "batch"; the gateway answers a batch's lines evenly over
+--batch-span seconds, the scaled stand-in for the providers' "within 24 h").
+Printed for both and as batch/online ratios: wall time, the span (online: first
+to last admitted request; batch: the configured processing span), cost (the
+job's own summary: estimated cost of online calls plus batch lines at batch
+prices), online calls, batch lines and batches, 429s (must be 0), lines
+submitted twice (must be 0) and lost rows (must be 0).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -55,6 +67,7 @@ from scripts.datasets import MOVIE_TSV, package_file  # noqa: E402
 from scripts.toml_text import toml_text  # noqa: E402
 
 CLIENTS = ("enrich", "naive", "cookbook")
+BATCH_CLIENT = "batch"  # --mode batch: the enrich job in batch mode, on a key of its own
 MODEL = "gpt-4o-mini"
 TEMPLATE = "review_enrich@1"
 
@@ -78,6 +91,11 @@ def gateway_config(args: argparse.Namespace) -> str:
     text += "[keys.limits]\nrequests = 100000000\ntokens = 1000000000\nconcurrent = 1024\n"
     for name in CLIENTS:
         text += f'\n[[keys]]\nname = "{name}"\nenv = "BENCH_KEY_{name.upper()}"\n'
+    # The batch key: the same limits (the file's [limits]); its batches answer their lines over the span.
+    text += f'\n[[keys]]\nname = "{BATCH_CLIENT}"\nenv = "BENCH_KEY_{BATCH_CLIENT.upper()}"\n'
+    text += (
+        f"[keys.batches]\nvalidating_seconds = 1.0\nprocessing_seconds = {args.batch_span}\nfinalizing_seconds = 1.0\n"
+    )
     text += (
         '\n[[models]]\nid = "gpt-4o-mini-2024-07-18"\naliases = ["gpt-4o-mini"]\ndisplay_name = "GPT-4o mini"\n'
         'owned_by = "openai"\ncreated = 2024-07-18\ncontext_window = 128000\nmax_output_tokens = 16384\n'
@@ -345,7 +363,10 @@ async def run_cookbook(rows: list[dict], base: str, key: str, args: argparse.Nam
 # ----- the enrich job ---------------------------------------------------------
 
 
-def run_enrich(rows: list[dict], base: str, key: str, args: argparse.Namespace, tmp: Path) -> int:
+def run_enrich(
+    rows: list[dict], base: str, key: str, args: argparse.Namespace, tmp: Path, mode: str = "online"
+) -> tuple[int, list[str]]:
+    """The real job through ./submit.sh; (rows with a schema-valid answer, the job's summary lines)."""
     data = tmp / "scored"
     data.mkdir()
     pd.DataFrame(rows).to_parquet(data / "part-00000.parquet", index=False)
@@ -370,11 +391,14 @@ def run_enrich(rows: list[dict], base: str, key: str, args: argparse.Namespace, 
             "window_seconds": float(args.window),
         },
         "store": {"backend": "sqlite", "path": str(tmp / "store.sqlite")},
+        "mode": mode,
+        # Polls every 1-5 s: at the scaled span, the providers' own advice (every minute or so) scaled down.
+        "batch": {"poll_interval_s": 1.0, "poll_backoff": 1.5, "poll_max_s": 5.0},
     }
     config = tmp / "pipeline.toml"
     config.write_text(toml_text({"registry_dir": str(tmp / "models"), "enrich": enrich}))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["BENCH_KEY_ENRICH"] = key
+    env["BENCH_KEY_ENRICH"] = key  # the config names this variable in either mode
     done = subprocess.run(
         [
             str(REPO / "submit.sh"),
@@ -398,9 +422,62 @@ def run_enrich(rows: list[dict], base: str, key: str, args: argparse.Namespace, 
     )
     if done.returncode != 0:
         raise SystemExit(f"enrich job failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}")
-    print("   " + "\n   ".join(line for line in done.stdout.splitlines() if line.strip()))
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    print("   " + "\n   ".join(lines))
     out = pd.concat([pd.read_parquet(p) for p in sorted((tmp / "enriched").glob("*.parquet"))], ignore_index=True)
-    return int(sum(valid_answer(t) for t in out["raw_answer"]))
+    return int(sum(valid_answer(t) for t in out["raw_answer"])), lines
+
+
+def _number(pattern: str, text: str) -> float:
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
+
+
+def mode_figures(o: Outcome, lines: list[str], args: argparse.Namespace) -> dict:
+    """One mode's row of the batch comparison, from the gateway's counters and the job's summary."""
+    text = "\n".join(lines)
+    windows = o.usage["windows"]
+    batch_lines = o.usage["batch_lines"]
+    online_span = (o.last - o.first) if o.first is not None and o.last is not None else 0.0
+    return {
+        "wall": o.wall_s,
+        "span": args.batch_span if o.client == BATCH_CLIENT else online_span,
+        # the online calls' estimated cost plus the batch lines' cost at batch prices
+        "cost": _number(r"estimated cost \$([\d.]+)", text) + _number(r"cost \$([\d.]+) at batch prices", text),
+        "calls": sum(w["requests"] for w in windows),
+        "lines": batch_lines["admitted"],
+        "batches": int(_number(r"(\d+) batch\(es\) created", text)),
+        "429s": sum(w["rate_limited"] for w in windows),
+        "twice": batch_lines["repeated"],
+        "lost": o.rows - o.answered,
+    }
+
+
+def print_batch_comparison(results: list[tuple[Outcome, list[str]]], args: argparse.Namespace) -> None:
+    rows = {o.client: mode_figures(o, lines, args) for o, lines in results}
+    names = {"enrich": "online", BATCH_CLIENT: "batch"}
+    print(
+        f"\n{'mode':<8} {'wall s':>7} {'span s':>7} {'cost $':>8} {'calls':>6} {'lines':>6} {'batches':>7} "
+        f"{'429s':>5} {'twice':>5} {'lost':>5}"
+    )
+    for client, f in rows.items():
+        print(
+            f"{names[client]:<8} {f['wall']:>7.1f} {f['span']:>7.1f} {f['cost']:>8.4f} {f['calls']:>6} "
+            f"{f['lines']:>6} {f['batches']:>7} {f['429s']:>5} {f['twice']:>5} {f['lost']:>5}"
+        )
+    if len(rows) == 2:
+        on, ba = rows["enrich"], rows[BATCH_CLIENT]
+
+        def ratio(key: str) -> str:
+            return f"{ba[key] / on[key]:.3f}" if on[key] else "-"
+
+        print(f"batch/online: wall {ratio('wall')}, span {ratio('span')}, cost {ratio('cost')}, calls {ratio('calls')}")
+    print(
+        "\nspan: online, first to last admitted request (gateway counters); batch, the gateway's processing span "
+        "per batch (--batch-span). cost: the job's summary (online calls at list prices, batch lines at batch "
+        "prices). calls: online chat calls admitted; lines: batch lines admitted; twice: lines submitted more "
+        "than once; lost: rows without a schema-valid answer. wall: the whole job, Spark's start included."
+    )
 
 
 def main() -> int:
@@ -413,12 +490,24 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=200.0, help="median of the lognormal answer latency")
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--clients", default=",".join(CLIENTS), help="which clients to run, in order")
+    parser.add_argument(
+        "--mode",
+        choices=("online", "batch"),
+        default="online",
+        help="online: the clients above; batch: the enrich job online, then in batch mode (--clients ignored)",
+    )
+    parser.add_argument(
+        "--batch-span", type=float, default=60.0, help="--mode batch: seconds the gateway takes to answer a batch"
+    )
     args = parser.parse_args()
+    if args.mode == "batch":
+        args.clients = f"enrich,{BATCH_CLIENT}"
 
     rows = workload(args.rows)
-    keys = {name: f"sk-bench-{secrets.token_hex(12)}" for name in ("admin", *CLIENTS)}
+    keys = {name: f"sk-bench-{secrets.token_hex(12)}" for name in ("admin", *CLIENTS, BATCH_CLIENT)}
     env = {**os.environ, **{f"BENCH_KEY_{name.upper()}": value for name, value in keys.items()}}
     outcomes: list[Outcome] = []
+    summaries: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         conf = tmp / "gateway.toml"
@@ -434,15 +523,17 @@ def main() -> int:
                 f"enrich benchmark: {len(rows)} selected rows; gateway limits {args.requests_limit} requests and "
                 f"{args.tokens_limit} tokens per {args.window:g} s sliding window (= per minute at full scale), "
                 f"concurrency {args.concurrent_limit}; lognormal latency, median {args.latency_ms:g} ms; "
-                f"{os.cpu_count()} CPUs"
+                f"{os.cpu_count()} CPUs" + (f"; batch span {args.batch_span:g} s" if args.mode == "batch" else "")
             )
             for name in args.clients.split(","):
                 print(f"\n-- {name}")
                 started = time.time()
+                lines: list[str] = []
                 with UsageWatcher(base, keys["admin"], name) as watch:
-                    if name == "enrich":
+                    if name in ("enrich", BATCH_CLIENT):
                         (tmp / name).mkdir()
-                        answered = run_enrich(rows, base, keys[name], args, tmp / name)
+                        mode = "batch" if name == BATCH_CLIENT else "online"
+                        answered, lines = run_enrich(rows, base, keys[name], args, tmp / name, mode)
                     elif name == "naive":
                         answered = run_naive(rows, base, keys[name], args)
                     elif name == "cookbook":
@@ -452,8 +543,13 @@ def main() -> int:
                 outcomes.append(
                     Outcome(name, time.time() - started, len(rows), answered, watch.usage, watch.first, watch.last)
                 )
+                summaries.append(lines)
         finally:
             server.stop()
+
+    if args.mode == "batch":
+        print_batch_comparison(list(zip(outcomes, summaries, strict=True)), args)
+        return 0
 
     print(
         f"\n{'client':<10} {'req/limit':>9} {'tok/limit':>9} {'429 share':>9} {'429s':>6} {'admitted':>8} "

@@ -223,6 +223,20 @@ def enrich_partitions(
     return enrich
 
 
+def batch_lines_partitions(cfg: Any, assets: Any) -> PartitionFn:
+    """mapInPandas function: selected rows -> (custom_id, line) request lines of batch mode
+    (udfs.enrich.batch_lines.request_lines), made by the tasks in parallel."""
+
+    def lines(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .enrich.batch_lines import request_lines
+
+        for frame in batches:
+            made = list(request_lines(frame.to_dict("records"), cfg, assets))
+            yield pd.DataFrame(made, columns=["custom_id", "line"])
+
+    return lines
+
+
 def estimate_partitions(cfg: Any, assets: Any, job_id: str) -> PartitionFn:
     """mapInPandas function: selected rows -> one row (calls, input_tokens,
     output_tokens) per batch, what enriching them would cost (--dry-run;

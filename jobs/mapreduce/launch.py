@@ -42,6 +42,10 @@ JOBS = {
     "stats": "mr_compute_stats.py",
     "enrich": "mr_enrich_rows.py",
 }
+# Twins whose driver names its state (enrich: claims, counters, batches) by the final output,
+# which the launcher passes as --run-output since the job itself writes to a staging dir. With
+# --cancel the job returns before running anything: --output-dir names the run, nothing is committed.
+RUN_OUTPUT_JOBS = {"enrich"}
 
 
 def _has(args: list[str], *flags: str) -> bool:
@@ -274,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(error)
         inputs, output = _job_inputs_and_output(job, cmd)
         _check_inputs(inputs)
+        if output and job in RUN_OUTPUT_JOBS:
+            cmd += ["--run-output", output]
+            if _has(args, "--cancel"):
+                output = None  # nothing to commit: the job writes nothing
         if output:
             commit.check_outputs({"output": output}, inputs, overwrite)
     except (ConfigError, SettingsError, commit.OutputError, PackError) as exc:

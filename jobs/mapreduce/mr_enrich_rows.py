@@ -17,11 +17,13 @@ Run with:
     AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --output-dir enriched [--overwrite] \
         [--cache DIR] [--set enrich.KEY=VALUE]
     AIBATCH_GATEWAY_KEY=... ./submit.sh mr enrich -r local scored.jsonl --dry-run   (no output dir: writes nothing)
+    ... --set enrich.mode=batch [--cancel]   (the Batch APIs; --cancel cancels the --output-dir run's batches)
     (-r hadoop reads and writes hdfs:// paths; -r inline runs in one process)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -55,10 +57,24 @@ class MREnrichRows(ConfiguredJob):
 
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output dir)")
+        self.add_passthru_arg("--job-id", default="", help="store namespace (default: from the output)")
+        self.add_passthru_arg(
+            "--run-output",
+            default="",
+            help="the final output as the user named it (the launcher sets it: the job writes to a staging dir); "
+            "it names the job and its batches (default: --output-dir)",
+        )
         self.add_passthru_arg("--cache", default="", help="directory of the SQLite store (default: the config's)")
         self.add_passthru_arg("--batch-rows", type=int, default=5000, help="rows handed to the runner at once")
         self.add_passthru_arg("--dry-run", action="store_true", help="count calls and estimated tokens; call nothing")
+        self.add_passthru_arg(
+            "--cancel",
+            action="store_true",
+            help="enrich.mode = batch: cancel this run's open batches (the run writing --output-dir) at the "
+            "provider; write nothing",
+        )
+        # Internal (batch mode's first pass, set by the driver): the mappers emit request lines.
+        self.add_passthru_arg("--batch-lines", action="store_true", help=argparse.SUPPRESS)
         self.add_passthru_arg(
             "--sample-percent",
             type=float,
@@ -103,7 +119,7 @@ class MREnrichRows(ConfiguredJob):
         self.store = open_store(self.ecfg, self.options.job_id)
         self.state = TaskState()  # what this task learns carries over its batches
         self.counters = ProgressFeed(self.store, self.options.job_id) if self.options.progress else None
-        if not self.options.dry_run:
+        if not (self.options.dry_run or self.options.batch_lines):
             self.api_key = read_api_key(self.ecfg.provider.api_key_env)
 
     def mapper_buffer_rows(self, _, row):
@@ -132,6 +148,12 @@ class MREnrichRows(ConfiguredJob):
         selected = [r for r, keep in zip(rows, mask, strict=True) if keep]
         self.increment_counter(GROUP, "not_selected", len(rows) - len(selected))
         if not selected:
+            return
+        if self.options.batch_lines:  # batch mode's first pass: the request lines, made in the tasks
+            from udfs.enrich.batch_lines import request_lines
+
+            for custom_id, line in request_lines(selected, self.ecfg, self.assets):
+                yield None, json.dumps([custom_id, line])
             return
         if self.options.dry_run:
             from udfs.enrich.accounting import estimate_counts
@@ -203,7 +225,9 @@ def run_enrich(probe: MREnrichRows) -> None:
     from udfs.enrich.progress import ProgressBar, snapshot
     from udfs.enrich.runner import open_store
 
-    output = probe.options.output_dir
+    # The run is named by its final output, not the staging dir the launcher gives the job, so a
+    # rerun of the same command finds its claims, counters and batches again.
+    output = probe.options.run_output or probe.options.output_dir
     job_id = probe.options.job_id or job_id_for(output or "-".join(probe.options.args))
     staged_argv = list(probe._cl_args) if probe.options.job_id else [*probe._cl_args, "--job-id", job_id]
     ecfg = probe.pipeline_config().enrich
@@ -214,6 +238,14 @@ def run_enrich(probe: MREnrichRows) -> None:
     if show:
         store.progress_reset(job_id)
         total = selected_total(probe.options.args, ecfg)
+    batch_lines: list[str] = []
+    if ecfg.mode == "batch" and not probe.options.dry_run:
+        resolved = ecfg.model_copy(update={"store": store_settings(ecfg, probe.options.cache)})
+        done = batch_phase(probe, resolved, store, prices, staged_argv, output or "-".join(probe.options.args))
+        if done is None:  # --cancel
+            store.close()
+            return
+        batch_lines = done
     job = MREnrichRows(args=staged_argv)
     with job.make_runner() as runner:
         with ProgressBar(total, lambda: snapshot(store, job_id), enabled=show):
@@ -225,14 +257,20 @@ def run_enrich(probe: MREnrichRows) -> None:
     store.close()
     rows_in = got.get("rows_in", 0)
     if probe.options.dry_run:
+        from udfs.enrich.assets import load_assets
+        from udfs.enrich.batch_mode import batches_for
+
+        calls, tin = got.get("est_calls", 0), got.get("est_input_tokens", 0)
+        assets = load_assets(ecfg, root=ConfiguredJob.home())
         out = dry_run_summary(
             rows_in,
             got.get("selected", 0),
-            got.get("est_calls", 0),
-            got.get("est_input_tokens", 0),
+            calls,
+            tin,
             got.get("est_output_tokens", 0),
             ecfg.provider.model,
             prices,
+            batches_for(ecfg, assets, calls, tin) if ecfg.mode == "batch" else None,
         )
         print("\n".join(out["lines"]))
         return
@@ -251,7 +289,42 @@ def run_enrich(probe: MREnrichRows) -> None:
         by_model=by_model,  # priced by the model that answered each row
     )
     totals.check()
-    print("\n".join(totals.report(prices)))
+    print("\n".join(totals.report(prices) + batch_lines))
+
+
+def without_output_dir(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--output-dir":
+            skip = True
+        elif not a.startswith("--output-dir="):
+            out.append(a)
+    return out
+
+
+def batch_phase(probe: MREnrichRows, ecfg, store, prices, staged_argv: list[str], run: str) -> list[str] | None:
+    """enrich.mode = "batch" (the launcher is the driver): a first pass of the same job whose
+    mappers emit the selected rows' request lines, streamed back here into
+    udfs.enrich.batch_mode, which fills the answer cache through the Batch API; the usual pass
+    then answers the rows from the cache. --cancel cancels the run's open batches instead
+    (None). `run`: the final output (the inputs when there is none), which keys the batches."""
+    from udfs.enrich.assets import load_assets
+    from udfs.enrich.batch_mode import cancel_batches, obtain_batch_answers
+
+    api_key = read_api_key(ecfg.provider.api_key_env).get_secret_value()
+    assets = load_assets(ecfg, root=ConfiguredJob.home())
+    if probe.options.cancel:
+        if not (probe.options.run_output or probe.options.output_dir):
+            raise ValueError("enrich --cancel: give the run's --output-dir (the batches cancelled are that run's)")
+        print("\n".join(cancel_batches(ecfg, assets, api_key, store, run)))
+        return None
+    job = MREnrichRows(args=[*without_output_dir(staged_argv), "--batch-lines"])
+    with job.make_runner() as runner:
+        runner.run()
+        lines = (tuple(json.loads(value)) for _, value in job.parse_output(runner.cat_output()))
+        return obtain_batch_answers(ecfg, assets, api_key, store, lines, prices, run)
 
 
 def main(argv: list[str] | None = None) -> int:

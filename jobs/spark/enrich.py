@@ -18,6 +18,7 @@ Run with:
     AIBATCH_GATEWAY_KEY=... ./submit.sh enrich --input hdfs://127.0.0.1:19820/user/$USER/aibatch/scored \
         --output hdfs://127.0.0.1:19820/user/$USER/aibatch/enriched [--dead-letters DL] [--overwrite] [--dry-run] \
         [--retry-dead-letters] [--cache DIR] [--tasks N] [--sample-percent P] [--set enrich.KEY=VALUE]
+    ... --set enrich.mode=batch [--cancel]   (the providers' Batch APIs; docs/enrichment.md "Batch mode")
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pyspark.sql import types as T
 from jobs import commit
 from jobs.spark import common
 from udfs.enrich.accounting import EnrichTotals, PriceError, PriceTable
+from udfs.enrich.batch_mode import batches_for, cancel_batches, obtain_batch_answers
 from udfs.enrich.driver import (
     ApiKeyMissing,
     add_progress_arg,
@@ -109,7 +111,20 @@ def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_sele
     )
     row = parts.agg(*[F.sum(c).alias(c) for c in ("calls", "input_tokens", "output_tokens")]).collect()[0]
     calls, tin, tout = (int(row[c] or 0) for c in ("calls", "input_tokens", "output_tokens"))
-    return dry_run_summary(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices)
+    batches = batches_for(ecfg, assets, calls, tin) if ecfg.mode == "batch" else None
+    return dry_run_summary(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices, batches)
+
+
+def batch_phase(todo: DataFrame, ecfg, assets, api_key, store, prices, output: str) -> list[str]:
+    """enrich.mode = "batch": the tasks turn the rows into request lines (in parallel), the
+    driver streams them (toLocalIterator) into udfs.enrich.batch_mode, which fills the answer
+    cache through the Batch API; the usual path below then answers the rows from the cache.
+    The run's batches are keyed by `output`, the final output (udfs.enrich.batch_mode.run_key)."""
+    from udfs.spark import batch_lines_partitions
+
+    lines = todo.mapInPandas(batch_lines_partitions(ecfg, assets), "custom_id string, line string")
+    stream = ((r["custom_id"], r["line"]) for r in lines.toLocalIterator())
+    return obtain_batch_answers(ecfg, assets, api_key.get_secret_value(), store, stream, prices, output)
 
 
 def main(spark: SparkSession, config, args) -> dict:
@@ -151,6 +166,11 @@ def main(spark: SparkSession, config, args) -> dict:
     tasks = args.tasks or spark.sparkContext.defaultParallelism
     show = args.progress and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
     store = open_store(ecfg, job_id)
+    if args.cancel:
+        lines = cancel_batches(ecfg, assets, api_key.get_secret_value(), store, args.output)
+        store.close()
+        return {"dry_run": True, "lines": lines}
+    batch_lines = batch_phase(todo, ecfg, assets, api_key, store, prices, args.output) if ecfg.mode == "batch" else []
     if show:
         store.progress_reset(job_id)
     results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)
@@ -180,6 +200,7 @@ def main(spark: SparkSession, config, args) -> dict:
             commit.filesystem(everything).delete(everything)
     store.close()
     out = summary(totals, prices, args.output, dead_letters)
+    out["lines"] += batch_lines
     log.info("enrich: %s", {k: v for k, v in out.items() if k != "lines"})
     return out
 
@@ -197,6 +218,12 @@ def parser():
         "--retry-dead-letters",
         action="store_true",
         help="re-run only the rows in the dead letters; write a complete new output and dead letters",
+    )
+    p.add_argument(
+        "--cancel",
+        action="store_true",
+        help="enrich.mode = batch: cancel this run's open batches (the run writing --output) at the provider; "
+        "write nothing",
     )
     p.add_argument("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
     p.add_argument("--tasks", type=int, help="Spark tasks making calls (default: the default parallelism)")
@@ -222,14 +249,14 @@ def prepare(config, args) -> dict:
     args.dead_letters = dead_letters_path(
         args.output, args.dead_letters
     )  # so the output checks before Spark starts see it
-    if args.dry_run:
-        args.output_dests = ()  # a dry run writes nothing
+    if args.dry_run or args.cancel:
+        args.output_dests = ()  # a dry run (or --cancel) writes nothing
     elif args.retry_dead_letters:
         args.overwrite = True  # it replaces the outputs it reads, by design
     try:
         PriceTable.load(ecfg.prices)
         load_assets(ecfg)
-        if not args.dry_run:
+        if not args.dry_run:  # --cancel needs the key too
             read_api_key(ecfg.provider.api_key_env)
     except (PriceError, ApiKeyMissing, PromptError, SchemaFileError) as exc:
         raise common.ConfigError(str(exc)) from None

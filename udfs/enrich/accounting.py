@@ -18,9 +18,17 @@ from .result import DEAD_LETTER, ENRICHED
 class ModelPrice:
     input_per_mtok: float
     output_per_mtok: float
+    # The Batch API's prices (enrich.mode = "batch"); None when the table gives none.
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
+
+    def batch_cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        if self.batch_input_per_mtok is None or self.batch_output_per_mtok is None:
+            return None
+        return (input_tokens * self.batch_input_per_mtok + output_tokens * self.batch_output_per_mtok) / 1_000_000
 
 
 class PriceError(ValueError):
@@ -43,12 +51,17 @@ class PriceTable:
         prices: dict[str, ModelPrice] = {}
         for model, entry in (data.get("models") or {}).items():
             try:
-                price = ModelPrice(float(entry["input_per_mtok"]), float(entry["output_per_mtok"]))
+                batch = [entry.get(k) for k in ("batch_input_per_mtok", "batch_output_per_mtok")]
+                price = ModelPrice(
+                    float(entry["input_per_mtok"]),
+                    float(entry["output_per_mtok"]),
+                    *(None if b is None else float(b) for b in batch),
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise PriceError(
                     f"{path}: models.{model}: needs numbers input_per_mtok and output_per_mtok ({exc})"
                 ) from None
-            if price.input_per_mtok < 0 or price.output_per_mtok < 0:
+            if min(price.input_per_mtok, price.output_per_mtok, *(b for b in batch if b is not None)) < 0:
                 raise PriceError(f"{path}: models.{model}: prices must not be negative")
             for name in [model, *entry.get("aliases", [])]:
                 prices[name] = price
@@ -163,15 +176,42 @@ def dry_run_report(
     est_output_tokens: int,
     model: str,
     prices: PriceTable,
+    batches: int | None = None,
 ) -> list[str]:
     """What a run would send: calls (cached prompts excluded), estimated tokens
-    (prompt tokens counted, output at max_tokens: an upper bound) and cost."""
+    (prompt tokens counted, output at max_tokens: an upper bound) and cost; in
+    batch mode (`batches`: how many it would create) the batch cost beside the online one."""
     price = prices.price(model)
     cost = None if price is None else price.cost(est_input_tokens, est_output_tokens)
-    return [
+    lines = [
         f"enrich --dry-run: rows in {rows_in}, selected {selected} (not selected {rows_in - selected})",
         f"  would make {calls} calls to {model}, estimated tokens {est_input_tokens} in + at most "
         f"{est_output_tokens} out, estimated cost at most {format_cost(cost)}",
+    ]
+    if batches is not None:
+        batch_cost = None if price is None else price.batch_cost(est_input_tokens, est_output_tokens)
+        lines.append(
+            f"  batch mode: {batches} batch(es) of {calls} lines; cost at most {format_cost(batch_cost)} "
+            f"at batch prices vs {format_cost(cost)} online"
+        )
+    return lines
+
+
+def batch_report(report: Any, prices: PriceTable) -> list[str]:
+    """The batch phase's line: batches, lines, and the discount obtained on the answered lines."""
+    batch_cost: float | None = 0.0
+    online: float | None = 0.0
+    for model, (tin, tout) in report.by_model.items():
+        price = prices.price(model)
+        b = None if price is None else price.batch_cost(tin, tout)
+        o = None if price is None else price.cost(tin, tout)
+        batch_cost = None if b is None or batch_cost is None else batch_cost + b
+        online = None if o is None or online is None else online + o
+    saved = "unknown" if batch_cost is None or online is None else f"${online - batch_cost:.4f}"
+    return [
+        f"  batch mode: {report.batches_created} batch(es) created, {report.lines_submitted} lines submitted, "
+        f"{report.answered} answered, {report.gave_up} past the attempts; cost {format_cost(batch_cost)} at batch "
+        f"prices vs {format_cost(online)} online (saved {saved})"
     ]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .batch_wire import AnthropicBatches, BatchWire, OpenAIBatches
 from .settings import ProviderConfig
 
 TOOL_NAME = "record_enrichment"  # the one tool a `tool` request forces; its input is the answer
@@ -39,6 +40,7 @@ class Dialect:
     token_dims: tuple[str, ...]  # the token dimensions of its limits (besides requests)
     header_dims: tuple[tuple[str, str, str], ...]  # (dimension, remaining header, limit header)
     request_id_header: str
+    batches: BatchWire  # its Batch API (batch_wire.py)
 
     def amounts(self, input_tokens: int, output_tokens: int) -> dict[str, int]:
         """What a call takes of the budget (or reserves, with output at max_tokens)."""
@@ -79,6 +81,10 @@ class Dialect:
         """Fold one stream event into `answer`; returns the answer text it adds (or None)."""
         raise NotImplementedError
 
+    def batch_reply(self, body: dict[str, Any]) -> Answer:
+        """A Batch API result's completion body (the online endpoint's body), read as `reply` reads it."""
+        raise NotImplementedError
+
 
 class OpenAIChat(Dialect):
     """Chat Completions (OpenAI, vLLM, llama.cpp, LiteLLM)."""
@@ -90,6 +96,7 @@ class OpenAIChat(Dialect):
         ("tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens"),
     )
     request_id_header = "x-request-id"
+    batches = OpenAIBatches()
 
     def amounts(self, input_tokens: int, output_tokens: int) -> dict[str, int]:
         return {"requests": 1, "tokens": input_tokens + output_tokens}
@@ -139,6 +146,11 @@ class OpenAIChat(Dialect):
             complete=True,
         )
 
+    def batch_reply(self, body: dict[str, Any]) -> Answer:
+        from openai.types.chat import ChatCompletion
+
+        return self.reply(ChatCompletion.model_validate(body))
+
     def event(self, answer: Answer, event: Any) -> str | None:
         answer.request_id = answer.request_id or event.id
         answer.model = event.model or answer.model
@@ -169,6 +181,7 @@ class AnthropicMessages(Dialect):
         ("output_tokens", "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-limit"),
     )
     request_id_header = "request-id"
+    batches = AnthropicBatches()
 
     def amounts(self, input_tokens: int, output_tokens: int) -> dict[str, int]:
         return {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -226,6 +239,11 @@ class AnthropicMessages(Dialect):
             finish=body.stop_reason,
             complete=True,
         )
+
+    def batch_reply(self, body: dict[str, Any]) -> Answer:
+        from anthropic.types import Message
+
+        return self.reply(Message.model_validate(body))
 
     def event(self, answer: Answer, event: Any) -> str | None:
         if event.type == "message_start":

@@ -95,9 +95,17 @@ def summary(totals: EnrichTotals, prices: PriceTable, output: str, dead_letters:
 
 
 def dry_run_summary(
-    rows_in: int, selected: int, calls: int, input_tokens: int, output_tokens: int, model: str, prices: PriceTable
+    rows_in: int,
+    selected: int,
+    calls: int,
+    input_tokens: int,
+    output_tokens: int,
+    model: str,
+    prices: PriceTable,
+    batches: int | None = None,
 ) -> dict[str, Any]:
-    lines = dry_run_report(rows_in, selected, calls, input_tokens, output_tokens, model, prices)
+    """`batches`: in batch mode, how many batches the run would create (its cost printed beside online's)."""
+    lines = dry_run_report(rows_in, selected, calls, input_tokens, output_tokens, model, prices, batches)
     return {
         "dry_run": True,
         "lines": lines,

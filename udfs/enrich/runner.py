@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .assets import Assets, Row, load_assets, prompt_of, request_params
+from .batch_lines import DEAD_PREFIX
 from .calls import Caller, Constraint, EventSink
 from .claims import Claims
 from .dialects import dialect_for
@@ -101,6 +102,15 @@ class BatchRunner:
             except Exception:  # a progress display must never fail a batch
                 log.exception("on_event callback failed")
 
+    async def batch_outcome(self, caller: Caller, h: str) -> dict[str, Any]:
+        """Batch mode without the online fallback: the dead letter batch mode stored for a prompt
+        it gave up on (its answer, had there been one, was in the cache)."""
+        record = await asyncio.to_thread(self.store.get_answer, DEAD_PREFIX + h)
+        if record is not None:
+            return record
+        reason = "batch: no answer from the Batch API and enrich.batch.fallback is 'none'"
+        return caller.record(DEAD_LETTER, {}, None, 0, time.perf_counter(), reason)
+
     async def run(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
         params = request_params(self.cfg, self.assets)
         groups: dict[str, list[int]] = {}
@@ -133,6 +143,8 @@ class BatchRunner:
         heartbeat = asyncio.create_task(self.claims.renew_forever())
 
         def call_for(h: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+            if self.cfg.mode == "batch" and self.cfg.batch.fallback == "none":
+                return lambda: self.batch_outcome(caller, h)  # batch mode answered or gave up: no call
             return lambda: caller.answer(system, users[h])
 
         try:

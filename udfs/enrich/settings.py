@@ -104,7 +104,27 @@ class RetryConfig(_Strict):
     max_delay_s: float = Field(30.0, ge=0)
 
 
+class BatchConfig(_Strict):
+    """`mode = "batch"`: the providers' Batch APIs (half the price, answers within the window)."""
+
+    poll_interval_s: float = Field(5.0, gt=0)  # first wait between two polls of the open batches
+    poll_backoff: float = Field(1.5, ge=1)  # each poll that sees no batch end waits this much longer...
+    poll_max_s: float = Field(60.0, gt=0)  # ...up to this
+    max_lines: int = Field(50_000, ge=1)  # per batch (OpenAI allows 50,000, Anthropic 100,000)
+    max_bytes: int = Field(190 * 1024 * 1024, ge=1024)  # per batch's request body (OpenAI 200 MB, Anthropic 256 MB)
+    completion_window: Literal["24h"] = "24h"  # the only window both providers sell
+    # What a line that still failed after retry.max_attempts batches (errored, expired, an answer
+    # that breaks the schema) becomes: "online" asks the online API for it (full price, the usual
+    # retries and repairs), "none" dead-letters it with the batch's reason.
+    fallback: Literal["online", "none"] = "online"
+
+
 class EnrichConfig(_Strict):
+    # "online": one API call per prompt, answers now. "batch": the prompts not in the cache go
+    # through the provider's Batch API first (udfs/enrich/batch_driver.py), then the same path
+    # writes the outputs from the cache.
+    mode: Literal["online", "batch"] = "online"
+    batch: BatchConfig = BatchConfig()
     provider: ProviderConfig = ProviderConfig()
     template: str = Field("review_enrich@1", pattern=TEMPLATE_PATTERN)
     prompts_dir: str = "conf/prompts"

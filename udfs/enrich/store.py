@@ -1,5 +1,5 @@
 """The shared store of one enrich job: budget log, announced limits, answer
-cache, claims and progress counters.
+cache, claims, progress counters and the batch ledger.
 
 Two backends with one interface: `SqliteStore` (store_sqlite.py, the default:
 a file, shared by every process on one machine through SQLite's own locking,
@@ -77,6 +77,15 @@ class Store(ABC):
 
     @abstractmethod
     def progress_reset(self, job: str) -> None: ...
+
+    # --- batch ledger: the Batch API batches of a job (batch_driver.py), beside the answers ---
+    @abstractmethod
+    def ledger_put(self, job: str, name: str, doc: dict[str, Any]) -> None:
+        """Write (or replace) the entry `name` of the job's batch ledger."""
+
+    @abstractmethod
+    def ledger_read(self, job: str) -> dict[str, dict[str, Any]]:
+        """Every entry of the job's batch ledger, by name."""
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass

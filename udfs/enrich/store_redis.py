@@ -142,5 +142,11 @@ class RedisStore(Store):
     def progress_reset(self, job: str) -> None:
         self._r.delete(self._k("progress", job))
 
+    def ledger_put(self, job: str, name: str, doc: dict[str, Any]) -> None:
+        self._r.hset(self._k("batches", job), name, json.dumps(doc))
+
+    def ledger_read(self, job: str) -> dict[str, dict[str, Any]]:
+        return {str(n): json.loads(d) for n, d in self._r.hgetall(self._k("batches", job)).items()}
+
     def close(self) -> None:
         self._r.close()

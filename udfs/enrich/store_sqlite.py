@@ -31,6 +31,7 @@ class SqliteStore(Store):
             db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL)")
             db.execute("CREATE TABLE IF NOT EXISTS announced (ns TEXT, dim TEXT, value INTEGER, PRIMARY KEY (ns, dim))")
+            db.execute("CREATE TABLE IF NOT EXISTS batches (job TEXT, name TEXT, doc TEXT, PRIMARY KEY (job, name))")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS progress (job TEXT, name TEXT, value INTEGER, PRIMARY KEY (job, name))"
             )
@@ -137,6 +138,15 @@ class SqliteStore(Store):
     def progress_reset(self, job: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM progress WHERE job = ?", (job,))
+
+    def ledger_put(self, job: str, name: str, doc: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", (job, name, json.dumps(doc)))
+
+    def ledger_read(self, job: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, doc FROM batches WHERE job = ?", (job,)).fetchall()
+        return {str(name): json.loads(doc) for name, doc in rows}
 
     def close(self) -> None:
         with self._lock:
