@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +30,7 @@ from udfs.config import load_config as load_pipeline_config
 
 from . import errors
 from .config import REPO, ServiceConfig
+from .events import run_events
 from .jobcall import RunRequest
 from .registry import BadReference, Registry, UnknownModel
 from .runs import RunManager, RunStore, State, present
@@ -133,7 +134,14 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         pipeline, registry, config.score.max_batch_size, config.score.max_wait_ms, config.score.torch_threads
     )
     store = RunStore(config.path(config.runs.db))
-    runs = RunManager(store, config.path(config.runs.dir), home, pipeline_path, config.runs.cancel_grace_seconds)
+    runs = RunManager(
+        store,
+        config.path(config.runs.dir),
+        home,
+        pipeline_path,
+        config.runs.cancel_grace_seconds,
+        config.runs.progress_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -285,6 +293,28 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         ),
     ) -> PlainTextResponse:
         return PlainTextResponse(runs.log_tail(run_id, lines, source))
+
+    @v1.get(
+        "/runs/{run_id}/events",
+        tags=["runs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events until `end`"}},
+    )
+    def run_events_stream(
+        run_id: str,
+        last_event_id: int | None = Header(
+            default=None, ge=0, description="resume after this event (what an EventSource sends on reconnecting)"
+        ),
+    ) -> StreamingResponse:
+        """The run's progress as Server-Sent Events: `state`, then the job's `started`, `progress`
+        (elapsed time, Spark stages' tasks done), `finished` or `failed`, and last `end` (the run:
+        state, counts, summary). Ids are resumable with Last-Event-ID."""
+        runs.get(run_id)  # 404 before the stream opens
+        return StreamingResponse(
+            run_events(runs, run_id, last_event_id),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     app.include_router(v1)
     app.include_router(v2)

@@ -50,6 +50,9 @@ class RunSettings(Table):
     dir: str = "var/service/runs"  # per run: console output, job log, result
     cancel_grace_seconds: float = Field(default=10.0, ge=0)  # SIGTERM, then SIGKILL after this
     page_size: int = Field(default=20, ge=1, le=500)
+    # A run's job reports progress this often (its events.progress_seconds,
+    # unless the request sets that); GET /runs/{id}/events relays it.
+    progress_seconds: float = Field(default=5.0, gt=0)
 
 
 class ServiceConfig(Table):

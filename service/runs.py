@@ -31,6 +31,7 @@ from .jobcall import JobCall, RunRequest, build, check, command
 log = logging.getLogger(__name__)
 
 ACTIVE = ("running",)
+EVENTS_FILE = "events.jsonl"  # in the run's directory: the job's run events (jobs/run_events.py)
 State = Literal["running", "succeeded", "failed", "cancelled", "unknown"]
 STATES: tuple[str, ...] = get_args(State)
 
@@ -191,9 +192,17 @@ class RunStore:
 
 
 class RunManager:
-    def __init__(self, store: RunStore, runs_dir: Path, repo: Path, pipeline_config: Path, grace_s: float) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        runs_dir: Path,
+        repo: Path,
+        pipeline_config: Path,
+        grace_s: float,
+        progress_s: float = 5.0,
+    ) -> None:
         self.store, self.runs_dir, self.repo = store, runs_dir, repo
-        self.pipeline_config, self.grace_s = pipeline_config, grace_s
+        self.pipeline_config, self.grace_s, self.progress_s = pipeline_config, grace_s, progress_s
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # one submission's check + start at a time
         self._closed = threading.Event()
@@ -207,6 +216,9 @@ class RunManager:
 
     def submit(self, request: RunRequest) -> dict[str, Any]:
         """Check the request as the job would, start it, record it: the run."""
+        if "events.progress_seconds" not in request.overrides:  # the job's progress events, for /events
+            overrides = {**request.overrides, "events.progress_seconds": self.progress_s}
+            request = request.model_copy(update={"overrides": overrides})
         call = build(request, str(self.pipeline_config))
         settings = [
             f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in request.overrides.items()
@@ -223,6 +235,7 @@ class RunManager:
             env.update(
                 AIBATCH_JOB_LOG=str(run_dir / "job.log"),
                 AIBATCH_RESULT_FILE=str(run_dir / "result.json"),
+                AIBATCH_EVENTS_FILE=str(run_dir / EVENTS_FILE),
                 AIBATCH_PROGRESS="0",
             )
             row = {
@@ -409,7 +422,11 @@ def present(run: dict[str, Any]) -> dict[str, Any]:
         "exit_status": run["exit_status"],
         "error": run["error"],
         "note": run["note"],
-        "links": {"self": f"/api/v1/runs/{run['id']}", "log": f"/api/v1/runs/{run['id']}/log"},
+        "links": {
+            "self": f"/api/v1/runs/{run['id']}",
+            "log": f"/api/v1/runs/{run['id']}/log",
+            "events": f"/api/v1/runs/{run['id']}/events",
+        },
     }
 
 
