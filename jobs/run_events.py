@@ -1,19 +1,26 @@
 """Run events for other applications: a job's lifecycle (started, running
 every progress_seconds, finished with its summary or failed with its error)
 as JSON to MQTT topic aibatch/runs/{run_id}/status, QoS 1 and retained, so a
-subscriber that connects later sees the last state; and to a Kafka topic
-(key: the run id) when configured. Off unless [events] names a broker. A
-failure to publish is logged once and never fails the job.
+subscriber that connects later sees the last state; to a Kafka topic (key:
+the run id) when configured; and appended as JSON Lines to a file where one
+is given ($AIBATCH_EVENTS_FILE: the service sets it and serves the lines as
+Server-Sent Events). Off unless [events] names a broker or a file is given.
+A failure to publish is logged once and never fails the job.
 
-jobs.spark.common.run_cli publishes them for every Spark job."""
+jobs.spark.common.run_cli publishes them for every Spark job; once its
+session runs, each `running` event also carries what the session's progress
+source reports (jobs.spark.common.spark_progress: the active stages, their
+tasks done of all)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -21,14 +28,18 @@ from udfs.config import EventsConfig
 
 log = logging.getLogger(__name__)
 
+EVENTS_FILE_ENV = "AIBATCH_EVENTS_FILE"
+
 
 def status_topic(run_id: str) -> str:
     return f"aibatch/runs/{run_id}/status"
 
 
 class RunEvents:
-    def __init__(self, config: EventsConfig, job: str, run_id: str):
+    def __init__(self, config: EventsConfig, job: str, run_id: str, events_file: str | None = None):
         self.config, self.job, self.run_id = config, job, run_id
+        self.events_file = events_file or None
+        self._progress_source: Callable[[], dict[str, Any]] | None = None
         self.started = time.monotonic()
         self._mqtt: Any = None
         self._producer: Any = None
@@ -39,7 +50,12 @@ class RunEvents:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.config.mqtt_url or self.config.kafka_url)
+        return bool(self.config.mqtt_url or self.config.kafka_url or self.events_file)
+
+    def progress_from(self, source: Callable[[], dict[str, Any]] | None) -> None:
+        """What each `running` event adds (None: nothing more); a source
+        that fails adds nothing that time."""
+        self._progress_source = source
 
     def _warn_once(self, what: str, exc: BaseException) -> None:
         if not self._warned:
@@ -75,6 +91,16 @@ class RunEvents:
             **fields,
         }
         payload = json.dumps(event, default=str).encode()
+        if self.events_file:
+            try:
+                # one write of one whole line, appended: a reader never sees half an event
+                fd = os.open(self.events_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, payload + b"\n")
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self._warn_once(f"append the {state} event to {self.events_file}", exc)
         try:
             self._connect()
             if self._mqtt is not None:
@@ -87,7 +113,14 @@ class RunEvents:
 
     def _progress(self) -> None:
         while not self._stop.wait(self.config.progress_seconds):
-            self.publish("running")
+            fields: dict[str, Any] = {}
+            source = self._progress_source
+            if source is not None:
+                try:
+                    fields = source()
+                except Exception as exc:  # the session stopping under it, a py4j hiccup: the event goes anyway
+                    log.debug("run events: no progress this time (%s)", exc)
+            self.publish("running", **fields)
 
     def start(self) -> None:
         self.publish("started")

@@ -14,14 +14,14 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,8 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from udfs.config import load_config as load_pipeline_config
 
 from . import errors
-from .config import REPO, ServiceConfig
+from .config import REPO, ServiceConfig, check_limit_names, named_keys
+from .events import run_events
 from .jobcall import RunRequest
+from .ratelimits import Limiter, Verdict
 from .registry import BadReference, Registry, UnknownModel
 from .runs import RunManager, RunStore, State, present
 from .scoring import Scored, Scorer
@@ -57,31 +59,42 @@ class ScoreRequest(BaseModel):
     texts: list[str] = Field(min_length=1, description="the texts to score (at most score.max_texts)")
 
 
-def _problem_send(problem: errors.Problem, path: str) -> tuple[dict[str, Any], bytes]:
+def _problem_send(problem: errors.Problem, path: str, verdict: Verdict | None) -> tuple[dict[str, Any], bytes]:
     body = json.dumps(problem.body(path)).encode()
     headers = [(b"content-type", errors.PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in problem.headers.items()]
+    extra = dict(verdict.headers()) if verdict is not None else {}
+    extra.update(problem.headers)
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
     return {"type": "http.response.start", "status": problem.status, "headers": headers}, body
 
 
 class Guard:
-    """Keys (constant-time, every key compared) and the body limit for /api/,
-    before the route reads anything."""
+    """Keys (constant-time, every key compared), the key's requests per minute
+    and the body limit for /api/, before the route reads anything. The key's
+    name (never the key) goes to the route as request.state.key_name."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...], max_bytes: int) -> None:
-        self.app, self.keys, self.max_bytes = app, tuple(k.encode() for k in keys), max_bytes
+    def __init__(self, app: ASGIApp, keys: dict[str, str], max_bytes: int, limiter: Limiter) -> None:
+        self.app, self.max_bytes, self.limiter = app, max_bytes, limiter
+        self.keys = tuple((name, key.encode()) for name, key in keys.items())
 
-    def authenticated(self, scope: Scope) -> bool:
+    def authenticated(self, scope: Scope) -> str | None:
+        """The name of the key the request carries, or None."""
         supplied = b""
         for name, value in scope.get("headers", []):
             if name == b"x-api-key":
                 supplied = value
             elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 supplied = supplied or value[7:].strip()
-        match = False
-        for key in self.keys:  # no early exit: the time does not say which key came close
-            match |= hmac.compare_digest(key, supplied)
-        return match and bool(supplied)
+        found = None
+        for key_name, key in self.keys:  # no early exit: the time does not say which key came close
+            if hmac.compare_digest(key, supplied) and supplied:
+                found = key_name
+        return found
+
+    async def _count(self, key_name: str) -> Verdict:
+        if self.limiter.blocking:
+            return await asyncio.to_thread(self.limiter.request, key_name)
+        return self.limiter.request(key_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -89,11 +102,20 @@ class Guard:
             await self.app(scope, receive, send)
             return
         problem = None
-        if not self.authenticated(scope):
+        verdict = None
+        key_name = self.authenticated(scope)
+        if key_name is None:
             problem = errors.unauthorized(
                 "A valid API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
         else:
+            verdict = await self._count(key_name)
+            if not verdict.allowed:
+                problem = verdict.problem(
+                    f"this key has made its {verdict.limit} requests of the last minute; "
+                    f"retry after {verdict.headers()['Retry-After']} s"
+                )
+        if problem is None:
             declared = dict(scope.get("headers", [])).get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_bytes:
                 problem = errors.too_large(self.max_bytes)
@@ -109,11 +131,14 @@ class Guard:
                     problem = errors.too_large(self.max_bytes)
                     break
         if problem is not None:
-            start, payload = _problem_send(problem, path)
+            start, payload = _problem_send(problem, path, verdict)
             await send(start)
             await send({"type": "http.response.body", "body": payload})
             return
+        assert verdict is not None and key_name is not None
+        scope.setdefault("state", {})["key_name"] = key_name
         replayed = False
+        limit_headers = [(k.lower().encode(), v.encode()) for k, v in verdict.headers().items()]
 
         async def replay() -> Message:
             nonlocal replayed
@@ -122,10 +147,24 @@ class Guard:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                if b"ratelimit-limit" not in present:  # a 429 of another limit carries its own
+                    message = dict(message, headers=[*message.get("headers", []), *limit_headers])
+            await send(message)
+
+        await self.app(scope, replay, send_with_limits)
 
 
-def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) -> FastAPI:
+def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) -> FastAPI:
+    """keys: the items of the keys variable (KEY or NAME:KEY); ConfigError
+    for a duplicate name or a limits.keys entry no key has."""
+    if isinstance(keys, str):
+        raise TypeError("keys: a sequence of keys, not one string")
+    named = named_keys(keys)
+    check_limit_names(config, list(named))
+    limiter = Limiter(config.limits)
     pipeline_path = config.path(config.pipeline_config)
     pipeline = load_pipeline_config(pipeline_path)
     registry = Registry(pipeline, home, config.score.resolve_cache_seconds)
@@ -133,7 +172,15 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         pipeline, registry, config.score.max_batch_size, config.score.max_wait_ms, config.score.torch_threads
     )
     store = RunStore(config.path(config.runs.db))
-    runs = RunManager(store, config.path(config.runs.dir), home, pipeline_path, config.runs.cancel_grace_seconds)
+    runs = RunManager(
+        store,
+        config.path(config.runs.dir),
+        home,
+        pipeline_path,
+        config.runs.cancel_grace_seconds,
+        config.runs.progress_seconds,
+        limiter,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,7 +199,8 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         description="Registered models, online scoring and batch runs of the aibatch pipeline (docs/service.md).",
     )
     app.state.registry, app.state.scorer, app.state.runs = registry, scorer, runs
-    app.add_middleware(Guard, keys=keys, max_bytes=config.max_request_bytes)
+    app.state.limiter = limiter
+    app.add_middleware(Guard, keys=named, max_bytes=config.max_request_bytes, limiter=limiter)
 
     @app.exception_handler(errors.Problem)
     async def problem(request: Request, exc: errors.Problem) -> Response:
@@ -200,7 +248,7 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
 
     # ----- scoring ------------------------------------------------------
 
-    async def score(body: ScoreRequest) -> Scored:
+    async def score(body: ScoreRequest, request: Request) -> Scored:
         if len(body.texts) > config.score.max_texts:
             raise errors.invalid(
                 f"texts: {len(body.texts)} texts, more than score.max_texts = {config.score.max_texts}"
@@ -208,6 +256,16 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         for i, text in enumerate(body.texts):
             if len(text) > config.score.max_text_chars:
                 raise errors.invalid(f"texts.{i}: longer than score.max_text_chars = {config.score.max_text_chars}")
+        key_name = request.state.key_name
+        if limiter.blocking:
+            verdict = await asyncio.to_thread(limiter.texts, key_name, len(body.texts))
+        else:
+            verdict = limiter.texts(key_name, len(body.texts))
+        if not verdict.allowed:
+            raise verdict.problem(
+                f"{len(body.texts)} texts would pass this key's {verdict.limit} texts per minute "
+                f"({verdict.remaining} left now); retry after {verdict.headers()['Retry-After']} s"
+            )
         try:
             resolved = await asyncio.to_thread(registry.resolve, body.model)
             return await scorer.score(resolved, body.texts)
@@ -217,9 +275,9 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
             raise errors.invalid(str(exc)) from None
 
     @v1.post("/score", tags=["scoring"], deprecated=True)
-    async def score_v1(body: ScoreRequest) -> Response:
+    async def score_v1(body: ScoreRequest, request: Request) -> Response:
         """Deprecated: use /api/v2/score (every class's probability, the resolved version, lineage)."""
-        scored = await score(body)
+        scored = await score(body, request)
         answer = {
             "model": f"{scored.model.name}@{scored.model.version}",
             "predictions": [{"label": p.label, "probability": p.probability} for p in scored.predictions],
@@ -232,8 +290,8 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         return JSONResponse(answer, headers=headers)
 
     @v2.post("/score", tags=["scoring"])
-    async def score_v2(body: ScoreRequest) -> dict[str, Any]:
-        scored = await score(body)
+    async def score_v2(body: ScoreRequest, request: Request) -> dict[str, Any]:
+        scored = await score(body, request)
         return {
             "model": {
                 "name": scored.model.name,
@@ -252,8 +310,8 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
     # ----- runs ---------------------------------------------------------
 
     @v1.post("/runs", status_code=202, tags=["runs"])
-    def submit_run(body: RunRequest) -> Response:
-        run = runs.submit(body)
+    def submit_run(body: RunRequest, request: Request) -> Response:
+        run = runs.submit(body, request.state.key_name)
         return JSONResponse(run, status_code=202, headers={"Location": run["links"]["self"]})
 
     @v1.get("/runs", tags=["runs"])
@@ -285,6 +343,34 @@ def create_app(config: ServiceConfig, keys: tuple[str, ...], home: Path = REPO) 
         ),
     ) -> PlainTextResponse:
         return PlainTextResponse(runs.log_tail(run_id, lines, source))
+
+    @v1.get(
+        "/runs/{run_id}/events",
+        tags=["runs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events until `end`"}},
+    )
+    def run_events_stream(
+        run_id: str,
+        last_event_id: int | None = Header(
+            default=None, ge=0, description="resume after this event (what an EventSource sends on reconnecting)"
+        ),
+    ) -> StreamingResponse:
+        """The run's progress as Server-Sent Events: `state`, then the job's `started`, `progress`
+        (elapsed time, Spark stages' tasks done), `finished` or `failed`, and last `end` (the run:
+        state, counts, summary). Ids are resumable with Last-Event-ID."""
+        runs.get(run_id)  # 404 before the stream opens
+        return StreamingResponse(
+            run_events(runs, run_id, last_event_id),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    @v1.get("/limits", tags=["service"])
+    def my_limits(request: Request) -> dict[str, Any]:
+        """The calling key's limits and what is left of each (this request counted)."""
+        key_name = request.state.key_name
+        return {"key": key_name, "limits": limiter.usage(key_name, runs.store.running_of(key_name))}
 
     app.include_router(v1)
     app.include_router(v2)

@@ -8,9 +8,11 @@ key's value.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +52,45 @@ class RunSettings(Table):
     dir: str = "var/service/runs"  # per run: console output, job log, result
     cancel_grace_seconds: float = Field(default=10.0, ge=0)  # SIGTERM, then SIGKILL after this
     page_size: int = Field(default=20, ge=1, le=500)
+    # A run's job reports progress this often (its events.progress_seconds,
+    # unless the request sets that); GET /runs/{id}/events relays it.
+    progress_seconds: float = Field(default=5.0, gt=0)
+
+
+class KeyLimits(Table):
+    """One key's limits; a field left out is the default's (limits.default)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    texts_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_runs: int | None = Field(default=None, ge=1)
+    core_seconds_per_day: int | None = Field(default=None, ge=1)
+
+
+class DefaultLimits(Table):
+    """Every key's limits unless limits.keys.NAME says otherwise."""
+
+    requests_per_minute: int = Field(default=600, ge=1)  # every /api/ request but health, moving window
+    texts_per_minute: int = Field(default=6000, ge=1)  # texts sent to /score (v1 and v2), moving window
+    concurrent_runs: int = Field(default=4, ge=1)  # runs in state running
+    core_seconds_per_day: int = Field(default=172_800, ge=1)  # runs' wall seconds x cores, window of a day
+
+    def merged(self, key: KeyLimits | None) -> DefaultLimits:
+        if key is None:
+            return self
+        return self.model_copy(update={k: v for k, v in key.model_dump().items() if v is not None})
+
+
+class LimitSettings(Table):
+    # memory:// (one service process), or redis://HOST:PORT/DB (rediss:// for
+    # TLS) shared by several processes; `limits` library storage URIs.
+    storage: str = Field(default="memory://", pattern=r"^(memory://|rediss?://[^\s]+)$")
+    # The cores a run on spark:// or yarn is counted with (local[N]: N).
+    cluster_cores: int = Field(default=2, ge=1)
+    default: DefaultLimits = DefaultLimits()
+    keys: dict[str, KeyLimits] = Field(default_factory=dict)  # by key name (NAME:KEY in the keys variable)
+
+    def for_key(self, name: str) -> DefaultLimits:
+        return self.default.merged(self.keys.get(name))
 
 
 class ServiceConfig(Table):
@@ -63,6 +104,7 @@ class ServiceConfig(Table):
     docs: bool = True  # /openapi.json, /docs: the spec holds no secrets
     score: ScoreSettings = ScoreSettings()
     runs: RunSettings = RunSettings()
+    limits: LimitSettings = LimitSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -85,6 +127,36 @@ def api_keys(config: ServiceConfig, environ: Mapping[str, str] | None = None) ->
     if not keys:
         raise ConfigError(f"${config.keys_env} holds no API key: set it to one or more keys, comma-separated")
     return keys
+
+
+KEY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def named_keys(items: Sequence[str]) -> dict[str, str]:
+    """{name: key} from the keys variable's items: `NAME:KEY` names a key (a
+    key itself never holds ':' before a valid name: base64 and hex have no
+    ':'); a bare KEY is named key-<first 12 hex of its SHA-256>, which says
+    nothing useful about the key and stays the same when the list is
+    reordered. Names, never keys, appear in limits.keys, runs and logs."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, key = item.partition(":")
+        if not (sep and KEY_NAME.match(name) and key):
+            name, key = "key-" + hashlib.sha256(item.encode()).hexdigest()[:12], item
+        if name in named:
+            raise ConfigError(f"two API keys are named {name!r}: give each key its own name")
+        named[name] = key
+    return named
+
+
+def check_limit_names(config: ServiceConfig, names: Sequence[str]) -> None:
+    """limits.keys may only name keys the service has (a typo would leave a key on the defaults)."""
+    for name in config.limits.keys:
+        if name not in names:
+            raise ConfigError(
+                f"limits.keys.{name}: no API key of that name in ${config.keys_env} (its names: "
+                f"{', '.join(sorted(names))}; name a key as NAME:KEY)"
+            )
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -27,10 +27,12 @@ from typing import Any, Literal, get_args
 
 from . import errors
 from .jobcall import JobCall, RunRequest, build, check, command
+from .ratelimits import Limiter, core_seconds, run_cores
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("running",)
+EVENTS_FILE = "events.jsonl"  # in the run's directory: the job's run events (jobs/run_events.py)
 State = Literal["running", "succeeded", "failed", "cancelled", "unknown"]
 STATES: tuple[str, ...] = get_args(State)
 
@@ -56,6 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state, seq);
 """
+# Columns added after the first release: added to an older database at start.
+LATER_COLUMNS = {"key_name": "TEXT", "cores": "INTEGER", "core_seconds": "INTEGER"}
 
 
 def now() -> str:
@@ -138,6 +142,10 @@ class RunStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            have = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+            for name, kind in LATER_COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -181,6 +189,13 @@ class RunStore:
         with self._locked() as db:
             return [dict(r) for r in db.execute(sql, [*params, limit]).fetchall()]
 
+    def running_of(self, key_name: str) -> int:
+        with self._locked() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE state = 'running' AND key_name = ?", (key_name,)
+            ).fetchone()
+        return int(row[0])
+
     def active(self) -> list[dict[str, Any]]:
         with self._locked() as db:
             return [dict(r) for r in db.execute("SELECT * FROM runs WHERE state = 'running'").fetchall()]
@@ -191,9 +206,19 @@ class RunStore:
 
 
 class RunManager:
-    def __init__(self, store: RunStore, runs_dir: Path, repo: Path, pipeline_config: Path, grace_s: float) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        runs_dir: Path,
+        repo: Path,
+        pipeline_config: Path,
+        grace_s: float,
+        progress_s: float = 5.0,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.store, self.runs_dir, self.repo = store, runs_dir, repo
-        self.pipeline_config, self.grace_s = pipeline_config, grace_s
+        self.pipeline_config, self.grace_s, self.progress_s = pipeline_config, grace_s, progress_s
+        self.limiter = limiter
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # one submission's check + start at a time
         self._closed = threading.Event()
@@ -205,15 +230,24 @@ class RunManager:
 
     # ----- submitting ------------------------------------------------------
 
-    def submit(self, request: RunRequest) -> dict[str, Any]:
-        """Check the request as the job would, start it, record it: the run."""
+    def submit(self, request: RunRequest, key_name: str | None = None) -> dict[str, Any]:
+        """Check the key's run limits, check the request as the job would,
+        start it, record it: the run. key_name: the API key's name (None: no
+        limits, e.g. a caller inside the service)."""
+        if "events.progress_seconds" not in request.overrides:  # the job's progress events, for /events
+            overrides = {**request.overrides, "events.progress_seconds": self.progress_s}
+            request = request.model_copy(update={"overrides": overrides})
         call = build(request, str(self.pipeline_config))
         settings = [
             f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in request.overrides.items()
         ]
         run_id = uuid.uuid4().hex[:16]
         run_dir = self.runs_dir / run_id
-        with self._lock:  # two requests for one output: the second sees the first's claim below
+        cluster_cores = self.limiter.settings.cluster_cores if self.limiter else 1
+        cores = run_cores(request.master, request.dry_run, call.job, cluster_cores)
+        with self._lock:  # two requests for one output (or over one key's limit): the second sees the first
+            if self.limiter is not None and key_name is not None:
+                self._within_limits(key_name)
             check(call, settings, request.overwrite)
             self._claim(call, run_id)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +257,7 @@ class RunManager:
             env.update(
                 AIBATCH_JOB_LOG=str(run_dir / "job.log"),
                 AIBATCH_RESULT_FILE=str(run_dir / "result.json"),
+                AIBATCH_EVENTS_FILE=str(run_dir / EVENTS_FILE),
                 AIBATCH_PROGRESS="0",
             )
             row = {
@@ -233,6 +268,8 @@ class RunManager:
                 "dir": str(run_dir),
                 "state": "running",
                 "created_at": now(),
+                "key_name": key_name,
+                "cores": cores,
             }
             self.store.insert(row)
             with open(run_dir / "console.log", "wb") as console:
@@ -254,6 +291,22 @@ class RunManager:
         threading.Thread(target=self._watch_child, args=(run_id, proc), name=f"run-{run_id}", daemon=True).start()
         log.info("run %s: %s started (pid %d)", run_id, call.job, proc.pid)
         return self.view(run_id)
+
+    def _within_limits(self, key_name: str) -> None:
+        """429 where the key runs its concurrent runs already or has spent its core-seconds of the day."""
+        assert self.limiter is not None
+        running = self.store.running_of(key_name)
+        verdict = self.limiter.concurrent(key_name, running)
+        if not verdict.allowed:
+            raise verdict.problem(
+                f"this key has {running} runs running, its limit of concurrent runs: wait until one ends"
+            )
+        verdict = self.limiter.budget(key_name)
+        if not verdict.allowed:
+            raise verdict.problem(
+                f"this key has spent its {verdict.limit} core-seconds of runs for the day "
+                "(each ended run: its seconds x the cores of its master)"
+            )
 
     def _claim(self, call: JobCall, run_id: str) -> None:
         """409 where a running run already writes one of these outputs."""
@@ -306,8 +359,13 @@ class RunManager:
             )
         else:
             fields.update(state="failed", error=self._error_line(run) or f"the job exited with status {status}")
-        self.store.finish(run_id, **fields)
-        log.info("run %s: %s", run_id, fields["state"])
+        started = run["started_at"] or run["created_at"]
+        cost = core_seconds((_parse(fields["ended_at"]) - _parse(started)).total_seconds(), run["cores"] or 1)
+        fields["core_seconds"] = cost
+        if self.store.finish(run_id, **fields):
+            log.info("run %s: %s", run_id, fields["state"])
+            if self.limiter is not None and run["key_name"]:
+                self.limiter.charge(run["key_name"], cost)
 
     @staticmethod
     def _result(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -407,9 +465,16 @@ def present(run: dict[str, Any]) -> dict[str, Any]:
         "summary": summary,
         "timings": {"created_at": run["created_at"], "started_at": started, "ended_at": ended, "seconds": seconds},
         "exit_status": run["exit_status"],
+        # what the run is charged against its key's budget: its seconds (started to
+        # ended) x the cores of its master, rounded up; set once it has ended
+        "resources": {"cores": run.get("cores"), "core_seconds": run.get("core_seconds")},
         "error": run["error"],
         "note": run["note"],
-        "links": {"self": f"/api/v1/runs/{run['id']}", "log": f"/api/v1/runs/{run['id']}/log"},
+        "links": {
+            "self": f"/api/v1/runs/{run['id']}",
+            "log": f"/api/v1/runs/{run['id']}/log",
+            "events": f"/api/v1/runs/{run['id']}/events",
+        },
     }
 
 

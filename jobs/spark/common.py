@@ -168,7 +168,9 @@ def run_cli(
     in the job's log file (job_log_path), whose path the line gives. With
     $AIBATCH_PREFLIGHT set it stops after the checks (submit.sh runs them
     so before spark-submit starts a JVM). With $AIBATCH_RESULT_FILE set the
-    outcome is also written there as JSON (write_result), for the service."""
+    outcome is also written there as JSON (write_result), for the service;
+    with $AIBATCH_EVENTS_FILE set the run events (jobs.run_events) are
+    appended there as JSON Lines, the running ones with spark_progress."""
     log_file = job_log_path(app)
     setup_logging(log_file)
     args = parser.parse_args(argv)
@@ -180,9 +182,9 @@ def run_cli(
         return fail(str(exc), log_file)
     if os.environ.get("AIBATCH_PREFLIGHT"):  # submit.sh's checks before spark-submit: no session
         return 0
-    from jobs.run_events import RunEvents
+    from jobs.run_events import EVENTS_FILE_ENV, RunEvents
 
-    events = RunEvents(config.events, app, new_run_id())
+    events = RunEvents(config.events, app, new_run_id(), os.environ.get(EVENTS_FILE_ENV))
     events.start()
     try:
         spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
@@ -190,6 +192,7 @@ def run_cli(
     except Exception as exc:
         events.close("failed", error=one_line(exc))
         return failed_run(app, "could not start Spark", exc, log_file)
+    events.progress_from(lambda: spark_progress(spark))
     try:
         summary = main(spark, config, args, **extra)
     except USAGE_ERRORS as exc:
@@ -199,11 +202,34 @@ def run_cli(
         events.close("failed", error=one_line(exc))
         return failed_run(app, "failed", exc, log_file)
     finally:
+        events.progress_from(None)
         spark.stop()
     events.close("finished", summary=summary)
     write_result({"state": "succeeded", "exit_status": 0, "summary": summary})
     report(summary)
     return 0
+
+
+def spark_progress(spark: SparkSession) -> dict:
+    """Where the session is, from its public status tracker: the active
+    stages (id, name, tasks done of all, running, failed) and how many Spark
+    jobs run. Spark knows tasks, not rows, while a stage runs."""
+    tracker = spark.sparkContext.statusTracker()
+    stages = []
+    for stage_id in sorted(tracker.getActiveStageIds()):
+        info = tracker.getStageInfo(stage_id)
+        if info is not None:
+            stages.append(
+                {
+                    "id": info.stageId,
+                    "name": info.name,
+                    "tasks": info.numTasks,
+                    "tasks_done": info.numCompletedTasks,
+                    "tasks_running": info.numActiveTasks,
+                    "tasks_failed": info.numFailedTasks,
+                }
+            )
+    return {"spark_jobs_active": len(tracker.getActiveJobsIds()), "stages": stages}
 
 
 RESULT_ENV = "AIBATCH_RESULT_FILE"

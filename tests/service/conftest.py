@@ -68,7 +68,12 @@ def service_config(base: Path, **changes: Any) -> ServiceConfig:
         "max_request_bytes": 20_000,
         "keys_env": "AIBATCH_SERVICE_TEST_KEYS",
         "score": {"max_texts": 8, "max_batch_size": 32, "max_wait_ms": 30.0},
-        "runs": {"db": str(base / "runs.db"), "dir": str(base / "runs"), "cancel_grace_seconds": 5.0},
+        "runs": {
+            "db": str(base / "runs.db"),
+            "dir": str(base / "runs"),
+            "cancel_grace_seconds": 5.0,
+            "progress_seconds": 1.0,
+        },
     }
     data.update(changes)
     return parse_config(data)

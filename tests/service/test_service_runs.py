@@ -1,5 +1,6 @@
 """Real Spark runs through /api/v1/runs (./submit.sh, local mode): one that
-succeeds with the counts the job printed, one cancelled, its outputs untouched."""
+succeeds with the counts the job printed, followed to its end as Server-Sent
+Events, and one cancelled, its outputs untouched."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from service.runs import RunStore, group_alive
 
 from .conftest import assert_problem
+from .sse import read_events
 from .test_service_api import wait_for_end
 
 pytestmark = pytest.mark.slow
@@ -39,6 +41,7 @@ def ingest_request(tmp_path, name: str) -> dict:
 def test_ingest_run_succeeds_with_the_counts_the_job_printed(client, tmp_path):
     r = client.post("/api/v1/runs", json=ingest_request(tmp_path, "a"))
     assert r.status_code == 202, r.text
+    events = read_events(client, r.json()["id"])  # followed live, from its submission to its end
     run = wait_for_end(client, r.json()["id"], timeout=400)
     console = client.get(f"/api/v1/runs/{run['id']}/log", params={"source": "console"}).text
     assert run["state"] == "succeeded", (run, console)
@@ -48,6 +51,24 @@ def test_ingest_run_succeeds_with_the_counts_the_job_printed(client, tmp_path):
     assert run["counts"]["input"] == total == 5
     assert (run["counts"]["good"], run["counts"]["rejected"]) == (good, rejected)
     assert good + rejected == total and rejected >= 2
+    # the stream: state, the job's own events, then end with the counts the job printed
+    names = [e["event"] for e in events]
+    assert names[0] == "state" and names[1] == "started" and names[-2:] == ["finished", "end"], names
+    assert set(names[2:-2]) == {"progress"}, names
+    assert [int(e["id"]) for e in events] == list(range(len(events)))
+    end = events[-1]["data"]
+    assert end["state"] == "succeeded" and end["counts"] == run["counts"]
+    assert (end["counts"]["input"], end["counts"]["good"], end["counts"]["rejected"]) == (total, good, rejected)
+    assert events[-2]["data"]["summary"] == end["summary"]
+    progress = [e["data"] for e in events if e["event"] == "progress"]  # every second (runs.progress_seconds)
+    assert len(progress) >= 2 and all(p["elapsed_s"] > 0 for p in progress)
+    # once the session runs, the active Spark stages with their tasks done of all
+    stages = [s for p in progress for s in p.get("stages", [])]
+    assert any(s["tasks"] >= 1 and 0 <= s["tasks_done"] <= s["tasks"] for s in stages), progress
+    elapsed = [e["data"]["elapsed_s"] for e in events[1:-1]]
+    assert elapsed == sorted(elapsed)
+    # a client that reconnects after `started` gets the rest, nothing twice
+    assert read_events(client, run["id"], last_id=1) == events[2:]
     assert (tmp_path / "a" / "records" / "_SUCCESS").exists()
     assert run["timings"]["seconds"] > 0 and run["exit_status"] == 0 and run["error"] is None
     assert "ingest" in client.get(f"/api/v1/runs/{run['id']}/log", params={"lines": 400}).text  # the job's log
