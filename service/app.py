@@ -26,16 +26,15 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from udfs.config import load_config as load_pipeline_config
-
 from . import errors
 from .config import REPO, ServiceConfig, check_limit_names, named_keys
 from .events import run_events
 from .jobcall import RunRequest
+from .layer import ServiceLayer
 from .ratelimits import Limiter, Verdict
-from .registry import BadReference, Registry, UnknownModel
-from .runs import RunManager, RunStore, State, present
-from .scoring import Scored, Scorer
+from .registry import BadReference, UnknownModel
+from .runs import State, present
+from .scoring import Scored
 
 log = logging.getLogger(__name__)
 
@@ -164,23 +163,8 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
         raise TypeError("keys: a sequence of keys, not one string")
     named = named_keys(keys)
     check_limit_names(config, list(named))
-    limiter = Limiter(config.limits)
-    pipeline_path = config.path(config.pipeline_config)
-    pipeline = load_pipeline_config(pipeline_path)
-    registry = Registry(pipeline, home, config.score.resolve_cache_seconds)
-    scorer = Scorer(
-        pipeline, registry, config.score.max_batch_size, config.score.max_wait_ms, config.score.torch_threads
-    )
-    store = RunStore(config.path(config.runs.db))
-    runs = RunManager(
-        store,
-        config.path(config.runs.dir),
-        home,
-        pipeline_path,
-        config.runs.cancel_grace_seconds,
-        config.runs.progress_seconds,
-        limiter,
-    )
+    layer = ServiceLayer.build(config, home)
+    registry, scorer, runs, limiter = layer.registry, layer.scorer, layer.runs, layer.limiter
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -198,6 +182,7 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
         redoc_url=None,
         description="Registered models, online scoring and batch runs of the aibatch pipeline (docs/service.md).",
     )
+    app.state.layer = layer
     app.state.registry, app.state.scorer, app.state.runs = registry, scorer, runs
     app.state.limiter = limiter
     app.add_middleware(Guard, keys=named, max_bytes=config.max_request_bytes, limiter=limiter)
@@ -237,14 +222,11 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
 
     @v1.get("/models", tags=["models"])
     def list_models() -> dict[str, Any]:
-        return {"registry": registry.uri, "models": [registry.describe(name) for name in registry.names()]}
+        return layer.models()
 
     @v1.get("/models/{name}", tags=["models"])
     def get_model(name: str) -> dict[str, Any]:
-        try:
-            return registry.describe(name)
-        except UnknownModel as exc:
-            raise errors.not_found(str(exc)) from None
+        return layer.model(name)
 
     # ----- scoring ------------------------------------------------------
 
