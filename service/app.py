@@ -11,6 +11,7 @@ carries, and an oversized one 413 before it is parsed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -31,6 +32,7 @@ from .config import REPO, ServiceConfig, check_limit_names, named_keys
 from .events import run_events
 from .jobcall import RunRequest
 from .layer import ServiceLayer
+from .mcp_server import streamable_http
 from .ratelimits import Limiter, Verdict
 from .registry import BadReference, UnknownModel
 from .runs import State, present
@@ -165,11 +167,15 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
     check_limit_names(config, list(named))
     layer = ServiceLayer.build(config, home)
     registry, scorer, runs, limiter = layer.registry, layer.scorer, layer.runs, layer.limiter
+    mcp_http = streamable_http(layer) if config.mcp.http else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runs.recover)
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp_http is not None:
+                await stack.enter_async_context(mcp_http.session_manager.run())
+            yield
         await scorer.close()
         runs.close()
 
@@ -356,4 +362,6 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
 
     app.include_router(v1)
     app.include_router(v2)
+    if mcp_http is not None:  # behind Guard like every /api/ path: the same keys and limits
+        app.router.routes.extend(mcp_http.routes)
     return app
