@@ -11,6 +11,7 @@ carries, and an oversized one 413 before it is parsed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -26,16 +27,16 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from udfs.config import load_config as load_pipeline_config
-
 from . import errors
 from .config import REPO, ServiceConfig, check_limit_names, named_keys
 from .events import run_events
 from .jobcall import RunRequest
+from .layer import ServiceLayer
+from .mcp_server import streamable_http
 from .ratelimits import Limiter, Verdict
-from .registry import BadReference, Registry, UnknownModel
-from .runs import RunManager, RunStore, State, present
-from .scoring import Scored, Scorer
+from .registry import BadReference, UnknownModel
+from .runs import State, present
+from .scoring import Scored
 
 log = logging.getLogger(__name__)
 
@@ -164,28 +165,17 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
         raise TypeError("keys: a sequence of keys, not one string")
     named = named_keys(keys)
     check_limit_names(config, list(named))
-    limiter = Limiter(config.limits)
-    pipeline_path = config.path(config.pipeline_config)
-    pipeline = load_pipeline_config(pipeline_path)
-    registry = Registry(pipeline, home, config.score.resolve_cache_seconds)
-    scorer = Scorer(
-        pipeline, registry, config.score.max_batch_size, config.score.max_wait_ms, config.score.torch_threads
-    )
-    store = RunStore(config.path(config.runs.db))
-    runs = RunManager(
-        store,
-        config.path(config.runs.dir),
-        home,
-        pipeline_path,
-        config.runs.cancel_grace_seconds,
-        config.runs.progress_seconds,
-        limiter,
-    )
+    layer = ServiceLayer.build(config, home)
+    registry, scorer, runs, limiter = layer.registry, layer.scorer, layer.runs, layer.limiter
+    mcp_http = streamable_http(layer) if config.mcp.http else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runs.recover)
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp_http is not None:
+                await stack.enter_async_context(mcp_http.session_manager.run())
+            yield
         await scorer.close()
         runs.close()
 
@@ -198,6 +188,7 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
         redoc_url=None,
         description="Registered models, online scoring and batch runs of the aibatch pipeline (docs/service.md).",
     )
+    app.state.layer = layer
     app.state.registry, app.state.scorer, app.state.runs = registry, scorer, runs
     app.state.limiter = limiter
     app.add_middleware(Guard, keys=named, max_bytes=config.max_request_bytes, limiter=limiter)
@@ -237,14 +228,11 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
 
     @v1.get("/models", tags=["models"])
     def list_models() -> dict[str, Any]:
-        return {"registry": registry.uri, "models": [registry.describe(name) for name in registry.names()]}
+        return layer.models()
 
     @v1.get("/models/{name}", tags=["models"])
     def get_model(name: str) -> dict[str, Any]:
-        try:
-            return registry.describe(name)
-        except UnknownModel as exc:
-            raise errors.not_found(str(exc)) from None
+        return layer.model(name)
 
     # ----- scoring ------------------------------------------------------
 
@@ -374,4 +362,6 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
 
     app.include_router(v1)
     app.include_router(v2)
+    if mcp_http is not None:  # behind Guard like every /api/ path: the same keys and limits
+        app.router.routes.extend(mcp_http.routes)
     return app

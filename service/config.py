@@ -93,6 +93,19 @@ class LimitSettings(Table):
         return self.default.merged(self.keys.get(name))
 
 
+class McpSettings(Table):
+    """The MCP server for agents (service/mcp_server.py)."""
+
+    # Streamable HTTP at /api/v1/mcp of the service, behind its API keys and limits.
+    http: bool = True
+    # submit_run starts a real run (one that writes outputs) only when this is
+    # true AND the call passes confirm=true; otherwise it runs the dry run.
+    writes: bool = False
+    sample_rows: int = Field(default=5, ge=1, le=100)  # sample_output's rows unless the call asks fewer
+    # estimate_enrich_cost waits this long for enrich's dry run (a small Spark job) to end.
+    estimate_wait_seconds: float = Field(default=300.0, gt=0)
+
+
 class ServiceConfig(Table):
     host: str = "127.0.0.1"
     port: int = Field(default=8790, ge=0, le=65535)
@@ -105,6 +118,7 @@ class ServiceConfig(Table):
     score: ScoreSettings = ScoreSettings()
     runs: RunSettings = RunSettings()
     limits: LimitSettings = LimitSettings()
+    mcp: McpSettings = McpSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
