@@ -217,6 +217,8 @@ case "$job" in
   help) show_help "$@" ;;
   # The mrjob twins: ./submit.sh mr ingest|score|stats -r inline|local|hadoop ...
   mr) PYTHONPATH="$root" exec "$python" -m jobs.mapreduce.launch "$@" ;;
+  # A pretrained classifier or embedder directory into MLflow (no Spark): docs/models.md
+  register) PYTHONPATH="$root" exec "$python" -m jobs.register "$@" ;;
   # MQTT devices -> Kafka, each message acknowledged after Kafka's ack (no Spark):
   # ./submit.sh mqtt-bridge --from mqtt://USER:PASS@HOST:PORT/sensors/# --to kafka://HOST:PORT/TOPIC
   mqtt-bridge) PYTHONPATH="$root" exec "$python" -m jobs.mqtt_bridge "$@" ;;

@@ -59,16 +59,24 @@ def scored_row_json(
 ) -> str:
     """A scored row as one JSON Lines line: the record's fields, predicted,
     probability, probabilities[, embedding], then lineage (time in RFC 3339)."""
-    row = dict(record)
-    row["predicted"] = predicted
-    row["probability"] = (
-        None
-        if probability is None or (isinstance(probability, float) and math.isnan(probability))
-        else float(probability)
-    )
-    row["probabilities"] = None if probabilities is None else {k: float(v) for k, v in probabilities.items()}
+    scores: dict = {"predicted": predicted, "probability": probability, "probabilities": probabilities}
     if with_embedding:
-        row["embedding"] = embedding
+        scores["embedding"] = embedding
+    return scores_row_json(record, scores, lineage_values)
+
+
+def scores_row_json(record: Mapping, scores: Mapping, lineage_values: Mapping) -> str:
+    """A scored row as one JSON Lines line: the record's fields, the
+    columns the model's kind writes (scores: predicted, probability,
+    probabilities, embedding, those present; NaN as null), then lineage
+    (time in RFC 3339)."""
+    row = dict(record)
+    for key, value in scores.items():
+        if key == "probability":
+            value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        elif key == "probabilities":
+            value = None if value is None else {k: float(v) for k, v in value.items()}
+        row[key] = value
     for key in LINEAGE_COLUMNS:
         value = lineage_values[key]
         row[key] = value.isoformat().replace("+00:00", "Z") if isinstance(value, dt.datetime) else value

@@ -43,3 +43,40 @@ class HeadEncoderModel(PythonModel):
         else:
             texts = pd.Series(list(model_input))
         return score_texts(texts.tolist(), self.settings)
+
+
+class TransformerKindModel(PythonModel):
+    """A classifier or embedder (a Hugging Face model directory, a copy of
+    it in the artifact `transformer` with aibatch.json), for MLflow users;
+    the jobs score it through udfs.predict as this does."""
+
+    def load_context(self, context):  # type: ignore[no-untyped-def]  # (MLflow reads the hints as a signature)
+        from pathlib import Path
+
+        from .config import EncoderConfig
+        from .models import load_transformer_dir
+        from .predict import ScoreSettings
+
+        model = load_transformer_dir(Path(context.artifacts["transformer"]))
+        self.settings = ScoreSettings.from_config(
+            EncoderConfig(device="cpu"),
+            {},
+            model.labels,
+            model_dir=str(model.model_dir),
+            kind=model.kind,
+            normalize=model.normalize,
+        )
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """A pandas DataFrame with a `text` column (or a Series / list of
+        texts) -> predicted, probability, probabilities (a classifier) or
+        embedding (an embedder) per row."""
+        import pandas as pd
+
+        from .predict import score_texts
+
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]
+        else:
+            texts = pd.Series(list(model_input))
+        return score_texts(texts.tolist(), self.settings)

@@ -333,14 +333,20 @@ def embed(
     texts: Sequence[str],
     batch_size: int,
     max_length: int,
+    normalize: bool | None = None,
 ) -> np.ndarray:
     """Pooled embeddings, float32 array (len(texts), the encoder's width),
     in the order of `texts`, pooled and L2-normalised as the encoder's
-    directory says (encoder_shape). Batches are formed after sorting by
-    token length. max_length 0: the encoder's own limit."""
+    directory says (encoder_shape; normalize, where given, overrides its
+    Normalize module). Batches are formed after sorting by token length.
+    max_length 0: the encoder's own limit."""
+    import dataclasses
+
     import torch
 
     shape = encoder.shape
+    if normalize is not None:
+        shape = dataclasses.replace(shape, normalize=normalize)
     n = len(texts)
     out = np.zeros((n, shape.dim), dtype=np.float32)
     if n == 0:
@@ -376,4 +382,60 @@ def embed(
             if shape.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[idx] = pooled.cpu().numpy()
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_classifier(model_dir: str, precision: str, device: str = "cpu") -> Encoder:
+    _quiet_loading()
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = _load_tokenizer(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model.eval()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = model.to(device=device, dtype=dtype)
+    log.info("loaded classifier %s (%s on %s, weights %s)", model_dir, precision, device, weights_version(model_dir))
+    return Encoder(tokenizer, model, model_dir, precision, device, "torch")
+
+
+def load_classifier(model_dir: str | os.PathLike, precision: str = "fp32", device: str = "cpu") -> Encoder:
+    """A Hugging Face sequence-classification model (AutoModelForSequenceClassification),
+    loaded once per process for each (directory, precision, device); torch only."""
+    path = str(resolve_model_dir(model_dir).resolve())
+    if device == "cpu":
+        precision = effective_precision(precision)
+    elif precision not in GPU_PRECISIONS:
+        raise ValueError(f"precision on {device} must be one of {GPU_PRECISIONS}, got {precision!r}")
+    return _load_classifier(path, precision, device)
+
+
+def classify(classifier: Encoder, texts: Sequence[str], batch_size: int, max_length: int) -> np.ndarray:
+    """Class probabilities, float64 array (len(texts), the classifier's
+    classes in its id order), in the order of `texts`: softmax of its logits,
+    taken in float64 from batches formed after sorting by token length."""
+    import torch
+
+    n = len(texts)
+    classes = int(classifier.model.config.num_labels)
+    out = np.zeros((n, classes), dtype=np.float64)
+    if n == 0:
+        return out
+    tok = classifier.tokenizer
+    limit = effective_max_length(classifier.shape, max_length)
+    encoded = tok(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
+    order = length_order([len(ids) for ids in encoded])
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+            logits = classifier.model(
+                input_ids=batch["input_ids"].to(classifier.device),
+                attention_mask=batch["attention_mask"].to(classifier.device),
+            ).logits
+            x = logits.float().cpu().numpy().astype(np.float64)
+            x = x - x.max(axis=1, keepdims=True)
+            e = np.exp(x)
+            out[idx] = e / e.sum(axis=1, keepdims=True)
     return out

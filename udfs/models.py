@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "head.safetensors"
 META_FILE = "meta.json"
 HEAD_ARTIFACT = "head"  # the pyfunc artifact holding the head's directory
+TRANSFORMER_ARTIFACT = "transformer"  # the pyfunc artifact of the classifier and embedder kinds
+KIND_META_FILE = "aibatch.json"  # their meta (kind, labels, weights version), beside the model's own files
+KIND_METADATA_KEY = "aibatch_kind"  # the kind, in the MLmodel file's metadata too
+HEAD_KIND = "head"
+TRANSFORMER_KINDS = ("classifier", "embedder")
+KINDS = (HEAD_KIND, *TRANSFORMER_KINDS)
 MODEL_PATH = "model"  # the model's path inside its run
 EXPERIMENT = "aibatch"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -80,6 +86,103 @@ class HeadVersion:
         if not labels:
             raise ModelError(f"{self.ref}: no labels recorded with the head ({META_FILE} 'labels')")
         return list(labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerVersion:
+    """A model of the classifier or embedder kind: a Hugging Face model
+    directory (its files in model_dir, beside aibatch.json) and where it
+    came from."""
+
+    name: str
+    version: int | None
+    kind: str  # classifier | embedder
+    model_dir: Path
+    meta: Mapping
+    uri: str = ""
+    run_id: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if self.version is not None else self.name
+
+    @property
+    def weights_version(self) -> str:
+        return str(self.meta["weights_version"])
+
+    @property
+    def labels(self) -> list[str]:
+        """The classifier's classes in its output order (config.json's id2label); none for an embedder."""
+        return list(self.meta.get("labels") or [])
+
+    @property
+    def normalize(self) -> bool | None:
+        value = self.meta.get("normalize")
+        return None if value is None else bool(value)
+
+
+def transformer_meta(model_dir: Path, kind: str, normalize: bool | None = None) -> dict:
+    """What registering model_dir as kind records (aibatch.json): the kind,
+    the source's name and weights version, the classifier's labels (from
+    config.json's id2label, in id order) or the embedder's normalisation
+    (normalize, else the directory's own Normalize module). ModelError
+    naming the directory where it is not a model of that kind."""
+    from . import model as M
+
+    if kind not in TRANSFORMER_KINDS:
+        raise ModelError(f"model kind must be one of {TRANSFORMER_KINDS}, got {kind!r}")
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{model_dir}: no config.json: not a Hugging Face model directory")
+    if not (model_dir / "model.safetensors").is_file():
+        raise ModelError(f"{model_dir}: no model.safetensors beside config.json")
+    try:
+        config = json.loads(config_file.read_text())
+        shape = M.encoder_shape(model_dir)
+    except ValueError as exc:
+        raise ModelError(f"{model_dir}: {exc}") from None
+    meta: dict[str, Any] = {"kind": kind, "source": shape.name, "weights_version": M.weights_version(str(model_dir))}
+    if kind == "classifier":
+        id2label = config.get("id2label") or {}
+        try:
+            labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            raise ModelError(f"{config_file}: id2label keys are not class ids: {id2label}") from None
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ModelError(f"{config_file}: a classifier needs 2 or more distinct labels in id2label, got {labels}")
+        meta["labels"] = labels
+    else:
+        meta["normalize"] = shape.normalize if normalize is None else normalize
+    return meta
+
+
+def load_transformer_dir(
+    d: Path, name: str = "", version: int | None = None, uri: str = "", run_id: str = ""
+) -> TransformerVersion:
+    """A classifier or embedder from its files (a download, or a copy
+    shipped to a task), its weights checked against the version recorded
+    when it was registered."""
+    from . import model as M
+
+    meta = json.loads((d / KIND_META_FILE).read_text())
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise ModelError(f"{uri or d}: a {meta.get('kind')} model without config.json + model.safetensors in {d}")
+    found = M.weights_version(str(d.resolve()))
+    if found != meta.get("weights_version"):
+        raise ModelError(f"{uri or d}: weights version {found} != recorded {meta.get('weights_version')}")
+    version = version if version is not None else meta.get("version")
+    return TransformerVersion(
+        name or meta.get("name") or d.name,
+        version,
+        str(meta["kind"]),
+        d,
+        meta,
+        uri or meta.get("model_uri") or str(d),
+        run_id or meta.get("run_id", ""),
+    )
+
+
+LoadedModel = HeadVersion | TransformerVersion
 
 
 def weights_digest(path: Path) -> str:
@@ -120,6 +223,16 @@ def find_head_dir(model_dir: Path) -> Path:
     raise ModelError(
         f"{model_dir}: an MLflow model without this project's head (artifacts/{HEAD_ARTIFACT}/{META_FILE})"
     )
+
+
+def find_model_files(model_dir: Path) -> tuple[str, Path]:
+    """(kind, the directory of its files) inside a downloaded model or a
+    local dir: a head (head.safetensors + meta.json) or a classifier or
+    embedder (aibatch.json beside the Hugging Face files)."""
+    for d in (model_dir / "artifacts" / TRANSFORMER_ARTIFACT, model_dir):
+        if (d / KIND_META_FILE).is_file():
+            return str(json.loads((d / KIND_META_FILE).read_text()).get("kind")), d
+    return HEAD_KIND, find_head_dir(model_dir)
 
 
 def load_head_dir(d: Path, name: str = "", version: int | None = None, uri: str = "", run_id: str = "") -> HeadVersion:
@@ -260,7 +373,8 @@ class Store:
         )
 
     def download(self, uri: str, dest: Path) -> tuple[Path, str, int | None, str]:
-        """The model's files under dest: (head dir, name, version, run id)."""
+        """The model's files under dest: (the dir of its files: the head's,
+        or the classifier's or embedder's; name, version, run id)."""
         import mlflow
 
         source, name, version, run_id = self.locate(uri)
@@ -270,7 +384,7 @@ class Store:
             raise ModelError(
                 f"model {uri!r}: its files cannot be downloaded: {str(exc).splitlines()[0][:300]}"
             ) from None
-        return find_head_dir(local), name, version, run_id
+        return find_model_files(local)[1], name, version, run_id
 
     # ----- training: one run, one new version ------------------------------
 
@@ -327,6 +441,59 @@ class Store:
             name, version, dict(arrays), dict(full, version=version), f"models:/{name}/{version}", run.info.run_id
         )
 
+    def log_pretrained(
+        self, name: str, kind: str, model_dir: Path, normalize: bool | None = None
+    ) -> TransformerVersion:
+        """Register a Hugging Face model directory as kind (classifier or
+        embedder): a run (parameters: kind, source, weights version, labels
+        or normalisation) whose model is a pyfunc holding a copy of the
+        directory's files with aibatch.json, the next version of name.
+        ModelError naming the directory where it is not such a model."""
+        import mlflow
+
+        from . import mlflow_pyfunc
+
+        if not _NAME.match(name):
+            raise ModelError(f"model name must match {_NAME.pattern}, got {name!r}")
+        model_dir = model_dir.expanduser().resolve()
+        if not model_dir.is_dir():
+            raise ModelError(f"{model_dir}: no such model directory")
+        meta = transformer_meta(model_dir, kind, normalize)
+        experiment = self.experiment_id()
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment) as run:
+            files = Path(tmp) / TRANSFORMER_ARTIFACT
+            shutil.copytree(model_dir, files, ignore=shutil.ignore_patterns(KIND_META_FILE, ".*"))
+            full = dict(meta, name=name, run_id=run.info.run_id)
+            (files / KIND_META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+            mlflow.set_tag("aibatch.model_name", name)
+            mlflow.set_tag("aibatch.kind", kind)
+            mlflow.log_params({"kind": kind, "model_dir": str(model_dir)[:500], "source": meta["source"]})
+            mlflow.log_params({"weights_version": meta["weights_version"]})
+            if "labels" in meta:
+                mlflow.log_params({"labels": ",".join(meta["labels"])[:500], "classes": len(meta["labels"])})
+            else:
+                mlflow.log_params({"normalize": meta["normalize"]})
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.ERROR)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
+                    info = mlflow.pyfunc.log_model(
+                        name=MODEL_PATH,
+                        python_model=mlflow_pyfunc.TransformerKindModel(),
+                        artifacts={TRANSFORMER_ARTIFACT: str(files)},
+                        registered_model_name=name,
+                        metadata={KIND_METADATA_KEY: kind},
+                        pip_requirements=[],
+                    )
+            finally:
+                pyfunc_log.setLevel(level)
+            version = int(info.registered_model_version)
+        log.info("registered %s version %d as %s (run %s)", name, version, kind, run.info.run_id)
+        uri = f"models:/{name}/{version}"
+        return TransformerVersion(name, version, kind, model_dir, dict(full, version=version), uri, run.info.run_id)
+
 
 def open_store(config: Any, home: Path) -> Store:
     """The store a pipeline config names (mlflow.tracking_uri, registry_dir)."""
@@ -345,8 +512,8 @@ def fetch(store: Store | None, ref: str, dest: Path) -> tuple[Path, str, int | N
     under dest where downloaded: (head dir, name, version, run id, URI)."""
     uri = normalize_uri(ref)
     if is_local(uri):
-        d = find_head_dir(Path(uri).expanduser().resolve())
-        meta = json.loads((d / META_FILE).read_text())
+        kind, d = find_model_files(Path(uri).expanduser().resolve())
+        meta = json.loads((d / (META_FILE if kind == HEAD_KIND else KIND_META_FILE)).read_text())
         return d, meta.get("name", d.name), meta.get("version"), meta.get("run_id", ""), str(Path(uri).resolve())
     if store is None:
         raise ModelError(f"model {ref!r}: no MLflow store to look it up in")
@@ -362,18 +529,28 @@ def load(store: Store | None, ref: str) -> HeadVersion:
     """The head that ref names, loaded (weights hash checked)."""
     with tempfile.TemporaryDirectory() as tmp:
         d, name, version, run_id, uri = fetch(store, ref, Path(tmp))
+        if find_model_files(d)[0] != HEAD_KIND:
+            raise ModelError(f"model {ref!r} is not an encoder + head model")
         return load_head_dir(d, name, version, uri, run_id)
 
 
-def download_to(store: Store | None, ref: str, dest: Path) -> HeadVersion:
-    """Like load, but the head's files stay in dest (dest/head): for the
-    mrjob twin, which ships that directory to its tasks."""
+def download_to(store: Store | None, ref: str, dest: Path) -> LoadedModel:
+    """The model ref names, its files kept in dest (dest/head for a head,
+    dest/transformer for a classifier or embedder), loaded and checked:
+    for the mrjob twin, which ships that directory to its tasks, and the
+    Spark job, which ships it as an archive."""
     d, name, version, run_id, uri = fetch(store, ref, dest / "download")
-    target = dest / HEAD_ARTIFACT
+    kind, d = find_model_files(d)
+    if kind not in KINDS:
+        raise ModelError(f"model {ref!r}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    target = dest / (HEAD_ARTIFACT if kind == HEAD_KIND else TRANSFORMER_ARTIFACT)
     if d != target:
         shutil.copytree(d, target, dirs_exist_ok=True)
     # name, version and URI travel with the files: the task knows no MLflow
-    meta = json.loads((target / META_FILE).read_text())
+    meta_file = target / (META_FILE if kind == HEAD_KIND else KIND_META_FILE)
+    meta = json.loads(meta_file.read_text())
     meta.update(name=name, version=version, run_id=run_id, model_uri=uri)
-    (target / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return load_head_dir(target, name, version, uri, run_id)
+    meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if kind == HEAD_KIND:
+        return load_head_dir(target, name, version, uri, run_id)
+    return load_transformer_dir(target, name, version, uri, run_id)

@@ -13,8 +13,8 @@ from pathlib import Path
 from . import lineage as L
 from . import model as M
 from .config import PipelineConfig
-from .models import HeadVersion
-from .predict import ScoreSettings
+from .models import LoadedModel, ModelError, TransformerVersion
+from .predict import ScoreSettings, output_fields
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,13 @@ class ScoringPlan:
     settings: ScoreSettings
     lineage: dict
     head_ref: str
+    kind: str = "head"
+    fields: tuple[tuple[str, str], ...] = ()  # the columns score writes, with their Spark SQL types
 
 
 def plan_scoring(
     config: PipelineConfig,
-    head: HeadVersion,
+    head: LoadedModel,
     run_id: str,
     *,
     encoder_dir: str | Path | None = None,
@@ -39,7 +41,10 @@ def plan_scoring(
     """encoder_dir: a shipped copy of the encoder (default: encoder.model_dir,
     else the installed package's); precision: an override of
     encoder.precision. Raises lineage.EncoderMismatch for a head trained on
-    other encoder weights."""
+    other encoder weights. A classifier or embedder model scores with its
+    own directory (head.model_dir, or encoder_dir where shipped)."""
+    if isinstance(head, TransformerVersion):
+        return _plan_transformer(config, head, run_id, encoder_dir, precision, torch_threads, scored_at)
     model_dir = str(encoder_dir) if encoder_dir else (config.encoder.model_dir or None)
     effective = M.effective_precision(precision or config.encoder.precision)
     trained = head.meta.get("encoder", {}).get("precision")
@@ -65,4 +70,46 @@ def plan_scoring(
         model_uri=head.meta.get("model_uri") or head.uri,
         model_run_id=head.run_id,
     )
-    return ScoringPlan(settings=settings, lineage=lineage, head_ref=head.ref)
+    fields = tuple(output_fields("head", config.score.with_embedding))
+    return ScoringPlan(settings=settings, lineage=lineage, head_ref=head.ref, fields=fields)
+
+
+def _plan_transformer(
+    config: PipelineConfig,
+    model: TransformerVersion,
+    run_id: str,
+    model_dir: str | Path | None,
+    precision: str | None,
+    torch_threads: int | None,
+    scored_at: dt.datetime | None,
+) -> ScoringPlan:
+    """The classifier and embedder kinds: the fast path's length-sorted
+    batches, precision and device from [encoder], the model's own
+    directory instead of encoder.model_dir. Lineage: `encoder` names the
+    registered source and its weights version, `head` the registered model."""
+    try:
+        fields = tuple(output_fields(model.kind, config.score.with_embedding))
+    except ValueError as exc:
+        raise ModelError(f"{model.ref}: {exc}") from None
+    if model.kind == "classifier" and config.encoder.runtime != "torch":
+        raise ModelError(f"{model.ref}: a classifier model runs on torch only, not encoder.runtime = onnxruntime")
+    changes: dict = {
+        "model_dir": str(model_dir or model.model_dir),
+        "precision": M.effective_precision(precision or config.encoder.precision),
+        "kind": model.kind,
+        "normalize": model.normalize,
+    }
+    if torch_threads is not None:
+        changes["torch_threads"] = torch_threads
+    settings = ScoreSettings.from_config(config.encoder, {}, model.labels, **changes)
+    lineage = L.lineage(
+        str(model.meta.get("source") or model.name),
+        model.weights_version,
+        model.ref,
+        model.weights_version,
+        run_id,
+        scored_at,
+        model_uri=model.meta.get("model_uri") or model.uri,
+        model_run_id=model.run_id,
+    )
+    return ScoringPlan(settings=settings, lineage=lineage, head_ref=model.ref, kind=model.kind, fields=fields)

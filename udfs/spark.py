@@ -7,7 +7,14 @@ the encoder itself loads there, once per Python worker (udfs.model caches it).
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import shutil
+import tarfile
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,26 +26,49 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from . import partitioning as P
-from .predict import ScoreSettings, embed_texts, score_texts, set_threads
+from .predict import ScoreSettings, embed_texts, output_fields, score_texts, set_threads
 from .records import in_sample, split_of
 from .worker_env import log_once
 
 
-def score_udf(settings: ScoreSettings, with_embedding: bool = False) -> Callable[..., Column]:
-    """Iterator pandas UDF: text -> struct(predicted, probability,
-    probabilities map<label, probability>[, embedding])."""
-    fields = "predicted string, probability double, probabilities map<string, double>"
-    if with_embedding:
-        fields += ", embedding array<float>"
+def score_udf(settings: ScoreSettings, with_embedding: bool = False, shipped: str = "") -> Callable[..., Column]:
+    """Iterator pandas UDF: text -> struct of the columns the model's kind
+    writes (predict.output_fields): predicted, probability, probabilities
+    map<label, probability>[, embedding], or an embedder's embedding.
+    shipped: the archive (ship_model_dir) holding settings.model_dir."""
+    fields = ", ".join(f"{name} {kind}" for name, kind in output_fields(settings.kind, with_embedding))
 
     @pandas_udf(fields)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         log_once()  # on a cluster: which Python this worker runs, in the executor's log
         gpus = task_gpus()
+        here = dataclasses.replace(settings, model_dir=shipped_dir(shipped)) if shipped else settings
         for texts in batches:
-            yield score_texts(texts.tolist(), settings, with_embedding, gpus)
+            yield score_texts(texts.tolist(), here, with_embedding, gpus)
 
     return score
+
+
+def ship_model_dir(spark: SparkSession, model_dir: str | Path) -> str:
+    """Ship a model directory to the executors (a classifier's or an
+    embedder's files, downloaded on the driver) as an uncompressed tar
+    archive Spark unpacks there; the archive's name, for shipped_dir."""
+    src = Path(model_dir)
+    archive = Path(tempfile.mkdtemp(prefix="aibatch-ship-")) / f"model-{uuid.uuid4().hex[:12]}.tar"
+    atexit.register(shutil.rmtree, archive.parent, True)
+    with tarfile.open(archive, "w") as tar:
+        # one entry per child: Spark refuses an archive with a "./" entry
+        for child in sorted(src.iterdir()):
+            tar.add(child, arcname=child.name)
+    spark.sparkContext.addArchive(str(archive))
+    return archive.name
+
+
+def shipped_dir(name: str) -> str:
+    """Where a shipped archive (ship_model_dir) is unpacked on this executor."""
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(name)
 
 
 def task_gpus() -> list[str]:
@@ -72,13 +102,16 @@ def balance_by_cost(
     max_length: int,
     text_column: str = "text",
     keep_cost: bool = False,
+    shipped: str = "",
 ) -> DataFrame:
     """records in `partitions` partitions of about equal estimated scoring
     cost (udfs.partitioning), whatever their input layout; rows and columns
     unchanged (plus `_cost`, MFLOP, with keep_cost). One cheap pass
     tokenises each row where it is read and deals it to the bucket with the
     least cost so far; a hash shuffle on a key chosen per bucket
-    (partitioning.spark_partition_keys) gives each bucket its own partition."""
+    (partitioning.spark_partition_keys) gives each bucket its own partition.
+    model_dir: the transformer whose tokenizer and shape give the cost
+    (shipped: the archive holding it, ship_model_dir)."""
     keys = np.asarray(P.spark_partition_keys(partitions), dtype=np.int64)
     schema = StructType(
         [
@@ -93,8 +126,9 @@ def balance_by_cost(
 
         context = TaskContext.get()
         buckets = P.GreedyBuckets(partitions, start=context.partitionId() if context else 0)
+        here = shipped_dir(shipped) if shipped else model_dir
         for batch in batches:
-            costs = P.text_costs(batch.column(text_column).to_pylist(), model_dir, max_length)
+            costs = P.text_costs(batch.column(text_column).to_pylist(), here, max_length)
             bucket = buckets.assign(costs)
             yield batch.append_column(_KEY_COLUMN, pa.array(keys[bucket])).append_column(COST_COLUMN, pa.array(costs))
 

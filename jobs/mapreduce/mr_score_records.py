@@ -49,6 +49,7 @@ from udfs.partitioning import task_count
 GROUP = "score"
 ENCODER_NAME = "encoder"
 HEAD_NAME = "head"
+MODEL_NAME = "model"  # a classifier's or embedder's directory (it replaces ./encoder and ./head)
 ONNX_NAME = "onnx"
 
 
@@ -61,6 +62,7 @@ class MRScoreRecords(ConfiguredJob):
     OUTPUT_PROTOCOL = RawValueProtocol
 
     _head_dir: Path | None = None
+    _model_dir: Path | None = None  # a classifier's or embedder's files, shipped as ./model
 
     def configure_args(self):
         super().configure_args()
@@ -89,6 +91,7 @@ class MRScoreRecords(ConfiguredJob):
         unknown model fails here, naming what the registry holds)."""
         from udfs import model as M
         from udfs import models
+        from udfs.scoring import plan_scoring
 
         cfg = self.pipeline_config()
         if self._head_dir is None:
@@ -96,8 +99,16 @@ class MRScoreRecords(ConfiguredJob):
             store = None if models.is_local(ref) else models.open_store(cfg, self.home())
             tmp = Path(tempfile.mkdtemp(prefix="aibatch-head-"))
             atexit.register(shutil.rmtree, tmp, True)  # uploaded with the job by then
-            models.download_to(store, ref, tmp)
-            self._head_dir = tmp / models.HEAD_ARTIFACT
+            model = models.download_to(store, ref, tmp)
+            if isinstance(model, models.TransformerVersion):
+                # a classifier or embedder: its own directory is all the tasks need
+                plan_scoring(cfg, model, "check")  # columns it cannot write fail here, before Hadoop
+                self._model_dir = model.model_dir
+                self._head_dir = model.model_dir
+            else:
+                self._head_dir = tmp / models.HEAD_ARTIFACT
+        if self._model_dir is not None:
+            return [f"{self._model_dir}#{MODEL_NAME}"]
         encoder_dir = M.resolve_model_dir(cfg.encoder.model_dir or None).resolve()
         shipped = [f"{encoder_dir}#{ENCODER_NAME}", f"{self._head_dir}#{HEAD_NAME}"]
         if cfg.encoder.runtime == "onnxruntime":
@@ -137,7 +148,10 @@ class MRScoreRecords(ConfiguredJob):
         self.keys = hadoop_reducer_keys(n)
         task = int(jobconf_from_env("mapreduce.task.partition", "0") or 0)
         self.dealer = GreedyBuckets(n, start=task)
-        self.encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
+        # the transformer whose tokenizer and shape give the cost: the
+        # encoder, or a classifier's or embedder's own directory
+        own = Path(MODEL_NAME)
+        self.encoder_dir = own.resolve() if own.is_dir() else self._shipped(Path(ENCODER_NAME), "encoder")
         self.max_length = self.pipeline_config().encoder.max_length
         self.pending = []
 
@@ -175,12 +189,16 @@ class MRScoreRecords(ConfiguredJob):
         return path.resolve()
 
     def mapper_init_model(self):
-        from udfs.models import load_head_dir
+        from udfs.models import load_head_dir, load_transformer_dir
         from udfs.predict import load_for, set_threads
         from udfs.scoring import plan_scoring
 
-        encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
-        head_dir = self._shipped(Path(HEAD_NAME), "head")
+        if Path(MODEL_NAME).is_dir():  # a classifier or an embedder (dirs() shipped it alone)
+            model = load_transformer_dir(Path(MODEL_NAME).resolve())
+            encoder_dir = None
+        else:
+            encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
+            model = load_head_dir(self._shipped(Path(HEAD_NAME), "head"))
         if self.pipeline_config().encoder.runtime == "onnxruntime":
             os.environ["AIBATCH_ONNX_CACHE"] = str(self._shipped(Path(ONNX_NAME), "ONNX encoder"))
         # mrjob does not set torch's threads per task as Spark does (measured
@@ -189,14 +207,14 @@ class MRScoreRecords(ConfiguredJob):
         run_id = self.options.run_id or jobconf_from_env("mapreduce.job.id", "") or "unknown"
         plan = plan_scoring(
             self.pipeline_config(),
-            load_head_dir(head_dir),
+            model,
             run_id,
             encoder_dir=encoder_dir,
             precision=self.options.precision,
             torch_threads=1,
             scored_at=dt.datetime.now(dt.UTC),
         )
-        self.settings, self.lineage = plan.settings, plan.lineage
+        self.settings, self.lineage, self.fields = plan.settings, plan.lineage, [name for name, _ in plan.fields]
         self.with_embedding = self.pipeline_config().score.with_embedding
         load_for(self.settings)  # once per task, before the first row
         self.buffer = []
@@ -218,15 +236,12 @@ class MRScoreRecords(ConfiguredJob):
         if not self.buffer:
             return
         rows, self.buffer = self.buffer, []
-        with_embedding = self.with_embedding
-        scored = score_texts([r.get("text") for r in rows], self.settings, with_embedding)
+        scored = score_texts([r.get("text") for r in rows], self.settings, self.with_embedding)
         self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
-        embeddings = scored["embedding"] if with_embedding else [None] * len(rows)
-        for row, predicted, probability, probabilities, emb in zip(
-            rows, scored["predicted"], scored["probability"], scored["probabilities"], embeddings, strict=True
-        ):
+        columns = [scored[name].tolist() for name in self.fields]  # the columns the model's kind writes
+        for row, *values in zip(rows, *columns, strict=True):
             self.increment_counter(GROUP, "rows")
-            yield None, L.scored_row_json(row, predicted, probability, self.lineage, emb, with_embedding, probabilities)
+            yield None, L.scores_row_json(row, dict(zip(self.fields, values, strict=True)), self.lineage)
 
 
 if __name__ == "__main__":

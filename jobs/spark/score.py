@@ -1,8 +1,10 @@
-"""Score records with the encoder + a trained head through an iterator
+"""Score records with a model of any kind (encoder + trained head, a
+pretrained classifier, an embedder: docs/models.md) through an iterator
 pandas UDF (model loaded once per Python worker, batches sorted by length),
 keeping every input column and id, adding the predicted label, its
-probability, every class's probability (a map), optionally the embedding,
-and lineage (encoder and version, head and version, run id, time).
+probability, every class's probability (a map), optionally the embedding
+(an embedder: the embedding alone), and lineage (encoder and version, head
+and version, run id, time).
 
 Run with:
     ./submit.sh score --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
@@ -11,9 +13,13 @@ Run with:
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,53 +29,59 @@ from udfs import lineage as L
 from udfs import model as M
 from udfs import models
 from udfs.config import PipelineConfig
-from udfs.models import HeadVersion
+from udfs.models import LoadedModel
 from udfs.partitioning import task_count
+from udfs.predict import output_fields
 from udfs.scoring import plan_scoring
-from udfs.spark import balance_by_cost, in_sample_udf, score_udf, task_slots
+from udfs.spark import balance_by_cost, in_sample_udf, score_udf, ship_model_dir, task_slots
 
 log = logging.getLogger(__name__)
 
 LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 
 
-def score_frame(records: DataFrame, scorer, lineage: dict, with_embedding: bool = False) -> DataFrame:
-    """records' columns + predicted, probability, probabilities[, embedding] + lineage."""
+def score_frame(
+    records: DataFrame, scorer, lineage: dict, with_embedding: bool = False, kind: str = "head"
+) -> DataFrame:
+    """records' columns + what the model's kind writes (predicted,
+    probability, probabilities[, embedding], or an embedder's embedding) + lineage."""
     scored = records.withColumn("_score", scorer(F.col("text")))
-    extra: list[Column] = [
-        F.col("_score.predicted").alias("predicted"),
-        F.col("_score.probability").alias("probability"),
-        F.col("_score.probabilities").alias("probabilities"),
-    ]
-    if with_embedding:
-        extra.append(F.col("_score.embedding").alias("embedding"))
+    extra: list[Column] = [F.col(f"_score.{name}").alias(name) for name, _ in output_fields(kind, with_embedding)]
     extra += [F.lit(lineage[c]).alias(c) for c in LINEAGE_COLUMNS]
     return scored.select(*[F.col(c) for c in records.columns], *extra)
 
 
 def resolve_model(cfg: PipelineConfig, args) -> dict:
     """The model named by --model or the config (an MLflow model URI, a
-    local model dir, or name@N), downloaded and loaded (weights hash
-    checked); ModelError, naming what the registry holds, before Spark starts."""
+    local model dir, or name@N), of any kind (encoder + head, classifier,
+    embedder), downloaded and loaded (weights checked); ModelError, naming
+    what the registry holds or the damaged dir, before Spark starts."""
     common.check_encoder(cfg)
     ref = args.model or cfg.score.model
     store = None if models.is_local(ref) else models.open_store(cfg, common.home())
-    return {"head": models.load(store, ref)}
+    # the files stay for the job: a classifier's or embedder's are shipped from here
+    dest = Path(tempfile.mkdtemp(prefix="aibatch-model-"))
+    atexit.register(shutil.rmtree, dest, True)
+    model = models.download_to(store, ref, dest)
+    plan_scoring(cfg, model, "check")  # a kind that cannot write these columns fails here, not in Spark
+    return {"head": model}
 
 
-def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | None = None) -> dict:
+def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | None = None) -> dict:
     head = head or resolve_model(cfg, args)["head"]
     plan = plan_scoring(cfg, head, common.new_run_id(), precision=args.precision)
     settings, lineage, precision = plan.settings, plan.lineage, plan.settings.precision
+    # a classifier's or embedder's own files go to the executors (the head's arrays travel in the UDF)
+    shipped = ship_model_dir(spark, str(settings.model_dir)) if plan.kind != models.HEAD_KIND else ""
     records = common.read_table(spark, args.input, args.input_format)
     if args.sample_percent < 100:
         records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
     # Parallelism follows the cluster, not the input's files: partitions_per_core
     # tasks per task slot, rows dealt to them by estimated cost (token count).
     partitions = task_count(task_slots(spark), cfg.score.partitions_per_core)
-    records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length)
+    records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length, shipped=shipped)
     with_embedding = cfg.score.with_embedding
-    scored = score_frame(records, score_udf(settings, with_embedding), lineage, with_embedding)
+    scored = score_frame(records, score_udf(settings, with_embedding, shipped), lineage, with_embedding, plan.kind)
     started = time.perf_counter()
     with common.committed_outputs(
         spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
@@ -78,10 +90,13 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
         seconds = time.perf_counter() - started
         out = common.read_table(spark, staging["output"], args.output_format)
         rows = out.count()
-        by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
-        labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
-        n_lab = labelled.count()
-        correct = labelled.where(F.col("label") == F.col("predicted")).count()
+        by_label: dict = {}
+        n_lab = correct = 0
+        if "predicted" in out.columns:  # an embedder predicts no label
+            by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
+            labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
+            n_lab = labelled.count()
+            correct = labelled.where(F.col("label") == F.col("predicted")).count()
     summary = {
         "rows": rows,
         "seconds": round(seconds, 1),
@@ -91,6 +106,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | Non
         "labelled": n_lab,
         "agreement": (correct / n_lab) if n_lab else None,
         "model": head.ref,
+        "kind": plan.kind,
         "precision": precision,
         "output": args.output,
         **{k: str(v) for k, v in lineage.items()},
@@ -126,7 +142,10 @@ def report(out: dict) -> None:
         f"score: {out['rows']} rows with {out['model']} ({out['precision']}) in {out['seconds']} s "
         f"({out['rows_per_s']} rows/s, Spark start-up excluded), {out['partitions']} tasks balanced by token cost"
     )
-    print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
+    if out.get("kind") == "embedder":
+        print("  wrote embedding (array<float>) for every row with text")
+    else:
+        print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
     if out["agreement"] is not None:
         print(
             f"  agreement with the {out['labelled']} labelled rows: {out['agreement']:.4f} (train and test rows together)"

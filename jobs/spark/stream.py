@@ -35,7 +35,7 @@ from jobs import commit
 from jobs.spark import common, ingest, score
 from udfs import records as R
 from udfs.config import PipelineConfig
-from udfs.models import HeadVersion
+from udfs.models import HeadVersion, ModelError
 from udfs.partitioning import task_count
 from udfs.scoring import plan_scoring
 from udfs.spark import balance_by_cost, score_udf, task_slots
@@ -194,8 +194,17 @@ def totals_on_disk(spark: SparkSession, output: str) -> dict:
     return out
 
 
+def resolve_head(cfg: PipelineConfig, args) -> dict:
+    """score.resolve_model, for the encoder + head kind only (the stream
+    does not ship a classifier's or embedder's files)."""
+    head = score.resolve_model(cfg, args)["head"]
+    if not isinstance(head, HeadVersion):
+        raise ModelError(f"{head.ref} is a {head.kind} model: the stream job scores with encoder + head models")
+    return {"head": head}
+
+
 def main(spark: SparkSession, cfg: PipelineConfig, args, head: HeadVersion | None = None) -> dict:
-    head = head or score.resolve_model(cfg, args)["head"]
+    head = head or resolve_head(cfg, args)["head"]
     run_id = common.new_run_id()
     plan = plan_scoring(cfg, head, run_id, precision=args.precision)
     spec = cfg.ingest.source_spec(
@@ -283,7 +292,7 @@ def report(out: dict) -> None:
 
 
 def cli(argv=None) -> int:
-    return common.run_cli("stream", parser(), main, report, argv, prepare=score.resolve_model)
+    return common.run_cli("stream", parser(), main, report, argv, prepare=resolve_head)
 
 
 if __name__ == "__main__":
