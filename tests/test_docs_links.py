@@ -21,7 +21,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # checked too, so a move cannot strand them.
 LINKED_PAGES = [ROOT / "gateway" / "README.md", ROOT / "udfs" / "enrich" / "README.md"]
 # What submit.sh runs besides the catalog's Spark jobs (its dispatch `case`).
-SUBMIT_COMMANDS = {"mr", "pack", "env-check", "mqtt-bridge", "serve", "help", "--help", "-h"}
+SUBMIT_COMMANDS = {"mr", "pack", "env-check", "mqtt-bridge", "serve", "register", "help", "--help", "-h"}
 # Global options submit.sh takes before the job's name.
 GLOBAL_OPTIONS = {"--master", "--env-archive", "--spark-conf", "--config"}
 
