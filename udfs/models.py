@@ -414,26 +414,7 @@ class Store:
             mlflow.log_params({"head_weights_sha256": full["weights_sha256"]})
             mlflow.log_metrics(dict(metrics))
             mlflow.log_dict(dict(confusion), "confusion_matrix.json")
-            # mlflow warns that the model class has no type hints (its
-            # signature is not inferred: score's output schema is ours) and
-            # that a Python object is pickled (our own class, by design):
-            # neither is for the user of train.
-            pyfunc_log = logging.getLogger("mlflow.pyfunc")
-            level = pyfunc_log.level
-            pyfunc_log.setLevel(logging.ERROR)
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
-                    info = mlflow.pyfunc.log_model(
-                        name=MODEL_PATH,
-                        python_model=mlflow_pyfunc.HeadEncoderModel(),
-                        artifacts={HEAD_ARTIFACT: str(head_dir)},
-                        registered_model_name=name,
-                        pip_requirements=[],  # runs in this project's environment: nothing to infer
-                    )
-            finally:
-                pyfunc_log.setLevel(level)
-            version = int(info.registered_model_version)
+            version = log_quiet_pyfunc(name, mlflow_pyfunc.HeadEncoderModel(), {HEAD_ARTIFACT: str(head_dir)})
         log.info(
             "registered %s version %d (run %s, weights %s)", name, version, run.info.run_id, full["weights_sha256"][:12]
         )
@@ -473,26 +454,42 @@ class Store:
                 mlflow.log_params({"labels": ",".join(meta["labels"])[:500], "classes": len(meta["labels"])})
             else:
                 mlflow.log_params({"normalize": meta["normalize"]})
-            pyfunc_log = logging.getLogger("mlflow.pyfunc")
-            level = pyfunc_log.level
-            pyfunc_log.setLevel(logging.ERROR)
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
-                    info = mlflow.pyfunc.log_model(
-                        name=MODEL_PATH,
-                        python_model=mlflow_pyfunc.TransformerKindModel(),
-                        artifacts={TRANSFORMER_ARTIFACT: str(files)},
-                        registered_model_name=name,
-                        metadata={KIND_METADATA_KEY: kind},
-                        pip_requirements=[],
-                    )
-            finally:
-                pyfunc_log.setLevel(level)
-            version = int(info.registered_model_version)
+            version = log_quiet_pyfunc(
+                name,
+                mlflow_pyfunc.TransformerKindModel(),
+                {TRANSFORMER_ARTIFACT: str(files)},
+                metadata={KIND_METADATA_KEY: kind},
+            )
         log.info("registered %s version %d as %s (run %s)", name, version, kind, run.info.run_id)
         uri = f"models:/{name}/{version}"
         return TransformerVersion(name, version, kind, model_dir, dict(full, version=version), uri, run.info.run_id)
+
+
+def log_quiet_pyfunc(name: str, python_model: Any, artifacts: dict[str, str], **extra: Any) -> int:
+    """Log python_model as the active run's pyfunc model and register it as
+    the next version of name; returns that version. mlflow warns that the
+    model class has no type hints (its signature is not inferred: score's
+    output schema is ours) and that a Python object is pickled (our own
+    class, by design): neither is for the user of train or register."""
+    import mlflow
+
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_PATH,
+                python_model=python_model,
+                artifacts=artifacts,
+                registered_model_name=name,
+                pip_requirements=[],  # runs in this project's environment: nothing to infer
+                **extra,
+            )
+    finally:
+        pyfunc_log.setLevel(level)
+    return int(info.registered_model_version)
 
 
 def open_store(config: Any, home: Path) -> Store:
