@@ -31,8 +31,8 @@ class ScoreSettings:
     gpu_batch_size: int
     # head (encoder + head), classifier (model_dir is a sequence-classification
     # model) or embedder (model_dir's embeddings are the output)
-    kind: str = "head"
-    normalize: bool | None = None  # an embedder's L2 normalisation (None: as its directory says)
+    kind: str
+    normalize: bool | None  # an embedder's L2 normalisation (None: as its directory says)
 
     @classmethod
     def from_config(
@@ -58,6 +58,8 @@ class ScoreSettings:
             "device": encoder.device,
             "gpu_precision": encoder.gpu_precision,
             "gpu_batch_size": encoder.gpu_batch_size,
+            "kind": "head",
+            "normalize": None,
         }
         values.update(changes)
         return cls(**values)
