@@ -100,14 +100,75 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
-def run_spark(src: str, out: str, env: dict) -> tuple[float, dict]:
-    cmd = [str(ROOT / "submit.sh"), "ingest", "--input", src, "--format", "jsonl", "--source", "posts"]
+def run_spark(src: str, out: str, env: dict, event_dir: Path | None = None) -> tuple[float, dict]:
+    """The Spark job through ./submit.sh; with event_dir, Spark's event log
+    (uncompressed) is written there and where the time went is printed."""
+    cmd = [str(ROOT / "submit.sh")]
+    if event_dir is not None:
+        event_dir.mkdir(parents=True, exist_ok=True)
+        conf = event_dir / "spark-defaults.conf"
+        conf.write_text(
+            (ROOT / "conf" / "spark-defaults.conf").read_text()
+            + f"\nspark.eventLog.enabled true\nspark.eventLog.compress false\nspark.eventLog.dir {event_dir.as_uri()}\n"
+        )
+        cmd += ["--spark-conf", str(conf)]
+    cmd += ["ingest", "--input", src, "--format", "jsonl", "--source", "posts"]
     cmd += ["--rating-field", "sentiment", "--output", f"{out}/records", "--rejects", f"{out}/rejects"]
+    started = time.time()
     seconds, log = timed(cmd, env)
     m = re.search(r"input rows (\d+) = good (\d+) \+ rejected (\d+)", log)
     if not m:
         raise SystemExit(f"no summary line in the Spark job's output:\n{log[-2000:]}")
+    if event_dir is not None:
+        print_stages(event_dir, started, started + seconds)
     return seconds, {"good": int(m[2]), "rejected": int(m[3])}
+
+
+def print_stages(event_dir: Path, started: float, ended: float) -> None:
+    """Where a Spark run's wall time went, from its event log: the launch
+    (submit.sh, spark-submit's JVM, the Python driver, the SparkContext),
+    the driver's work before the first Spark job, each Spark job (its call
+    site: the line of jobs/spark/ingest.py that started it), and the end
+    (stopping the session, the commit, the JVM's exit)."""
+    logs = sorted(event_dir.glob("**/events_*"), key=lambda f: f.stat().st_mtime)
+    if not logs:
+        print("    (no event log written)")
+        return
+    events = [json.loads(line) for line in logs[-1].read_text().splitlines() if line.strip()]
+    app_start = app_end = None
+    jobs: dict[int, list] = {}
+    queries: dict[str, str] = {}  # SQL execution id: its description (the action and its call site)
+    for e in events:
+        kind = e["Event"]
+        if kind == "SparkListenerApplicationStart":
+            app_start = e["Timestamp"] / 1000
+        elif kind == "SparkListenerApplicationEnd":
+            app_end = e["Timestamp"] / 1000
+        elif kind.endswith("SparkListenerSQLExecutionStart"):
+            queries[str(e["executionId"])] = e["description"]
+        elif kind == "SparkListenerJobStart":
+            props = e.get("Properties", {})
+            site = props.get("callSite.short") or queries.get(str(props.get("spark.sql.execution.id")), "?")
+            jobs[e["Job ID"]] = [e["Submission Time"] / 1000, None, site]
+        elif kind == "SparkListenerJobEnd":
+            jobs[e["Job ID"]][1] = e["Completion Time"] / 1000
+    if app_start is None or app_end is None or not jobs:
+        print("    (event log incomplete)")
+        return
+    first = min(j[0] for j in jobs.values())
+    last = max(j[1] or j[0] for j in jobs.values())
+    print(f"    launch to SparkContext       {app_start - started:6.1f} s")
+    print(f"    driver before first job      {first - app_start:6.1f} s")
+    by_site: dict[str, list[float]] = {}
+    for start, end, site in jobs.values():
+        entry = by_site.setdefault(site, [0.0, 0])
+        entry[0] += (end or start) - start
+        entry[1] += 1
+    for site, (secs, n) in by_site.items():
+        print(f"    {n:2d} Spark job(s) {secs:6.1f} s  {site}")
+    gaps = (last - first) - sum(secs for secs, _ in by_site.values())
+    print(f"    driver between jobs          {gaps:6.1f} s")
+    print(f"    session stop and exit        {ended - last:6.1f} s (application end after {app_end - last:.1f} s)")
 
 
 def run_twin(runner: str, src: str, out: str, env: dict) -> tuple[float, dict]:
@@ -121,7 +182,12 @@ def run_twin(runner: str, src: str, out: str, env: dict) -> tuple[float, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=335, help="file size in MB (default 335)")
-    parser.add_argument("--runs", default="spark,spark-hdfs,local,hadoop")
+    parser.add_argument(
+        "--runs",
+        default="spark,spark-hdfs,local,hadoop",
+        help="of spark, spark-hdfs, local, hadoop, and spark-1-line (the Spark job on a one-line file: its fixed cost)",
+    )
+    parser.add_argument("--stages", action="store_true", help="print where each Spark run's time went (event log)")
     parser.add_argument("--data-dir", default=str(ROOT / "var" / "bench"), help="where the file is kept for reruns")
     args = parser.parse_args()
     runs = [r for r in args.runs.split(",") if r]
@@ -142,6 +208,7 @@ def main() -> int:
 
     env = dict(os.environ)
     node = None
+    fixed = None
     with tempfile.TemporaryDirectory(dir=ROOT / "var") as tmp:
         if {"spark-hdfs", "hadoop"} & set(runs):
             from hdfs import InsecureClient
@@ -162,15 +229,24 @@ def main() -> int:
             hdfs_file = f"{node.hdfs_url}/user/{node.user}/bench/posts.jsonl"
         try:
             for run in runs:
+                events = Path(tmp) / f"events-{run}" if args.stages else None
                 if run == "spark":
                     name, (s, c) = (
                         "Spark ./submit.sh, local file",
-                        run_spark(path.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/spark", env),
+                        run_spark(path.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/spark", env, events),
                     )
+                elif run == "spark-1-line":
+                    one = Path(tmp) / "one-line.jsonl"
+                    with open(path, "rb") as f:
+                        one.write_bytes(f.readline())
+                    s, _ = run_spark(one.resolve().as_uri(), Path(tmp).resolve().as_uri() + "/one", env, events)
+                    print(f"  Spark ./submit.sh, a 1-line file: {s:.1f} s (the job's fixed cost)", flush=True)
+                    fixed = s
+                    continue
                 elif run == "spark-hdfs":
                     assert node is not None
                     out = f"{node.hdfs_url}/user/{node.user}/bench/spark"
-                    name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, out, env)
+                    name, (s, c) = "Spark ./submit.sh, HDFS file", run_spark(hdfs_file, out, env, events)
                 elif run == "local":
                     name, (s, c) = "mrjob -r local", run_twin("local", str(path), f"{tmp}/local", env)
                 elif run == "hadoop":
@@ -190,6 +266,13 @@ def main() -> int:
     for name, (s, c, n) in results.items():
         agree = "" if c == counts else f"   COUNTS DIFFER: {c} != {counts}"
         print(f"  {name:32s} {s:7.1f} s {rows / s:9.0f} rows/s  per core {rows / s / n / limit:5.2f}{agree}")
+    if fixed is not None:
+        plain = results["plain Python, 1 process"][0]
+        best = plain / (cores * (fixed + plain / cores))
+        print(f"  Spark on a 1-line file           {fixed:7.1f} s: with no cost per row beyond the parse itself,")
+        print(
+            f"    the Spark job's ratio would be at most {best:.2f} (fixed cost + the parse split over {cores} cores)"
+        )
     return 0 if all(c == counts for _, c, _ in results.values()) else 1
 
 
