@@ -14,7 +14,8 @@ rename each, after an existing output was renamed aside; if a later rename
 fails, the ones done are rolled back and the previous outputs restored. If
 the body fails, the staging dirs are removed and the previous outputs are
 untouched; the exception carries a note saying so. Every committed output
-holds a `_SUCCESS` marker.
+holds a `_SUCCESS` marker. put_file adds one whole file to a committed
+output afterwards (a job's `_report.html`), by a rename too.
 
 Local paths are renamed with os.rename. hdfs:// paths go through WebHDFS
 (HdfsCLI): PySpark has no public API to Hadoop's FileSystem (only the
@@ -63,6 +64,7 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def delete(self, path: str) -> None: ...
     def touch(self, path: str) -> None: ...
+    def write(self, path: str, data: bytes) -> None: ...
 
 
 class LocalFileSystem:
@@ -91,6 +93,9 @@ class LocalFileSystem:
 
     def touch(self, path: str) -> None:
         Path(self.local(path)).touch()
+
+    def write(self, path: str, data: bytes) -> None:
+        Path(self.local(path)).write_bytes(data)
 
 
 class WebHdfsFileSystem:
@@ -129,6 +134,9 @@ class WebHdfsFileSystem:
 
     def touch(self, path: str) -> None:
         self.client.write(self.path(path), data=b"", overwrite=True)
+
+    def write(self, path: str, data: bytes) -> None:
+        self.client.write(self.path(path), data=data, overwrite=True)
 
 
 WEBHDFS_ENV = "AIBATCH_WEBHDFS"
@@ -328,6 +336,23 @@ def committed(
             _quietly("remove staging dir", filesystem(path).delete, path)
         raise
     commit(outputs, staging, run)
+
+
+def put_file(path: str, data: bytes) -> None:
+    """A whole file into a committed output dir (the run's report): written
+    to a hidden sibling first, then renamed into place, so a reader never
+    sees half of it. Local paths and hdfs:// alike."""
+    fs = filesystem(path)
+    stripped = path.rstrip("/")
+    tmp = _sibling(stripped, "writing", uuid.uuid4().hex[:12])
+    fs.write(tmp, data)
+    try:
+        if fs.exists(stripped):
+            fs.delete(stripped)
+        fs.rename(tmp, stripped)
+    except BaseException:
+        _quietly("remove the partly written file", fs.delete, tmp)
+        raise
 
 
 def _describe(paths: Iterable[str]) -> str:

@@ -10,7 +10,8 @@ A failure to publish is logged once and never fails the job.
 jobs.spark.common.run_cli publishes them for every Spark job; once its
 session runs, each `running` event also carries what the session's progress
 source reports (jobs.spark.common.spark_progress: the active stages, their
-tasks done of all)."""
+tasks done of all). The events are also kept (`history`, for the run's
+report: jobs/report.py), published anywhere or not."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from udfs.config import EventsConfig
 log = logging.getLogger(__name__)
 
 EVENTS_FILE_ENV = "AIBATCH_EVENTS_FILE"
+MAX_KEPT = 2000  # events kept in `history` (about; thinned evenly past twice this)
 
 
 def status_topic(run_id: str) -> str:
@@ -41,6 +43,8 @@ class RunEvents:
         self.events_file = events_file or None
         self._progress_source: Callable[[], dict[str, Any]] | None = None
         self.started = time.monotonic()
+        self.started_at = time.time()
+        self.history: list[dict[str, Any]] = []  # every event, also when published nowhere
         self._mqtt: Any = None
         self._producer: Any = None
         self._kafka_topic = ""
@@ -80,8 +84,6 @@ class RunEvents:
             self._producer = Producer({"bootstrap.servers": servers, "acks": "all"})
 
     def publish(self, state: str, **fields) -> None:
-        if not self.enabled:
-            return
         event = {
             "run_id": self.run_id,
             "job": self.job,
@@ -90,6 +92,11 @@ class RunEvents:
             "elapsed_s": round(time.monotonic() - self.started, 1),
             **fields,
         }
+        self.history.append(event)
+        if len(self.history) > 2 * MAX_KEPT:  # a long run: keep the first events and every other later one
+            self.history = self.history[:2] + self.history[2::2]
+        if not self.enabled:
+            return
         payload = json.dumps(event, default=str).encode()
         if self.events_file:
             try:
@@ -124,9 +131,9 @@ class RunEvents:
 
     def start(self) -> None:
         self.publish("started")
-        if self.enabled:
-            self._timer = threading.Thread(target=self._progress, name="run-events", daemon=True)
-            self._timer.start()
+        # always: the report draws the progress even where nothing is published
+        self._timer = threading.Thread(target=self._progress, name="run-events", daemon=True)
+        self._timer.start()
 
     def close(self, state: str, **fields) -> None:
         self._stop.set()

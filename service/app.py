@@ -19,20 +19,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import errors
 from .config import REPO, ServiceConfig, check_limit_names, named_keys
-from .events import run_events
+from .events import event_items, run_events
 from .jobcall import RunRequest
 from .layer import ServiceLayer
 from .mcp_server import streamable_http
+from .pages import COOKIE, page_token, render_page
 from .ratelimits import Limiter, Verdict
 from .registry import BadReference, UnknownModel
 from .runs import State, present
@@ -47,6 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = ("/api/v1/health",)
+PAGES = "/runs/"  # the run report pages: keyed like /api/, and they also take ?key= and the page cookie
 # v1 of /score is deprecated since v2 appeared (2026-12-05, RFC 9745's
 # Deprecation header) and lives at least six months more (RFC 8594's Sunset).
 SCORE_V1_DEPRECATED = "@1796428800"
@@ -69,45 +79,103 @@ def _problem_send(problem: errors.Problem, path: str, verdict: Verdict | None) -
     return {"type": "http.response.start", "status": problem.status, "headers": headers}, body
 
 
+def _matching(pairs: Sequence[tuple[str, bytes]], supplied: bytes) -> str | None:
+    """The name whose secret equals supplied, compared in constant time with every one."""
+    found = None
+    for name, secret in pairs:  # no early exit: the time does not say which key came close
+        if hmac.compare_digest(secret, supplied) and supplied:
+            found = name
+    return found
+
+
 class Guard:
     """Keys (constant-time, every key compared), the key's requests per minute
-    and the body limit for /api/, before the route reads anything. The key's
-    name (never the key) goes to the route as request.state.key_name."""
+    and the body limit for /api/ (WebSockets included) and the run pages
+    (/runs/), before the route reads anything. The key's name (never the key)
+    goes to the route as request.state.key_name.
+
+    A browser sends no header of its own when it opens a page or a
+    WebSocket: a run page also takes `?key=KEY` (the route then answers
+    with the page cookie, service/pages.py), and the page and the WebSockets
+    under /api/ also take that cookie; a WebSocket that came with the cookie
+    only from a page of this same host:port (its Origin)."""
 
     def __init__(self, app: ASGIApp, keys: dict[str, str], max_bytes: int, limiter: Limiter) -> None:
         self.app, self.max_bytes, self.limiter = app, max_bytes, limiter
         self.keys = tuple((name, key.encode()) for name, key in keys.items())
+        self.tokens = tuple((name, page_token(key).encode()) for name, key in keys.items())
 
     def authenticated(self, scope: Scope) -> str | None:
-        """The name of the key the request carries, or None."""
+        """The name of the key the request carries in a header, or None."""
         supplied = b""
         for name, value in scope.get("headers", []):
             if name == b"x-api-key":
                 supplied = value
             elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 supplied = supplied or value[7:].strip()
-        found = None
-        for key_name, key in self.keys:  # no early exit: the time does not say which key came close
-            if hmac.compare_digest(key, supplied) and supplied:
-                found = key_name
-        return found
+        return _matching(self.keys, supplied)
+
+    def from_cookie(self, scope: Scope) -> str | None:
+        """The name of the key whose page cookie the request carries, or None."""
+        supplied = b""
+        for name, value in scope.get("headers", []):
+            if name == b"cookie":
+                for part in value.split(b";"):
+                    cookie, _, token = part.strip().partition(b"=")
+                    if cookie == COOKIE.encode():
+                        supplied = token
+        return _matching(self.tokens, supplied)
+
+    def from_query(self, scope: Scope) -> tuple[str, str] | None:
+        """(key name, its page cookie) of a `?key=KEY` that is a key, or None."""
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key", [""])[-1].encode()
+        name = _matching(self.keys, given)
+        return (name, page_token(given.decode())) if name else None
+
+    @staticmethod
+    def same_origin(scope: Scope) -> bool:
+        headers = dict(scope.get("headers", []))
+        origin, host = headers.get(b"origin"), headers.get(b"host")
+        return origin is None or (host is not None and urlsplit(origin.decode("latin-1")).netloc == host.decode())
 
     async def _count(self, key_name: str) -> Verdict:
         if self.limiter.blocking:
             return await asyncio.to_thread(self.limiter.request, key_name)
         return self.limiter.request(key_name)
 
+    async def _deny_socket(self, scope: Scope, receive: Receive, send: Send, problem: errors.Problem) -> None:
+        """Refuse a WebSocket handshake with the problem as its HTTP answer (where the
+        server can send one: ASGI's denial response), else by closing it (HTTP 403)."""
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start, payload = _problem_send(problem, scope.get("path", ""), None)
+            await send(dict(start, type="websocket.http.response.start"))
+            await send({"type": "websocket.http.response.body", "body": payload})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/api/") or path in OPEN_PATHS:
+        api = path.startswith("/api/") and path not in OPEN_PATHS
+        page = scope["type"] == "http" and path.startswith(PAGES)
+        if scope["type"] not in ("http", "websocket") or not (api or page):
             await self.app(scope, receive, send)
             return
+        socket = scope["type"] == "websocket"
         problem = None
         verdict = None
+        page_cookie = None
         key_name = self.authenticated(scope)
+        if key_name is None and (socket or page):
+            key_name = self.from_cookie(scope)
+            if key_name is not None and socket and not self.same_origin(scope):
+                key_name = None  # a page of another site that the browser gave the cookie to
+        if key_name is None and page and (found := self.from_query(scope)):
+            key_name, page_cookie = found
         if key_name is None:
             problem = errors.unauthorized(
-                "A valid API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+                "A valid API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+                + (" (a run page also takes ?key=<key> once)." if page else ".")
             )
         else:
             verdict = await self._count(key_name)
@@ -116,6 +184,13 @@ class Guard:
                     f"this key has made its {verdict.limit} requests of the last minute; "
                     f"retry after {verdict.headers()['Retry-After']} s"
                 )
+        if socket:
+            if problem is not None:
+                await self._deny_socket(scope, receive, send, problem)
+                return
+            scope.setdefault("state", {})["key_name"] = key_name
+            await self.app(scope, receive, send)
+            return
         if problem is None:
             declared = dict(scope.get("headers", [])).get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_bytes:
@@ -137,7 +212,7 @@ class Guard:
             await send({"type": "http.response.body", "body": payload})
             return
         assert verdict is not None and key_name is not None
-        scope.setdefault("state", {})["key_name"] = key_name
+        scope.setdefault("state", {}).update(key_name=key_name, page_cookie=page_cookie)
         replayed = False
         limit_headers = [(k.lower().encode(), v.encode()) for k, v in verdict.headers().items()]
 
@@ -353,6 +428,93 @@ def create_app(config: ServiceConfig, keys: Sequence[str], home: Path = REPO) ->
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+
+    @app.websocket("/api/v1/runs/{run_id}/ws")
+    async def run_socket(websocket: WebSocket, run_id: str) -> None:
+        """The run's events as JSON messages {"id", "event", "data"}, the same as
+        /events sends, until `end`; `?last_event_id=N` resumes after event N. The
+        client may send {"type": "cancel"}: the run is cancelled as by DELETE."""
+        await run_socket_session(websocket, run_id)
+
+    async def deny(websocket: WebSocket, problem: errors.Problem) -> None:
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            body = problem.body(websocket.url.path)
+            await websocket.send_denial_response(
+                JSONResponse(body, problem.status, problem.headers, media_type=errors.PROBLEM_JSON)
+            )
+        else:
+            await websocket.close(code=1008, reason=problem.detail[:120])
+
+    async def run_socket_session(websocket: WebSocket, run_id: str) -> None:
+        given = websocket.query_params.get("last_event_id")
+        if given is not None and not given.isdigit():
+            await deny(websocket, errors.invalid(f"last_event_id: a whole number of 0 or more, not {given!r}"))
+            return
+        if await asyncio.to_thread(runs.store.get, run_id) is None:
+            await deny(websocket, errors.not_found(f"no run {run_id!r}"))
+            return
+        await websocket.accept()
+        sending = asyncio.Lock()
+
+        async def send(event: str, event_id: int | None, data: Any) -> None:
+            message = json.dumps({"id": event_id, "event": event, "data": data}, default=str, separators=(",", ":"))
+            async with sending:
+                await websocket.send_text(message)
+
+        cancelling = asyncio.Lock()  # held from a cancel message to its answer: `end` comes after it
+
+        async def relay() -> None:
+            async for item in event_items(runs, run_id, int(given) if given is not None else None):
+                if item is None:  # no keepalive message: the server pings a WebSocket itself
+                    continue
+                if item[0] == "end":
+                    async with cancelling:
+                        await send(*item)
+                else:
+                    await send(*item)
+
+        async def commands() -> None:
+            while True:
+                text = await websocket.receive_text()
+                try:
+                    message = json.loads(text)
+                except ValueError:
+                    message = None
+                if not (isinstance(message, dict) and message.get("type") == "cancel"):
+                    problem = errors.invalid('a message is {"type": "cancel"}, the only one this socket takes')
+                    await send("error", None, problem.body(websocket.url.path))
+                    continue
+                async with cancelling:
+                    try:
+                        ended = await asyncio.to_thread(runs.cancel, run_id, "a cancel message on its WebSocket")
+                    except errors.Problem as exc:  # 409: the run has already ended
+                        await send("error", None, exc.body(websocket.url.path))
+                    else:
+                        await send("cancel", None, ended)
+
+        tasks = {asyncio.create_task(relay()), asyncio.create_task(commands())}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not isinstance(task.exception(), WebSocketDisconnect | None):
+                    log.error("run %s: WebSocket failed", run_id, exc_info=task.exception())
+        finally:
+            for task in tasks:
+                task.cancel()
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=1000)
+
+    @app.get("/runs/{run_id}", tags=["runs"], response_class=HTMLResponse)
+    def run_page(run_id: str, request: Request) -> Response:
+        """The run's report page (HTML): live while the run goes on. A browser may
+        open it once as /runs/ID?key=KEY: the answer is a cookie for it and its WebSocket."""
+        run = runs.get(run_id)
+        cookie = getattr(request.state, "page_cookie", None)
+        if cookie:  # the key leaves the address bar: the page again, with the cookie
+            answer = RedirectResponse(f"/runs/{run_id}", status_code=303)
+            answer.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", path="/")
+            return answer
+        return HTMLResponse(render_page(runs, run), headers={"cache-control": "no-store"})
 
     @v1.get("/limits", tags=["service"])
     def my_limits(request: Request) -> dict[str, Any]:

@@ -70,15 +70,17 @@ class EventsFile:
         return found
 
 
-async def run_events(
+async def event_items(
     runs: RunManager, run_id: str, last_id: int | None, poll_s: float = 0.5, keepalive_s: float = 15.0
-) -> AsyncIterator[str]:
-    """The SSE text of a run's events after `last_id` (None: from the start)
-    until its `end`. The run must exist (checked before the stream opens)."""
+) -> AsyncIterator[tuple[str, int, Any] | None]:
+    """(event, id, data) of a run's events after `last_id` (None: from the
+    start) until its `end`, and None where the stream has been quiet for
+    keepalive_s. The SSE stream and the WebSocket both send these. The run
+    must exist (checked before the stream opens)."""
     after = -1 if last_id is None else last_id
     run = await asyncio.to_thread(runs.get, run_id)
     if after < 0:
-        yield frame("state", 0, present(run))
+        yield "state", 0, present(run)
     source = EventsFile(Path(run["dir"]) / EVENTS_FILE)
     quiet_since = time.monotonic()
     while True:
@@ -87,14 +89,22 @@ async def run_events(
         for number, event in await asyncio.to_thread(source.read_new):
             if number > after:
                 name = WIRE_NAMES.get(str(event.get("state")), str(event.get("state", "event")))
-                yield frame(name, number, event)
+                yield name, number, event
                 quiet_since = time.monotonic()
         if ended:
             end_id = source.lines + 1
             if end_id > after:
-                yield frame("end", end_id, present(run))
+                yield "end", end_id, present(run)
             return
         if time.monotonic() - quiet_since >= keepalive_s:
-            yield ": keepalive\n\n"
+            yield None
             quiet_since = time.monotonic()
         await asyncio.sleep(poll_s)
+
+
+async def run_events(
+    runs: RunManager, run_id: str, last_id: int | None, poll_s: float = 0.5, keepalive_s: float = 15.0
+) -> AsyncIterator[str]:
+    """The SSE text of a run's events after `last_id` (None: from the start) until its `end`."""
+    async for item in event_items(runs, run_id, last_id, poll_s, keepalive_s):
+        yield ": keepalive\n\n" if item is None else frame(*item)

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from jobs.report import counts_of
+
 from . import errors
 from .jobcall import JobCall, RunRequest, build, check, command
 from .ratelimits import Limiter, core_seconds, run_cores
@@ -99,22 +101,6 @@ def group_alive(pgid: int) -> bool:
             if fields and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
                 return True
     return False
-
-
-def counts_of(summary: Any, prefix: str = "") -> dict[str, int]:
-    """The integer counts of a job's summary, nested keys joined by dots
-    (ingest: input, good, rejected; stats: rows.term_freq, ...)."""
-    found: dict[str, int] = {}
-    if isinstance(summary, dict):
-        for key, value in summary.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int):
-                found[name] = value
-            elif isinstance(value, dict):
-                found.update(counts_of(value, f"{name}."))
-    return found
 
 
 def tail(path: Path, lines: int, max_bytes: int = 1 << 20) -> str:
@@ -342,10 +328,10 @@ class RunManager:
         if run is None or run["state"] != "running":
             return
         request = json.loads(run["request"])
-        result = self._result(run)
+        result = self.result_of(run)
         fields: dict[str, Any] = {"ended_at": now(), "exit_status": status}
         if run["cancel_requested"]:
-            fields.update(state="cancelled", error="cancelled by a DELETE request")
+            fields.update(state="cancelled", error=run["error"] or "cancelled by a DELETE request")
         elif result and result.get("state") == "succeeded" and status in (0, None):
             fields.update(state="succeeded", summary=json.dumps(result.get("summary"), default=str))
         elif request.get("dry_run") and status == 0:
@@ -368,7 +354,7 @@ class RunManager:
                 self.limiter.charge(run["key_name"], cost)
 
     @staticmethod
-    def _result(run: dict[str, Any]) -> dict[str, Any] | None:
+    def result_of(run: dict[str, Any]) -> dict[str, Any] | None:
         try:
             data = json.loads((Path(run["dir"]) / "result.json").read_text())
         except (OSError, ValueError):
@@ -395,13 +381,14 @@ class RunManager:
 
     # ----- cancelling ------------------------------------------------------
 
-    def cancel(self, run_id: str) -> dict[str, Any]:
+    def cancel(self, run_id: str, by: str = "a DELETE request") -> dict[str, Any]:
         """End the run's process group: SIGTERM, then SIGKILL after the grace
-        time. Its outputs stay as they were: the job commits them only on success."""
+        time. Its outputs stay as they were: the job commits them only on success.
+        `by`: what asked, for the run's error line ("cancelled by ...")."""
         run = self.get(run_id)
         if run["state"] != "running":
             raise errors.conflict(f"run {run_id} has already ended ({run['state']})")
-        self.store.update(run_id, cancel_requested=1)
+        self.store.update(run_id, cancel_requested=1, error=f"cancelled by {by}")
         pid = run["pid"]
         if pid and group_alive(pid):  # started in its own session: its pid is its process group's id
             self._signal(pid, signal.SIGTERM)
@@ -465,6 +452,9 @@ def present(run: dict[str, Any]) -> dict[str, Any]:
         "summary": summary,
         "timings": {"created_at": run["created_at"], "started_at": started, "ended_at": ended, "seconds": seconds},
         "exit_status": run["exit_status"],
+        # enrich's cost in US dollars for the tokens its calls paid (its summary's cost_usd);
+        # None for the other jobs, a dry run, or a model the price table lacks
+        "cost_usd": summary.get("cost_usd") if isinstance(summary, dict) else None,
         # what the run is charged against its key's budget: its seconds (started to
         # ended) x the cores of its master, rounded up; set once it has ended
         "resources": {"cores": run.get("cores"), "core_seconds": run.get("core_seconds")},
@@ -474,6 +464,8 @@ def present(run: dict[str, Any]) -> dict[str, Any]:
             "self": f"/api/v1/runs/{run['id']}",
             "log": f"/api/v1/runs/{run['id']}/log",
             "events": f"/api/v1/runs/{run['id']}/events",
+            "ws": f"/api/v1/runs/{run['id']}/ws",
+            "report": f"/runs/{run['id']}",
         },
     }
 

@@ -142,6 +142,12 @@ def test_outputs_on_hdfs_commit_together_and_refuse_reruns(spark, hdfs, webhdfs,
     run_ingest(spark, pipeline_config, f"{url}/in", f"{url}/out/records", f"{url}/out/rejects")
     assert sorted(webhdfs.list(f"{base}/out")) == ["records", "rejects"]
     assert webhdfs.status(f"{base}/out/rejects/_SUCCESS")["type"] == "FILE"
+    # a file put whole into a committed output, again replacing it (how a job's run report gets there)
+    for text in (b"<html>first</html>", b"<html>second</html>"):
+        commit.put_file(f"{url}/out/records/_report.html", text)
+    with webhdfs.read(f"{base}/out/records/_report.html") as reader:
+        assert reader.read() == b"<html>second</html>"
+    assert not [name for name in webhdfs.list(f"{base}/out/records") if name.startswith(".")]
     with pytest.raises(commit.OutputError, match="exists: pass --overwrite"):
         run_ingest(spark, pipeline_config, f"{url}/in", f"{url}/out/records", f"{url}/out/rejects")
     with pytest.raises(commit.OutputError, match="is the input .* or inside it"):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -170,7 +171,9 @@ def run_cli(
     so before spark-submit starts a JVM). With $AIBATCH_RESULT_FILE set the
     outcome is also written there as JSON (write_result), for the service;
     with $AIBATCH_EVENTS_FILE set the run events (jobs.run_events) are
-    appended there as JSON Lines, the running ones with spark_progress."""
+    appended there as JSON Lines, the running ones with spark_progress. A
+    run that succeeded also gets its report (jobs/report.py): `_report.html`
+    in its first output, and the report's data in the result file."""
     log_file = job_log_path(app)
     setup_logging(log_file)
     args = parser.parse_args(argv)
@@ -193,8 +196,12 @@ def run_cli(
         events.close("failed", error=one_line(exc))
         return failed_run(app, "could not start Spark", exc, log_file)
     events.progress_from(lambda: spark_progress(spark))
+    from jobs.spark import run_report
+
+    run_report.warm_up(spark)
     try:
         summary = main(spark, config, args, **extra)
+        facts = run_report.spark_facts(spark)  # before the session stops: its UI answers until then
     except USAGE_ERRORS as exc:
         events.close("failed", error=str(exc))
         return fail(str(exc), log_file)
@@ -205,9 +212,31 @@ def run_cli(
         events.progress_from(None)
         spark.stop()
     events.close("finished", summary=summary)
-    write_result({"state": "succeeded", "exit_status": 0, "summary": summary})
+    data = report_data(app, events, args, summary, facts)
+    run_report.write_report(data, outputs_of(args))
+    write_result({"state": "succeeded", "exit_status": 0, "summary": summary, "report": data})
     report(summary)
     return 0
+
+
+def report_data(app: str, events, args: argparse.Namespace, summary: dict, facts: dict) -> dict:
+    """What jobs/report.py draws of a run that succeeded (its module docstring has the keys)."""
+    from jobs import report as R
+
+    return {
+        "job": app,
+        "run_id": events.run_id,
+        "state": "succeeded",
+        "started_at": events.started_at,
+        "seconds": round(time.monotonic() - events.started, 3),
+        "inputs": {d: getattr(args, d) for d in getattr(args, "input_dests", ()) if getattr(args, d, None)},
+        "outputs": outputs_of(args),
+        "settings": list(getattr(args, "overrides", [])),
+        "summary": summary,
+        "error": None,
+        "timeline": R.progress_points(events.history),
+        "spark": facts,
+    }
 
 
 def spark_progress(spark: SparkSession) -> dict:

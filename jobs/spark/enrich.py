@@ -103,6 +103,49 @@ def totals_of(staged: DataFrame, rows_in: int, not_selected: int) -> EnrichTotal
     return totals
 
 
+HISTOGRAMS = ("latency_ms", "input_tokens", "output_tokens")
+
+
+def call_histograms(staged: DataFrame, bins: int = 20) -> dict:
+    """{column: {"edges": [bins + 1], "counts": [bins]}} of the rows this run
+    answered by a call (the run's report draws them): equal-width bins from
+    each column's min to max, counted in one Spark job after one for the range."""
+    called = staged.where(F.col(NEW) & ~F.coalesce(F.col("cached"), F.lit(False)))
+    ranges = called.agg(
+        *[F.min(c).alias(f"min_{c}") for c in HISTOGRAMS], *[F.max(c).alias(f"max_{c}") for c in HISTOGRAMS]
+    ).collect()[0]
+    shape = {}
+    for c in HISTOGRAMS:
+        lo, hi = ranges[f"min_{c}"], ranges[f"max_{c}"]
+        if lo is not None:
+            n = bins if hi > lo else 1
+            shape[c] = (float(lo), (float(hi) - float(lo)) / n if hi > lo else 1.0, n)
+    if not shape:
+        return {}
+    buckets = [
+        F.struct(
+            F.lit(c).alias("column"),
+            F.least(F.floor((F.col(c) - lo) / width), F.lit(n - 1)).cast("int").alias("bin"),
+        )
+        for c, (lo, width, n) in shape.items()
+    ]
+    counted = (
+        called.select(F.explode(F.array(*buckets)).alias("b"))
+        .where(F.col("b.bin").isNotNull())
+        .groupBy("b.column", "b.bin")
+        .count()
+        .collect()
+    )
+    out = {}
+    for c, (lo, width, n) in shape.items():
+        counts = [0] * n
+        for row in counted:
+            if row["column"] == c:
+                counts[row["bin"]] = int(row["count"])
+        out[c] = {"edges": [round(lo + i * width, 3) for i in range(n + 1)], "counts": counts}
+    return out
+
+
 def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_selected: int, prices) -> dict:
     from udfs.spark import estimate_partitions
 
@@ -196,11 +239,13 @@ def main(spark: SparkSession, config, args) -> dict:
             common.write_table(final.where(F.col("status") == DEAD_LETTER), staging["dead_letters"], args.output_format)
             totals = totals_of(staged, rows_in, not_selected)
             totals.check()
+            histograms = call_histograms(staged)
         finally:
             commit.filesystem(everything).delete(everything)
     store.close()
     out = summary(totals, prices, args.output, dead_letters)
     out["lines"] += batch_lines
+    out["histograms"] = histograms
     log.info("enrich: %s", {k: v for k, v in out.items() if k != "lines"})
     return out
 

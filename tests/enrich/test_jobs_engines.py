@@ -10,6 +10,7 @@ import pytest
 
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
+from udfs.enrich.accounting import format_cost
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .support import (
@@ -101,6 +102,11 @@ def test_spark_and_twin_agree(spark, gateway, tmp_path, monkeypatch, capsys, pro
     )
     assert f"enrich: rows in {len(ROWS)} = enriched {n} + dead-lettered 0 + not selected {len(ROWS) - n}" in printed
     assert f"calls made {n}, cache hits 0" in printed
+    # what the run report draws: every call's latency and tokens binned, the cost as the line prints it
+    hists = summary["histograms"]
+    assert sum(hists["latency_ms"]["counts"]) == sum(hists["output_tokens"]["counts"]) == n
+    assert len(hists["input_tokens"]["edges"]) == len(hists["input_tokens"]["counts"]) + 1
+    assert f"estimated cost {format_cost(summary['cost_usd'])}" in summary["lines"][1]
 
 
 def test_sample_percent_selects_the_same_rows_on_both_engines(spark, gateway, tmp_path, monkeypatch, capsys):

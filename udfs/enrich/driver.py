@@ -78,9 +78,12 @@ def dead_letters_path(output: str, dead_letters: str | None) -> str:
 def summary(totals: EnrichTotals, prices: PriceTable, output: str, dead_letters: str) -> dict[str, Any]:
     """The run's summary (both drivers print its lines and return it): checked totals."""
     totals.check()
+    cost = totals.cost(prices)
     return {
         "dry_run": False,
         "lines": totals.report(prices),
+        # US dollars for the tokens paid in this run (None: a model missing from the price table)
+        "cost_usd": None if cost is None else round(cost, 6),
         "rows_in": totals.rows_in,
         "enriched": totals.enriched,
         "dead_letter": totals.dead_letter,
@@ -106,9 +109,12 @@ def dry_run_summary(
 ) -> dict[str, Any]:
     """`batches`: in batch mode, how many batches the run would create (its cost printed beside online's)."""
     lines = dry_run_report(rows_in, selected, calls, input_tokens, output_tokens, model, prices, batches)
+    price = prices.price(model)
     return {
         "dry_run": True,
         "lines": lines,
+        # at most this many US dollars (output tokens at max_tokens); None: the model has no price
+        "estimated_cost_usd": None if price is None else round(price.cost(input_tokens, output_tokens), 6),
         "rows_in": rows_in,
         "calls": calls,
         "input_tokens": input_tokens,
