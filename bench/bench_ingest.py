@@ -89,6 +89,47 @@ def plain_python(path: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, {"good": good, "rejected": rejected}
 
 
+def worker_costs(path: Path, lines: int = 300_000) -> None:
+    """CPU microseconds a line of what Spark's Python worker does for ingest
+    (udfs.ingest_batches.line_parser), in this process on the file's first
+    lines: Arrow batch of 10,000 raw lines to Python bytes, the parse rules,
+    the parsed rows back to an Arrow batch."""
+    import pyarrow as pa
+
+    from udfs import ingest_batches as B
+
+    raws = []
+    with open(path, "rb") as f:
+        for raw in R.iter_lines(f):
+            raws.append(raw)
+            if len(raws) == lines:
+                break
+    batches = [
+        pa.RecordBatch.from_arrays([pa.array(raws[i : i + 10_000], pa.binary())], names=["raw"])
+        for i in range(0, len(raws), 10_000)
+    ]
+    start = time.process_time()
+    pylists = [b.column("raw").to_pylist() for b in batches]
+    to_py = time.process_time() - start
+    start = time.process_time()
+    parsed = [[R.parse_line(SPEC, raw) for raw in chunk] for chunk in pylists]
+    parse = time.process_time() - start
+    start = time.process_time()
+    for chunk in parsed:
+        B.to_batch(chunk)
+    back = time.process_time() - start
+    start = time.process_time()
+    for _ in B.line_parser(SPEC)(iter(batches)):
+        pass
+    whole = time.process_time() - start
+    n = len(raws) / 1e6
+    print(
+        f"  Python worker, CPU us a line ({len(raws)} lines): Arrow to bytes {to_py / n:.2f}, "
+        f"parse rules {parse / n:.2f}, rows to Arrow {back / n:.2f}; the batch function as Spark calls it {whole / n:.2f}",
+        flush=True,
+    )
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace")
@@ -188,6 +229,9 @@ def main() -> int:
         help="of spark, spark-hdfs, local, hadoop, and spark-1-line (the Spark job on a one-line file: its fixed cost)",
     )
     parser.add_argument("--stages", action="store_true", help="print where each Spark run's time went (event log)")
+    parser.add_argument(
+        "--worker-costs", action="store_true", help="print the CPU cost a line of Spark's Python worker's steps"
+    )
     parser.add_argument("--data-dir", default=str(ROOT / "var" / "bench"), help="where the file is kept for reruns")
     args = parser.parse_args()
     runs = [r for r in args.runs.split(",") if r]
@@ -205,6 +249,8 @@ def main() -> int:
     rows = counts["good"] + counts["rejected"]
     results = {"plain Python, 1 process": (seconds, counts, 1)}
     print(f"  plain Python: {rows / seconds:9.0f} rows/s  {counts}", flush=True)
+    if args.worker_costs:
+        worker_costs(path)
 
     env = dict(os.environ)
     node = None
