@@ -7,9 +7,12 @@ Synchronous httpx: the batch driver runs on the job's driver, not in the tasks.
 OpenAI: the lines go up as a file (`/v1/files`, purpose "batch", named by the
 ledger entry), then `/v1/batches` names it, with the run's key and the entry's
 name in its metadata, so a batch a killed run created is adopted by those (or
-by its input file). Anthropic: the lines go in the body of
+by its input file); a batch over the key's enqueued-token queue ends `failed`
+with `token_limit_exceeded`. Anthropic: the lines go in the body of
 `/v1/messages/batches`, which has no metadata, so such a batch is recognised by
-its creation time and size, among the batches no run has recorded.
+its creation time and size, among the batches no run has recorded; a create over
+the queue is answered 429. Both refusals are `Polled.queue_full` / `QueueFull`:
+the driver waits for room instead of counting a failed attempt.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Polled:
     total: int
     status: str
     failure: str | None = None  # why the whole batch failed, when it did
+    queue_full: bool = False  # it failed because the key's enqueued-token queue had no room
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,17 @@ def _check(reply: httpx.Response) -> httpx.Response:
 
 class BatchApiError(RuntimeError):
     """The Batch API refused a request (the message holds the status and the provider's error, never the key)."""
+
+
+class QueueFull(BatchApiError):
+    """A create refused for the key's enqueued-token queue (room comes back as batches end)."""
+
+
+def _created(reply: httpx.Response) -> str:
+    """The new batch's id; QueueFull for a 429 (the queue, or too many batches at once)."""
+    if reply.status_code == 429:
+        raise QueueFull(f"HTTP 429 from {reply.request.method} {reply.request.url.path}: {reply.text[:300]}")
+    return str(_check(reply).json()["id"])
 
 
 class BatchWire:
@@ -108,6 +123,7 @@ def _jsonl(reply: httpx.Response) -> Iterator[dict[str, Any]]:
 class OpenAIBatches(BatchWire):
     uploads = True
     ENDED = ("completed", "failed", "expired", "cancelled")
+    QUEUE_FULL = "token_limit_exceeded"  # the error code of a batch over the enqueued-token queue
 
     def client(self, cfg: ProviderConfig, api_key: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"}
@@ -135,7 +151,7 @@ class OpenAIBatches(BatchWire):
             "completion_window": window,
             "metadata": {"aibatch_run": run, "aibatch_entry": name},
         }
-        return str(_check(http.post("/batches", json=body)).json()["id"])
+        return _created(http.post("/batches", json=body))
 
     def find_created(
         self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
@@ -164,6 +180,7 @@ class OpenAIBatches(BatchWire):
             int(counts.get("total", 0)),
             b["status"],
             failure or (f"batch {b['status']}" if b["status"] != "completed" else None),
+            b["status"] == "failed" and any(e.get("code") == self.QUEUE_FULL for e in errors),
         )
 
     def results(self, http: httpx.Client, batch_id: str) -> Iterator[LineResult]:
@@ -220,8 +237,7 @@ class AnthropicBatches(BatchWire):
                     yield (b"," if n else b"") + text.rstrip(b"\n")
             yield b"]}"
 
-        reply = http.post(self.PATH, content=body(), headers={"content-type": "application/json"})
-        return str(_check(reply).json()["id"])
+        return _created(http.post(self.PATH, content=body(), headers={"content-type": "application/json"}))
 
     def find_created(
         self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
