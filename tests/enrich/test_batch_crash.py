@@ -13,6 +13,7 @@ itself right after its first create."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +22,13 @@ import time
 import httpx
 import pytest
 
-from udfs.enrich.batch_mode import KILL_AT_ENV
+from udfs.enrich.assets import load_assets
+from udfs.enrich.batch_driver import BatchDriver
+from udfs.enrich.batch_lines import request_lines
+from udfs.enrich.batch_mode import KILL_AT_ENV, ledger_name, run_key
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.enrich.settings import EnrichConfig
+from udfs.enrich.store import open_store
 
 from .support import (
     CANARY,
@@ -68,6 +74,7 @@ def gateway():
     keys.update({f"{p}-baseline": {"batches": FAST} for p in ("openai", "anthropic")})
     keys["spark-polling"] = {"batches": SLOW}
     keys["spark-created"] = {"batches": FAST}
+    keys.update({f"anthropic-adopt-{way}": {"batches": FAST} for way in ("behind", "ahead")})
     with start_gateway(keys) as gw:
         yield gw
 
@@ -208,3 +215,44 @@ def test_spark_driver_killed_after_a_create_then_rerun(gateway, baselines, tmp_p
     assert admin(gateway, key, "prompts")["admitted"] == 0  # nothing went online
     for text in (killed.stdout, killed.stderr, rerun.stdout, rerun.stderr):
         assert CANARY not in text
+
+
+class Crash(Exception):
+    """Stands for the kill -9 of an in-process driver: raised by its stage hook, so nothing after runs."""
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0], ids=["clock-behind", "clock-ahead"])
+def test_anthropic_batch_is_adopted_by_the_ledgers_mark_not_by_clocks(gateway, tmp_path, skew_s):
+    """Anthropic batches carry no metadata. With the driver's clock an hour off the provider's
+    (either way) and another client's batch of the same size made just before, a driver that
+    dies right after its create is followed by one that adopts that batch, not the other
+    client's, and submits no line twice."""
+    key = "anthropic-adopt-" + ("behind" if skew_s < 0 else "ahead")
+    settings = enrich_settings(gateway, key, tmp_path / "store", "anthropic", mode="batch", batch=POLL)
+    cfg = EnrichConfig.model_validate(settings)
+    assets = load_assets(cfg)
+    lines = list(request_lines([r for r in ROWS if r["id"] in SELECTED], cfg, assets))
+    api_key = gateway.keys[key]
+    others = [{"custom_id": f"other-{n}", "params": json.loads(line)["params"]} for n, (_, line, _) in enumerate(lines)]
+    headers = {"x-api-key": api_key, "anthropic-version": cfg.provider.anthropic_version}
+    httpx.post(f"{gateway.base_url}/v1/messages/batches", json={"requests": others}, headers=headers).raise_for_status()
+    store = open_store(cfg.store)
+    ledger, run = ledger_name(cfg, api_key), run_key(cfg, str(tmp_path / "out"))
+
+    def driver(work: str, stage: str | None) -> BatchDriver:
+        def hook(at: str) -> None:
+            if at == stage:
+                raise Crash
+
+        clock = lambda: time.time() + skew_s  # noqa: E731
+        return BatchDriver(cfg, assets, api_key, store, ledger, run, tmp_path / work, lambda _: None, hook, clock)
+
+    try:
+        with pytest.raises(Crash):
+            driver("first", "created").run(lines)
+        report = driver("rerun", None).run(lines)
+    finally:
+        store.close()
+    assert report.batches_created == 0 and report.answered == len(lines)  # adopted, not created again
+    got = admin(gateway, key, "batch_lines")
+    assert got["repeated"] == 0 and got["admitted"] == got["succeeded"] == 2 * len(lines), got

@@ -157,8 +157,7 @@ class BatchDriver:
                 entry.update(state=UPLOADED, file_id=file_id)
                 self.ledger.put(entry)
         if entry["state"] in (UPLOADED, CREATING):
-            since, n, known = float(entry.get("since", 0.0)), len(entry["lines"]), self.ledger.known_batches()
-            batch_id = wire.find_created(http, name, self.run_id, entry.get("file_id"), since, n, known)
+            batch_id = wire.find_created(http, self.run_id, entry, self.ledger.known_batches())
             if batch_id is not None:
                 log.info("batch ledger: adopting %s, created by a run that was killed (%s)", batch_id, name)
                 entry.update(state=SUBMITTED, batch_id=batch_id)
@@ -204,7 +203,7 @@ class BatchDriver:
             self.on_stage("upload")
             entry.update(state=UPLOADED, file_id=file_id)
             self.ledger.put(entry)
-        entry.update(state=CREATING, since=self.clock(), beside=beside)
+        entry.update(state=CREATING, beside=beside, **wire.mark(http))
         self.ledger.put(entry)
         path = None if wire.uploads else self.batch_file(entry)
         try:

@@ -8,7 +8,7 @@ An entry is one batch's worth of lines, in one of these states:
 
   prepared  -> its lines are chosen (custom_id = the prompt's cache key)
   uploaded  -> OpenAI: the input file is up (file_id)
-  creating  -> the create request is about to go (since: when)
+  creating  -> the create request is about to go (with the wire's mark: Anthropic's newest batch)
   submitted -> the batch id is recorded; polled until it ends
   ended     -> its results were read into the cache; `failed` holds each failed line's reason
   retried   -> not a batch: --retry-dead-letters gave these lines their attempts again

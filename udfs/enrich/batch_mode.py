@@ -104,8 +104,7 @@ def cancel_batches(cfg: EnrichConfig, api_key: str, store: Store, output: str) -
         for entry in ledger.entries().values():
             batch_id = entry.get("batch_id")
             if entry["state"] in (UPLOADED, CREATING):  # a killed run's half-created batch, if there is one
-                since, n, file_id = float(entry.get("since", 0.0)), len(entry["lines"]), entry.get("file_id")
-                batch_id = wire.find_created(http, entry["name"], ledger.run, file_id, since, n, known)
+                batch_id = wire.find_created(http, ledger.run, entry, known)
                 if batch_id is not None:
                     entry.update(state=SUBMITTED, batch_id=batch_id)
                     ledger.put(entry)
