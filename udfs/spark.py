@@ -258,7 +258,7 @@ def enrich_partitions(
 
 
 def batch_lines_partitions(cfg: Any, assets: Any) -> PartitionFn:
-    """mapInPandas function: selected rows -> (custom_id, line) request lines of batch mode
+    """mapInPandas function: selected rows -> (custom_id, line, tokens) request lines of batch mode
     (udfs.enrich.batch_lines.request_lines), made by the tasks in parallel."""
 
     def lines(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -266,7 +266,7 @@ def batch_lines_partitions(cfg: Any, assets: Any) -> PartitionFn:
 
         for frame in batches:
             made = list(request_lines(frame.to_dict("records"), cfg, assets))
-            yield pd.DataFrame(made, columns=["custom_id", "line"])
+            yield pd.DataFrame(made, columns=["custom_id", "line", "tokens"])
 
     return lines
 

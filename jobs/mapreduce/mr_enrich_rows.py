@@ -152,8 +152,8 @@ class MREnrichRows(ConfiguredJob):
         if self.options.batch_lines:  # batch mode's first pass: the request lines, made in the tasks
             from udfs.enrich.batch_lines import request_lines
 
-            for custom_id, line in request_lines(selected, self.ecfg, self.assets):
-                yield None, json.dumps([custom_id, line])
+            for custom_id, line, tokens in request_lines(selected, self.ecfg, self.assets):
+                yield None, json.dumps([custom_id, line, tokens])
             return
         if self.options.dry_run:
             from udfs.enrich.accounting import estimate_counts
@@ -318,7 +318,7 @@ def batch_phase(probe: MREnrichRows, ecfg, store, prices, staged_argv: list[str]
     if probe.options.cancel:
         if not (probe.options.run_output or probe.options.output_dir):
             raise ValueError("enrich --cancel: give the run's --output-dir (the batches cancelled are that run's)")
-        print("\n".join(cancel_batches(ecfg, assets, api_key, store, run)))
+        print("\n".join(cancel_batches(ecfg, api_key, store, run)))
         return None
     job = MREnrichRows(args=[*without_output_dir(staged_argv), "--batch-lines"])
     with job.make_runner() as runner:

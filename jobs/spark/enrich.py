@@ -158,16 +158,17 @@ def dry_run(selected: DataFrame, ecfg, assets, job_id: str, rows_in: int, n_sele
     return dry_run_summary(rows_in, n_selected, calls, tin, tout, ecfg.provider.model, prices, batches)
 
 
-def batch_phase(todo: DataFrame, ecfg, assets, api_key, store, prices, output: str) -> list[str]:
+def batch_phase(todo: DataFrame, ecfg, assets, api_key, store, prices, output: str, retry: bool) -> list[str]:
     """enrich.mode = "batch": the tasks turn the rows into request lines (in parallel), the
     driver streams them (toLocalIterator) into udfs.enrich.batch_mode, which fills the answer
     cache through the Batch API; the usual path below then answers the rows from the cache.
-    The run's batches are keyed by `output`, the final output (udfs.enrich.batch_mode.run_key)."""
+    The run's batches are keyed by `output`, the final output (udfs.enrich.batch_mode.run_key);
+    `retry` (--retry-dead-letters) gives the rows it re-runs their batch attempts again."""
     from udfs.spark import batch_lines_partitions
 
-    lines = todo.mapInPandas(batch_lines_partitions(ecfg, assets), "custom_id string, line string")
-    stream = ((r["custom_id"], r["line"]) for r in lines.toLocalIterator())
-    return obtain_batch_answers(ecfg, assets, api_key.get_secret_value(), store, stream, prices, output)
+    lines = todo.mapInPandas(batch_lines_partitions(ecfg, assets), "custom_id string, line string, tokens long")
+    stream = ((r["custom_id"], r["line"], r["tokens"]) for r in lines.toLocalIterator())
+    return obtain_batch_answers(ecfg, assets, api_key.get_secret_value(), store, stream, prices, output, retry)
 
 
 def main(spark: SparkSession, config, args) -> dict:
@@ -210,10 +211,12 @@ def main(spark: SparkSession, config, args) -> dict:
     show = args.progress and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
     store = open_store(ecfg, job_id)
     if args.cancel:
-        lines = cancel_batches(ecfg, assets, api_key.get_secret_value(), store, args.output)
+        lines = cancel_batches(ecfg, api_key.get_secret_value(), store, args.output)
         store.close()
         return {"dry_run": True, "lines": lines}
-    batch_lines = batch_phase(todo, ecfg, assets, api_key, store, prices, args.output) if ecfg.mode == "batch" else []
+    batch_lines = []
+    if ecfg.mode == "batch":
+        batch_lines = batch_phase(todo, ecfg, assets, api_key, store, prices, args.output, args.retry_dead_letters)
     if show:
         store.progress_reset(job_id)
     results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)

@@ -3,8 +3,11 @@ fraction of a second): the same outputs as online mode on the same rows
 (deterministic backend) on Spark and on the twin, no online call made, no
 batch line submitted twice; errored lines retried and then dead-lettered with
 their reason (fallback "none"); expired lines retried and then answered online
-(fallback "online"); --dry-run shows both costs and the batches; --cancel
-cancels the run's batches and no other run's on the same key and store."""
+(fallback "online"); --retry-dead-letters gives batch mode's dead letters new
+batches; batches cut and held under the enqueued-token queue, and a create the
+queue still refuses waits instead of failing; --dry-run shows both costs and the
+batches; --cancel cancels the run's batches and no other run's on the same key
+and store."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ import pytest
 from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
 from udfs.config import load_config
+from udfs.enrich.assets import load_assets, prompt_of, request_params
 from udfs.enrich.batch_mode import KILL_AT_ENV, run_key
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.enrich.settings import EnrichConfig
 
 from .support import (
     comparable,
@@ -36,6 +41,7 @@ SELECTED = sorted(r["id"] for r in ROWS if r["predicted"] == "negative")
 COMPARED = tuple(f for f in RESULT_FIELDS if f not in RUN_VARYING_FIELDS)
 FAST = {"validating_seconds": 0.05, "processing_seconds": 0.3, "finalizing_seconds": 0.05}
 POLL = {"poll_interval_s": 0.05, "poll_backoff": 1.5, "poll_max_s": 0.3}
+QUEUE_KEYS = ("spark", "openai", "anthropic")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +57,10 @@ def gateway():
         "dry": {"batches": FAST},
         "cancel": {"batches": {**FAST, "processing_seconds": 30.0}},
         "two-runs": {"batches": {**FAST, "processing_seconds": 60.0}},
+        "flaky-retry": {"batches": {**FAST, "line_error_rate": 0.5, "seed": 3}},
+        # A queue of 450 input tokens holds one batch of 2 lines (at most 358 real ones) and never
+        # two (at least 608): a batch created while another runs is refused.
+        **{f"queue-{name}": {"batches": {**FAST, "enqueued_tokens": 450}} for name in QUEUE_KEYS},
     }
     with start_gateway(keys) as gw:
         yield gw
@@ -91,19 +101,42 @@ def twin_run(gw, tmp, key, settings, monkeypatch, capsys, extra=()):
     return printed, [r for r in rows if r["status"] == "enriched"], [r for r in rows if r["status"] != "enriched"]
 
 
-def test_batch_mode_equals_online_on_spark_and_the_twin(spark, gateway, tmp_path, monkeypatch, capsys):
-    _, online, online_dead = spark_run(
-        spark, gateway, tmp_path, "online", enrich_settings(gateway, "online", tmp_path / "s0"), monkeypatch
+def custom_ids(settings: dict) -> dict[str, str]:
+    """Selected row id -> the custom_id of its request line (its prompt's cache key)."""
+    cfg = EnrichConfig.model_validate(settings)
+    assets = load_assets(cfg)
+    params = request_params(cfg, assets)
+    return {r["id"]: prompt_of(cfg, assets, params, r)[0] for r in ROWS if r["id"] in SELECTED}
+
+
+def list_batches(gw, key: str) -> list[dict]:
+    reply = httpx.get(
+        f"{gw.base_url}/v1/batches", params={"limit": 100}, headers={"Authorization": f"Bearer {gw.keys[key]}"}
     )
+    reply.raise_for_status()
+    return reply.json()["data"]
+
+
+@pytest.fixture(scope="module")
+def online(spark, gateway, tmp_path_factory) -> dict[str, dict]:
+    """Online mode's answers on Spark, to compare batch mode's with."""
+    tmp = tmp_path_factory.mktemp("online")
+    with pytest.MonkeyPatch.context() as mp:
+        _, rows, dead = spark_run(spark, gateway, tmp, "online", enrich_settings(gateway, "online", tmp / "s"), mp)
+    assert dead == [] and sorted(r["id"] for r in rows) == SELECTED
+    return comparable(rows, COMPARED)
+
+
+def test_batch_mode_equals_online_on_spark_and_the_twin(spark, gateway, online, tmp_path, monkeypatch, capsys):
     summary, spark_rows, spark_dead = spark_run(
         spark, gateway, tmp_path, "spark", batch_settings(gateway, "spark", tmp_path / "s1"), monkeypatch
     )
     printed, twin_rows, twin_dead = twin_run(
         gateway, tmp_path, "twin", batch_settings(gateway, "twin", tmp_path / "s2"), monkeypatch, capsys
     )
-    assert online_dead == spark_dead == twin_dead == []
+    assert spark_dead == twin_dead == []
     assert sorted(r["id"] for r in spark_rows) == SELECTED == sorted(r["id"] for r in twin_rows)
-    assert comparable(spark_rows, COMPARED) == comparable(online, COMPARED) == comparable(twin_rows, COMPARED)
+    assert comparable(spark_rows, COMPARED) == online == comparable(twin_rows, COMPARED)
     for key in ("spark", "twin"):
         lines = admin(gateway, key, "batch_lines")
         assert lines["admitted"] == lines["succeeded"] == len(SELECTED) and lines["repeated"] == 0, key
@@ -162,6 +195,63 @@ def test_expired_lines_are_retried_then_answered_online(gateway, tmp_path, monke
     assert all(n <= 2 for n in lines["custom_ids"].values())
     online = admin(gateway, "expiring", "prompts")["admitted"]
     assert online == len(SELECTED) - lines["succeeded"] > 0  # the lines that expired twice went online
+
+
+def test_retry_dead_letters_gives_batch_dead_letters_new_batches(spark, gateway, online, tmp_path, monkeypatch):
+    """Half the lines error in each batch; with one batch attempt and no fallback they are dead
+    letters. --retry-dead-letters (same output, same key and store) puts exactly those lines in a
+    new batch: the gateway admits each of them once more and no answered line again."""
+    key = "flaky-retry"
+    settings = batch_settings(gateway, key, tmp_path / "s", batch={"fallback": "none"}, retry={"max_attempts": 1})
+    _, rows, dead = spark_run(spark, gateway, tmp_path, key, settings, monkeypatch)
+    assert rows and dead and sorted(r["id"] for r in rows + dead) == SELECTED
+    assert all(r["error"].startswith("batch: HTTP 500") for r in dead), dead[0]["error"]
+    summary, rows2, dead2 = spark_run(spark, gateway, tmp_path, key, settings, monkeypatch, ["--retry-dead-letters"])
+    assert sorted(r["id"] for r in rows2 + dead2) == SELECTED
+    assert {r["id"] for r in dead2} < {r["id"] for r in dead}  # some recovered, none lost
+    assert comparable(rows2, COMPARED) == {i: online[i] for i in online if i not in {r["id"] for r in dead2}}
+    admitted, line_of = admin(gateway, key, "batch_lines")["custom_ids"], custom_ids(settings)
+    assert {r["id"]: admitted[line_of[r["id"]]] for r in dead} == {r["id"]: 2 for r in dead}
+    assert {admitted[line_of[r["id"]]] for r in rows} == {1}  # answered in the first run: never again
+    assert any(f"{len(dead)} lines submitted" in line for line in summary["lines"]), summary["lines"]
+
+
+def test_batches_are_cut_and_held_under_the_enqueued_token_queue(spark, gateway, online, tmp_path, monkeypatch):
+    """max_enqueued_tokens 700: each line counts about 323 tokens (prompt estimate + max_tokens),
+    so batches of 2, the next created only when the open one has ended; the gateway's queue
+    would refuse one created beside another. Same answers as online, nothing twice."""
+    key = "queue-spark"
+    settings = batch_settings(gateway, key, tmp_path / "s", batch={"max_enqueued_tokens": 700})
+    summary, rows, dead = spark_run(spark, gateway, tmp_path, key, settings, monkeypatch)
+    assert dead == [] and comparable(rows, COMPARED) == online
+    batches = list_batches(gateway, key)
+    assert len(batches) == len(SELECTED) // 2 and {b["status"] for b in batches} == {"completed"}, batches
+    lines = admin(gateway, key, "batch_lines")
+    assert lines["repeated"] == 0 and lines["admitted"] == lines["succeeded"] == len(SELECTED)
+    assert admin(gateway, key, "prompts")["admitted"] == 0
+    assert not any("refused" in line for line in summary["lines"])
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_create_the_queue_refuses_waits_for_room(provider, gateway, online, tmp_path, monkeypatch, capsys):
+    """Settings that promise a larger queue than the key has (the default 2,000,000 against the
+    gateway's 450): the batches are created at once, the provider refuses all but one (OpenAI
+    fails them with token_limit_exceeded, Anthropic answers 429); the driver waits for the open
+    batch and creates them again. One batch attempt and no fallback: a refusal is no attempt."""
+    key = f"queue-{provider}"
+    settings = batch_settings(
+        gateway, key, tmp_path / "s", provider, batch={"max_lines": 2, "fallback": "none"}, retry={"max_attempts": 1}
+    )
+    printed, rows, dead = twin_run(gateway, tmp_path, key, settings, monkeypatch, capsys)
+    assert dead == [] and sorted(r["id"] for r in rows) == SELECTED
+    if provider == "openai":
+        assert comparable(rows, COMPARED) == online
+        failed = [b for b in list_batches(gateway, key) if b["status"] == "failed"]
+        assert failed and all(b["errors"]["data"][0]["code"] == "token_limit_exceeded" for b in failed)
+    assert "refused for the enqueued-token queue" in printed.out
+    lines = admin(gateway, key, "batch_lines")
+    assert lines["repeated"] == 0 and lines["admitted"] == lines["succeeded"] == len(SELECTED)
+    assert admin(gateway, key, "prompts")["admitted"] == 0
 
 
 def test_dry_run_shows_both_costs_and_the_batches(gateway, tmp_path, monkeypatch, capsys):

@@ -208,8 +208,10 @@ def batch_report(report: Any, prices: PriceTable) -> list[str]:
         batch_cost = None if b is None or batch_cost is None else batch_cost + b
         online = None if o is None or online is None else online + o
     saved = "unknown" if batch_cost is None or online is None else f"${online - batch_cost:.4f}"
+    refused = report.queue_refusals
+    queue = f" ({refused} refused for the enqueued-token queue)" if refused else ""
     return [
-        f"  batch mode: {report.batches_created} batch(es) created, {report.lines_submitted} lines submitted, "
+        f"  batch mode: {report.batches_created} batch(es) created{queue}, {report.lines_submitted} lines submitted, "
         f"{report.answered} answered, {report.gave_up} past the attempts; cost {format_cost(batch_cost)} at batch "
         f"prices vs {format_cost(online)} online (saved {saved})"
     ]

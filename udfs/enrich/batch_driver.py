@@ -1,23 +1,24 @@
 """Batch mode's driver: the prompts not in the answer cache go through the
-provider's Batch API, and what comes back goes into the same answer cache; the
-engines' usual path then writes the outputs from the cache (so batch mode's
-outputs are online mode's, rows answered from the cache).
+provider's Batch API into the same answer cache; the engines' usual path then
+writes the outputs from it (so batch mode's outputs are online mode's, rows
+answered from the cache). Every step is recorded first in the run's batch
+ledger (batch_ledger.py), so the same command after a kill -9 anywhere submits
+no line twice: an upload without a batch is found by its name and reused, a
+batch created but not recorded is adopted, open batches are polled again.
 
-Every step is recorded first in the batch ledger (the store beside the answers;
-one per API key and endpoint, each entry tagged with its run's key, and this
-driver reads and touches only its run's entries), so the same command after a
-kill -9 anywhere submits no line twice:
-
-  prepared  -> the entry's lines are chosen (custom_id = the prompt's cache key)
-  uploaded  -> OpenAI: the input file is up (a killed upload is found by its name and reused)
-  creating  -> the create request is about to go (a killed create's batch is found and adopted)
-  submitted -> the batch id is recorded; polled until it ends
-  ended     -> its results were read into the cache; `failed` holds each failed line's reason
+Batches are cut under enrich.batch.max_lines, max_bytes and max_enqueued_tokens
+(a line counts its prompt estimate + max_tokens), and the next one is created
+only while the run's open batches leave room in that queue. A create the
+provider still refuses for its queue is no attempt: the run's queue is lowered
+to what its other open batches hold, so the entry waits for one of them to end
+and is created again (OpenAI: from the same upload); refused with none of them
+open, it counts as a failed attempt.
 
 A line whose batch failed it (errored, expired, cancelled, an answer that breaks
 the schema) goes into a new batch, at most enrich.retry.max_attempts batches in
 all; then enrich.batch.fallback decides: "online" leaves it uncached for the
 online path, "none" stores a dead letter with the reason (batch_lines.DEAD_PREFIX).
+--retry-dead-letters (`retry=True`) gives the lines it re-runs their attempts again.
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
+from . import batch_ledger as bl
 from .assets import Assets
-from .batch_lines import DEAD_PREFIX, Spool, answer_record, dead_record
+from .batch_ledger import CREATING, ENDED, PREPARED, RETRIED, SUBMITTED, UPLOADED, Entry, RunLedger
+from .batch_lines import DEAD_PREFIX, RequestLine, Spool, answer_record, dead_record
+from .batch_wire import QueueFull
 from .dialects import dialect_for
 from .settings import EnrichConfig
 from .store import Store
 
 log = logging.getLogger(__name__)
-PREPARED, UPLOADED, CREATING, SUBMITTED, ENDED = "prepared", "uploaded", "creating", "submitted", "ended"
 Stage = Callable[[str], None]  # called at "upload", "created", "polling", "download" (a test's kill point)
 
 
@@ -51,6 +53,7 @@ class BatchReport:
     lines_submitted: int = 0
     answered: int = 0
     gave_up: int = 0  # lines past retry.max_attempts batches: online fallback or dead letters
+    queue_refusals: int = 0  # creates the provider refused for its queue (waited for, then created again)
     by_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [input, output] tokens answered
 
     def add_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None:
@@ -75,132 +78,172 @@ class BatchDriver:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cfg, self.assets, self.api_key, self.store = cfg, assets, api_key, store
-        self.ledger, self.run_id = ledger, run  # the key's ledger; this run's key, in each of its entries
+        self.ledger, self.run_id = RunLedger(store, ledger, run), run  # the key's ledger; this run's key
         self.workdir, self.say, self.on_stage, self.clock, self.sleep = workdir, say, on_stage, clock, sleep
         self.wire = dialect_for(cfg.provider.kind).batches
         self.spool = Spool(workdir / "spool.jsonl")
         self.answered: set[str] = set()
         self.report = BatchReport()
+        self.queue_cap = cfg.batch.max_enqueued_tokens  # lowered by the provider's queue refusals
 
-    # ----- the ledger -----------------------------------------------------------
-    def entries(self) -> dict[str, dict[str, Any]]:
-        """This run's entries (other runs on the key and store are not this run's to wait for)."""
-        return {n: e for n, e in self.store.ledger_read(self.ledger).items() if e.get("run") == self.run_id}
-
-    def known_batches(self) -> set[str]:
-        """Every batch id some run on this key has recorded: never one to adopt as this run's."""
-        return {str(e["batch_id"]) for e in self.store.ledger_read(self.ledger).values() if e.get("batch_id")}
-
-    def put(self, entry: dict[str, Any]) -> None:
-        self.store.ledger_put(self.ledger, entry["name"], entry)
-
-    @staticmethod
-    def failures(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
-        """custom_id -> batches that failed it."""
-        count: dict[str, int] = {}
-        for e in entries.values():
-            for cid in e.get("failed", {}) if e["state"] == ENDED else ():
-                count[cid] = count.get(cid, 0) + 1
-        return count
-
-    def pending(self, entries: dict[str, dict[str, Any]]) -> set[str]:
-        """Lines to put in a new batch: not answered, in no open batch, not past the attempts."""
-        in_flight = {cid for e in entries.values() if e["state"] != ENDED for cid in e["lines"]}
-        failed = self.failures(entries)
-        limit = self.cfg.retry.max_attempts
-        return {c for c in self.spool.ids - self.answered - in_flight if failed.get(c, 0) < limit}
+    def pending(self, entries: dict[str, Entry]) -> set[str]:
+        """Lines to put in a new batch: not answered, in no batch that has not ended, not past the attempts."""
+        failed, limit = bl.failures(entries), self.cfg.retry.max_attempts
+        return {c for c in self.spool.ids - self.answered - bl.in_flight(entries) if failed.get(c, 0) < limit}
 
     # ----- one run --------------------------------------------------------------
-    def run(self, lines: Iterable[tuple[str, str]]) -> BatchReport:
+    def run(self, lines: Iterable[RequestLine], retry: bool = False) -> BatchReport:
         """Submit the uncached lines, follow every batch of the run to its end, read the results
-        into the cache; returns what this run did."""
+        into the cache; returns what this run did. `retry`: the lines past their attempts get
+        them again (--retry-dead-letters)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.report.selected_lines = self.spool.fill(lines, lambda cid: self.store.get_answer(cid) is not None)
+        if retry:
+            self.give_attempts_back()
         batch = self.cfg.batch
         interval, started = batch.poll_interval_s, self.clock()
         with self.wire.client(self.cfg.provider, self.api_key) as http:
-            for entry in self.entries().values():  # what a killed run left half done
-                if entry["state"] in (PREPARED, UPLOADED, CREATING):
-                    self.submit(http, entry, resumed=True)
+            for entry in bl.waiting(self.ledger.entries()):  # what a killed run left half done
+                self.resume(http, entry)
             while True:
-                wanted = self.pending(self.entries())
-                for group in self.spool.cut(wanted, batch.max_lines, batch.max_bytes):
-                    self.submit(http, self.new_entry(group), resumed=False)
-                entries = self.entries()
-                open_entries = [e for e in entries.values() if e["state"] == SUBMITTED]
+                self.submit_within_queue(http)
+                entries = self.ledger.entries()
+                open_entries = bl.submitted(entries)
                 if not open_entries:
+                    if bl.waiting(entries) or self.pending(entries):
+                        continue  # a create refused with nothing open counted as an attempt: go again
                     break
-                ended_now = 0
-                done = total = 0
+                ended_now = done = total = 0
                 for entry in open_entries:
                     polled = self.wire.poll(http, entry["batch_id"])
                     self.on_stage("polling")
                     done, total = done + polled.done, total + max(polled.total, len(entry["lines"]))
-                    if polled.ended:
+                    if polled.ended and polled.queue_full:
+                        self.refused(http, entry, polled.failure or "queue full", entry["batch_id"])
+                    elif polled.ended:
                         self.download(http, entry, polled.failure, polled.status)
-                        ended_now += 1
-                self.progress(entries, open_entries, done, total, started)
+                    ended_now += polled.ended
+                self.progress(self.ledger.entries(), done, total, started)
                 if ended_now == 0:
                     self.sleep(interval)
                     interval = min(interval * batch.poll_backoff, batch.poll_max_s)
                 else:
                     interval = batch.poll_interval_s
-        self.give_up(self.entries())
+        self.give_up(self.ledger.entries())
         return self.report
 
-    def new_entry(self, group: list[str]) -> dict[str, Any]:
-        entries = self.entries()
-        seq = 1 + max((int(e["seq"]) for e in entries.values()), default=0)
-        entry = {"name": f"{self.run_id}-{seq:05d}", "run": self.run_id, "seq": seq, "state": PREPARED, "lines": group}
-        self.put(entry)
-        return entry
+    def give_attempts_back(self) -> None:
+        """--retry-dead-letters: the lines it re-runs that used up their batches get them again
+        (recorded as a `retried` entry, so a rerun of a killed retry counts from there too)."""
+        entries = self.ledger.entries()
+        failed, busy = bl.failures(entries), bl.in_flight(entries)
+        spent = sorted(c for c in self.spool.ids if failed.get(c, 0) >= self.cfg.retry.max_attempts and c not in busy)
+        if spent:
+            self.ledger.add(RETRIED, spent)
 
-    def batch_file(self, entry: dict[str, Any]) -> Path:
-        path = self.workdir / f"{entry['name']}.jsonl"
-        if not path.exists():
+    def resume(self, http: httpx.Client, entry: Entry) -> None:
+        """A killed run's entry that was not recorded as created: keep the lines still to do,
+        find its upload and adopt its batch if the provider has them; else it waits to be created."""
+        wire, name = self.wire, entry["name"]
+        entry["lines"] = [c for c in entry["lines"] if c in self.spool.ids]
+        entry["tokens"] = self.spool.tokens_of(entry["lines"])
+        if not entry["lines"]:
+            entry.update(state=ENDED, failed={}, status="empty")
+            self.ledger.put(entry)
+            return
+        if entry["state"] == PREPARED and wire.uploads:
+            file_id = wire.find_upload(http, name + ".jsonl")
+            if file_id is not None:
+                entry.update(state=UPLOADED, file_id=file_id)
+                self.ledger.put(entry)
+        if entry["state"] in (UPLOADED, CREATING):
+            batch_id = wire.find_created(http, self.run_id, entry, self.ledger.known_batches())
+            if batch_id is not None:
+                log.info("batch ledger: adopting %s, created by a run that was killed (%s)", batch_id, name)
+                entry.update(state=SUBMITTED, batch_id=batch_id)
+                self.ledger.put(entry)
+                (self.workdir / f"{name}.jsonl").unlink(missing_ok=True)
+                return
+        if entry["state"] == CREATING:
+            entry["state"] = UPLOADED if entry.get("file_id") else PREPARED
+            self.ledger.put(entry)
+
+    def submit_within_queue(self, http: httpx.Client) -> None:
+        """Create the waiting entries, then new batches of the pending lines, oldest first, while
+        the run's open batches leave room in the enqueued-token queue (a batch is always created
+        when none is open, so one over the queue alone still goes, and fails as the provider says)."""
+        batch, entries = self.cfg.batch, self.ledger.entries()
+        running = bl.submitted(entries)
+        room = self.queue_cap - bl.enqueued_tokens(running, self.spool.tokens_of)
+        for entry in bl.waiting(entries):
+            tokens = int(entry.get("tokens", self.spool.tokens_of(entry["lines"])))
+            if (running and tokens > room) or not self.create(http, entry, beside=bool(running)):
+                return  # oldest first: nothing jumps the queue
+            room, running = room - tokens, [entry]
+        cuts = self.spool.cut(self.pending(entries), batch.max_lines, batch.max_bytes, batch.max_enqueued_tokens)
+        for group in cuts:
+            tokens = self.spool.tokens_of(group)
+            if running and tokens > room:
+                return
+            if not self.create(http, entry := self.ledger.add(PREPARED, group, tokens=tokens), bool(running)):
+                return
+            room, running = room - tokens, [entry]
+
+    def batch_file(self, entry: Entry) -> Path:
+        if not (path := self.workdir / f"{entry['name']}.jsonl").exists():
             entry["bytes"] = self.spool.write(entry["lines"], path)
         return path
 
-    def submit(self, http: httpx.Client, entry: dict[str, Any], resumed: bool) -> None:
-        """Take an entry from wherever it stands to `submitted`, recording each step first."""
+    def create(self, http: httpx.Client, entry: Entry, beside: bool) -> bool:
+        """Take a waiting entry to `submitted`, recording each step first (`beside`: other batches
+        of the run are open); False if the provider refused it for its queue."""
         wire, name = self.wire, entry["name"]
-        if resumed:  # a killed run's entry: keep only the lines still to do (the spool has them)
-            entry["lines"] = [c for c in entry["lines"] if c in self.spool.ids]
-            if not entry["lines"]:
-                entry.update(state=ENDED, failed={}, status="empty")
-                self.put(entry)
-                return
         if entry["state"] == PREPARED and wire.uploads:
-            file_id = wire.find_upload(http, name + ".jsonl") if resumed else None
-            if file_id is None:
-                file_id = wire.upload(http, name + ".jsonl", self.batch_file(entry))
-                self.on_stage("upload")
+            file_id = wire.upload(http, name + ".jsonl", self.batch_file(entry))
+            self.on_stage("upload")
             entry.update(state=UPLOADED, file_id=file_id)
-            self.put(entry)
-        batch_id = None
-        if resumed and entry["state"] in (UPLOADED, CREATING):
-            since, n = float(entry.get("since", 0.0)), len(entry["lines"])
-            batch_id = wire.find_created(http, name, self.run_id, entry.get("file_id"), since, n, self.known_batches())
-            if batch_id is not None:
-                log.info("batch ledger: adopting %s, created by a run that was killed (%s)", batch_id, name)
-        if batch_id is None:
-            entry.update(state=CREATING, since=self.clock())
-            self.put(entry)
-            path = None if wire.uploads else self.batch_file(entry)
+            self.ledger.put(entry)
+        entry.update(state=CREATING, beside=beside, **wire.mark(http))
+        self.ledger.put(entry)
+        path = None if wire.uploads else self.batch_file(entry)
+        try:
             window = self.cfg.batch.completion_window
             batch_id = wire.create(http, name, self.run_id, path or Path(), entry.get("file_id"), window)
-            self.on_stage("created")
-            self.report.batches_created += 1
-            self.report.lines_submitted += len(entry["lines"])
+        except QueueFull as full:
+            return self.refused(http, entry, str(full), None)
+        self.on_stage("created")
+        self.report.batches_created += 1
+        self.report.lines_submitted += len(entry["lines"])
         entry.update(state=SUBMITTED, batch_id=batch_id)
-        self.put(entry)
+        self.ledger.put(entry)
         (self.workdir / f"{name}.jsonl").unlink(missing_ok=True)
+        return True
 
-    def download(self, http: httpx.Client, entry: dict[str, Any], failure: str | None, status: str) -> None:
+    def refused(self, http: httpx.Client, entry: Entry, reason: str, batch_id: str | None) -> bool:
+        """The provider refused the entry's batch for its queue: with other batches of the run
+        open, the run's queue becomes what they hold and the entry waits (no attempt counted);
+        created beside batches that have ended since, it goes again; created alone, it counts as
+        a failed attempt."""
+        self.report.queue_refusals += 1
+        if batch_id is not None:
+            entry["refused"] = [*entry.get("refused", []), batch_id]  # never to be adopted
+        entry.pop("batch_id", None)
+        others = [e for e in bl.submitted(self.ledger.entries()) if e["name"] != entry["name"]]
+        if others or entry.get("beside"):
+            self.queue_cap = min(self.queue_cap, bl.enqueued_tokens(others, self.spool.tokens_of) or self.queue_cap)
+            log.info("batch %s refused for the queue; %d open batch(es) of the run", entry["name"], len(others))
+            entry["state"] = UPLOADED if entry.get("file_id") else PREPARED
+            self.ledger.put(entry)
+            return False
+        failed = {cid: f"refused for the queue: {reason}" for cid in entry["lines"]}
+        self.end(http, entry, failed, "refused")
+        return False
+
+    def download(self, http: httpx.Client, entry: Entry, failure: str | None, status: str) -> None:
         """Read an ended batch's results into the answer cache, answer by answer (a kill here
         loses nothing: the entry stays `submitted` and the next run reads them again)."""
         lines = set(entry["lines"])
-        prior = self.failures(self.entries())
+        prior = bl.failures(self.ledger.entries())
         failed: dict[str, str] = {}
         seen: set[str] = set()
         for result in self.wire.results(http, entry["batch_id"]):
@@ -223,58 +266,33 @@ class BatchDriver:
                 self.on_stage("download")
         for cid in lines - seen:
             failed[cid] = failure or f"no result for this line (batch {status})"
+        self.end(http, entry, failed, status)
+
+    def end(self, http: httpx.Client, entry: Entry, failed: dict[str, str], status: str) -> None:
         entry.update(state=ENDED, failed=failed, status=status)
-        self.put(entry)
+        self.ledger.put(entry)
         if entry.get("file_id"):
             try:
                 self.wire.delete_upload(http, entry["file_id"])  # the input file has served
             except Exception as exc:  # housekeeping only
                 log.info("could not delete input file %s: %s", entry["file_id"], exc)
 
-    def give_up(self, entries: dict[str, dict[str, Any]]) -> None:
+    def give_up(self, entries: dict[str, Entry]) -> None:
         """Lines past retry.max_attempts batches: left to the online path, or dead letters."""
-        failed = self.failures(entries)
-        reasons = {
-            cid: r for e in sorted(entries.values(), key=lambda e: e["seq"]) for cid, r in e.get("failed", {}).items()
-        }
+        failed, why = bl.failures(entries), bl.reasons(entries)
         for cid in self.spool.ids - self.answered:
             if failed.get(cid, 0) < self.cfg.retry.max_attempts:
                 continue
             self.report.gave_up += 1
             if self.cfg.batch.fallback == "none":
-                self.store.put_answer(DEAD_PREFIX + cid, dead_record(self.cfg, self.assets, reasons[cid], failed[cid]))
+                self.store.put_answer(DEAD_PREFIX + cid, dead_record(self.cfg, self.assets, why[cid], failed[cid]))
 
-    def progress(
-        self,
-        entries: dict[str, dict[str, Any]],
-        open_entries: list[dict[str, Any]],
-        done: int,
-        total: int,
-        started: float,
-    ) -> None:
-        ended = len(entries) - len(open_entries)
+    def progress(self, entries: dict[str, Entry], done: int, total: int, started: float) -> None:
+        batches = [e for e in entries.values() if e["state"] != RETRIED]
+        ended, held = sum(e["state"] == ENDED for e in batches), len(bl.waiting(entries))
         elapsed = self.clock() - started
         eta = f"{(total - done) * elapsed / done:.0f} s" if 0 < done < total else "-"
         self.say(
-            f"enrich batch: batches {ended}/{len(entries)} ended, lines done {done}/{total} in open batches, "
-            f"answered {len(self.answered)}/{len(self.spool.ids)}, ETA {eta}"
+            f"enrich batch: batches {ended}/{len(batches)} ended ({held} waiting for the queue), lines done "
+            f"{done}/{total} in open batches, answered {len(self.answered)}/{len(self.spool.ids)}, ETA {eta}"
         )
-
-    def cancel(self) -> list[str]:
-        """Cancel this run's batches that have not ended (and a killed run's half-created one);
-        other runs' batches on the same key and store are left alone."""
-        cancelled = []
-        with self.wire.client(self.cfg.provider, self.api_key) as http:
-            known = self.known_batches()
-            for entry in self.entries().values():
-                batch_id = entry.get("batch_id")
-                if entry["state"] in (UPLOADED, CREATING):
-                    since, n, file_id = float(entry.get("since", 0.0)), len(entry["lines"]), entry.get("file_id")
-                    batch_id = self.wire.find_created(http, entry["name"], self.run_id, file_id, since, n, known)
-                    if batch_id is not None:
-                        entry.update(state=SUBMITTED, batch_id=batch_id)
-                        self.put(entry)
-                if batch_id is not None and entry["state"] == SUBMITTED:
-                    self.wire.cancel(http, batch_id)
-                    cancelled.append(batch_id)
-        return cancelled

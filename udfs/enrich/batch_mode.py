@@ -27,6 +27,9 @@ from pathlib import Path
 from .accounting import PriceTable, batch_report
 from .assets import Assets
 from .batch_driver import BatchDriver, Stage
+from .batch_ledger import CREATING, SUBMITTED, UPLOADED, RunLedger
+from .batch_lines import RequestLine
+from .dialects import dialect_for
 from .runner import budget_namespace
 from .settings import EnrichConfig
 from .store import Store
@@ -73,34 +76,53 @@ def obtain_batch_answers(
     assets: Assets,
     api_key: str,
     store: Store,
-    lines: Iterable[tuple[str, str]],
+    lines: Iterable[RequestLine],
     prices: PriceTable,
     output: str,
+    retry: bool = False,
 ) -> list[str]:
-    """Run batch mode over the request lines (custom_id, line JSON) for the run whose final
-    output is `output`; the answers land in the store's cache. Returns the summary line."""
+    """Run batch mode over the request lines (custom_id, line JSON, tokens at most) for the run
+    whose final output is `output`; the answers land in the store's cache. Returns the summary
+    line. `retry` (--retry-dead-letters): lines that used up their batches get them again."""
     with tempfile.TemporaryDirectory(prefix="enrich-batch-") as work:
         ledger, run = ledger_name(cfg, api_key), run_key(cfg, output)
         driver = BatchDriver(cfg, assets, api_key, store, ledger, run, Path(work), say, on_stage=kill_hook())
-        report = driver.run(lines)
+        report = driver.run(lines, retry=retry)
     return batch_report(report, prices)
 
 
-def cancel_batches(cfg: EnrichConfig, assets: Assets, api_key: str, store: Store, output: str) -> list[str]:
+def cancel_batches(cfg: EnrichConfig, api_key: str, store: Store, output: str) -> list[str]:
     """--cancel: cancel the open batches of the run whose final output is `output` at the
     provider (other runs' on the same key and store are left alone); no output is touched."""
-    with tempfile.TemporaryDirectory(prefix="enrich-batch-") as work:
-        ledger, run = ledger_name(cfg, api_key), run_key(cfg, output)
-        driver = BatchDriver(cfg, assets, api_key, store, ledger, run, Path(work), say)
-        cancelled = driver.cancel()
+    ledger, wire = (
+        RunLedger(store, ledger_name(cfg, api_key), run_key(cfg, output)),
+        dialect_for(cfg.provider.kind).batches,
+    )
+    cancelled: list[str] = []
+    with wire.client(cfg.provider, api_key) as http:
+        known = ledger.known_batches()
+        for entry in ledger.entries().values():
+            batch_id = entry.get("batch_id")
+            if entry["state"] in (UPLOADED, CREATING):  # a killed run's half-created batch, if there is one
+                batch_id = wire.find_created(http, ledger.run, entry, known)
+                if batch_id is not None:
+                    entry.update(state=SUBMITTED, batch_id=batch_id)
+                    ledger.put(entry)
+            if batch_id is not None and entry["state"] == SUBMITTED:
+                wire.cancel(http, batch_id)
+                cancelled.append(batch_id)
     return [f"enrich --cancel: cancelled {len(cancelled)} batch(es): {' '.join(cancelled) or '-'}; outputs untouched"]
 
 
 def batches_for(cfg: EnrichConfig, assets: Assets, calls: int, input_tokens: int) -> int:
-    """How many batches `calls` lines would make (--dry-run): by lines, and by bytes estimated
-    from the prompt tokens (about 4 bytes a token) plus the schema each line carries."""
+    """How many batches `calls` lines would make (--dry-run): by lines, by bytes estimated from
+    the prompt tokens (about 4 bytes a token) plus the schema each line carries, and by the
+    enqueued-token queue (prompt estimate + max_tokens a line)."""
     if calls == 0:
         return 0
+    b = cfg.batch
     per_line = LINE_OVERHEAD_BYTES + len(json.dumps(assets.schema.schema))
     est_bytes = 4 * input_tokens + calls * per_line
-    return max(math.ceil(calls / cfg.batch.max_lines), math.ceil(est_bytes / cfg.batch.max_bytes))
+    est_tokens = input_tokens + calls * cfg.provider.max_tokens
+    by_tokens = math.ceil(est_tokens / b.max_enqueued_tokens)
+    return max(math.ceil(calls / b.max_lines), math.ceil(est_bytes / b.max_bytes), by_tokens)

@@ -7,14 +7,19 @@ Synchronous httpx: the batch driver runs on the job's driver, not in the tasks.
 OpenAI: the lines go up as a file (`/v1/files`, purpose "batch", named by the
 ledger entry), then `/v1/batches` names it, with the run's key and the entry's
 name in its metadata, so a batch a killed run created is adopted by those (or
-by its input file). Anthropic: the lines go in the body of
-`/v1/messages/batches`, which has no metadata, so such a batch is recognised by
-its creation time and size, among the batches no run has recorded.
+by its input file); a batch over the key's enqueued-token queue ends `failed`
+with `token_limit_exceeded`. Anthropic: the lines go in the body of
+`/v1/messages/batches`, which has no metadata, so the ledger notes the key's
+newest batch just before each create (`mark`), and such a batch is the oldest
+listed above that one with the entry's size that no run has recorded (no clock
+compared; only another client's create of the same size in the moment between
+the mark and ours could be taken for it); a create over the queue is answered
+429. Both refusals are `Polled.queue_full` / `QueueFull`: the driver waits for
+room instead of counting a failed attempt.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ class Polled:
     total: int
     status: str
     failure: str | None = None  # why the whole batch failed, when it did
+    queue_full: bool = False  # it failed because the key's enqueued-token queue had no room
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,17 @@ def _check(reply: httpx.Response) -> httpx.Response:
 
 class BatchApiError(RuntimeError):
     """The Batch API refused a request (the message holds the status and the provider's error, never the key)."""
+
+
+class QueueFull(BatchApiError):
+    """A create refused for the key's enqueued-token queue (room comes back as batches end)."""
+
+
+def _created(reply: httpx.Response) -> str:
+    """The new batch's id; QueueFull for a 429 (the queue, or too many batches at once)."""
+    if reply.status_code == 429:
+        raise QueueFull(f"HTTP 429 from {reply.request.method} {reply.request.url.path}: {reply.text[:300]}")
+    return str(_check(reply).json()["id"])
 
 
 class BatchWire:
@@ -82,11 +99,13 @@ class BatchWire:
     def create(self, http: httpx.Client, name: str, run: str, path: Path, file_id: str | None, window: str) -> str:
         raise NotImplementedError
 
-    def find_created(
-        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
-    ) -> str | None:
-        """The batch a killed run created for this entry (of run `run`) but never recorded, if
-        there is one; `known`: the batch ids recorded by any run, never this entry's."""
+    def mark(self, http: httpx.Client) -> dict[str, Any]:
+        """What the ledger entry notes just before the create, for find_created."""
+        return {}
+
+    def find_created(self, http: httpx.Client, run: str, entry: dict[str, Any], known: set[str]) -> str | None:
+        """The batch a killed run created for this ledger entry (of run `run`) but never
+        recorded, if there is one; `known`: the batch ids recorded by any run, never this one."""
         raise NotImplementedError
 
     def poll(self, http: httpx.Client, batch_id: str) -> Polled:
@@ -108,6 +127,7 @@ def _jsonl(reply: httpx.Response) -> Iterator[dict[str, Any]]:
 class OpenAIBatches(BatchWire):
     uploads = True
     ENDED = ("completed", "failed", "expired", "cancelled")
+    QUEUE_FULL = "token_limit_exceeded"  # the error code of a batch over the enqueued-token queue
 
     def client(self, cfg: ProviderConfig, api_key: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"}
@@ -135,11 +155,10 @@ class OpenAIBatches(BatchWire):
             "completion_window": window,
             "metadata": {"aibatch_run": run, "aibatch_entry": name},
         }
-        return str(_check(http.post("/batches", json=body)).json()["id"])
+        return _created(http.post("/batches", json=body))
 
-    def find_created(
-        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
-    ) -> str | None:
+    def find_created(self, http: httpx.Client, run: str, entry: dict[str, Any], known: set[str]) -> str | None:
+        name, file_id = entry["name"], entry.get("file_id")
         after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
@@ -164,6 +183,7 @@ class OpenAIBatches(BatchWire):
             int(counts.get("total", 0)),
             b["status"],
             failure or (f"batch {b['status']}" if b["status"] != "completed" else None),
+            b["status"] == "failed" and any(e.get("code") == self.QUEUE_FULL for e in errors),
         )
 
     def results(self, http: httpx.Client, batch_id: str) -> Iterator[LineResult]:
@@ -196,10 +216,6 @@ class OpenAIBatches(BatchWire):
             _check(reply)
 
 
-def _unix(stamp: str) -> float:
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 class AnthropicBatches(BatchWire):
     uploads = False
     PATH = "/v1/messages/batches"
@@ -220,22 +236,30 @@ class AnthropicBatches(BatchWire):
                     yield (b"," if n else b"") + text.rstrip(b"\n")
             yield b"]}"
 
-        reply = http.post(self.PATH, content=body(), headers={"content-type": "application/json"})
-        return str(_check(reply).json()["id"])
+        return _created(http.post(self.PATH, content=body(), headers={"content-type": "application/json"}))
 
-    def find_created(
-        self, http: httpx.Client, name: str, run: str, file_id: str | None, since: float, lines: int, known: set[str]
-    ) -> str | None:
-        page = _check(http.get(self.PATH, params={"limit": 1000})).json()
-        found = [
-            b
-            for b in page["data"]
-            if b["id"] not in known
-            and _unix(b["created_at"]) >= since - 2
-            and sum(b["request_counts"].values()) == lines
-        ]
-        found.sort(key=lambda b: _unix(b["created_at"]))
-        return str(found[0]["id"]) if found else None
+    def mark(self, http: httpx.Client) -> dict[str, Any]:
+        newest = _check(http.get(self.PATH, params={"limit": 1})).json()["data"]
+        return {"newest_batch": newest[0]["id"] if newest else None}
+
+    def find_created(self, http: httpx.Client, run: str, entry: dict[str, Any], known: set[str]) -> str | None:
+        """The listing is newest first: the batches above the entry's mark were created after
+        it; of those that no run recorded and hold the entry's count of requests, the oldest
+        (the create came right after the mark)."""
+        mark, lines = entry.get("newest_batch"), len(entry["lines"])
+        found: list[str] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000, **({"after_id": after} if after else {})}
+            page = _check(http.get(self.PATH, params=params)).json()
+            for b in page["data"]:
+                if b["id"] == mark:
+                    return found[-1] if found else None
+                if b["id"] not in known and sum(b["request_counts"].values()) == lines:
+                    found.append(str(b["id"]))
+            if not page.get("has_more") or not page["data"]:
+                return found[-1] if found else None
+            after = page["data"][-1]["id"]
 
     def poll(self, http: httpx.Client, batch_id: str) -> Polled:
         b = _check(http.get(f"{self.PATH}/{batch_id}")).json()

@@ -112,6 +112,11 @@ class BatchConfig(_Strict):
     poll_max_s: float = Field(60.0, gt=0)  # ...up to this
     max_lines: int = Field(50_000, ge=1)  # per batch (OpenAI allows 50,000, Anthropic 100,000)
     max_bytes: int = Field(190 * 1024 * 1024, ge=1024)  # per batch's request body (OpenAI 200 MB, Anthropic 256 MB)
+    # The key's enqueued-token queue per model (OpenAI's batch queue limit: input tokens of the
+    # batches not yet ended; 2,000,000 is tier 1's for gpt-4o-mini, the limits page has yours).
+    # Each line counts as its prompt estimate + max_tokens (the dry run's estimate); batches are
+    # cut to fit it, and the next one is created only when the open ones leave room.
+    max_enqueued_tokens: int = Field(2_000_000, ge=1)
     completion_window: Literal["24h"] = "24h"  # the only window both providers sell
     # What a line that still failed after retry.max_attempts batches (errored, expired, an answer
     # that breaks the schema) becomes: "online" asks the online API for it (full price, the usual

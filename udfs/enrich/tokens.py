@@ -42,6 +42,12 @@ class TokenEstimator:
             del self.ratios[:-50]
 
 
+def call_tokens(cfg: EnrichConfig, system: str, user: str, estimator: TokenEstimator) -> int:
+    """A call's tokens at most: the prompt estimate + max_tokens (--dry-run's figure, and what a
+    batch line counts against enrich.batch.max_enqueued_tokens)."""
+    return estimator.estimate(raw_token_estimate(system, [{"role": "user", "content": user}])) + cfg.provider.max_tokens
+
+
 def estimate(
     rows: Iterable[Row],
     cfg: EnrichConfig,
@@ -58,8 +64,7 @@ def estimate(
     for row in rows:
         h, user = prompt_of(cfg, assets, params, row)
         if h not in seen:
-            raw = raw_token_estimate(assets.template.system, [{"role": "user", "content": user}])
-            seen[h] = estimator.estimate(raw) + cfg.provider.max_tokens
+            seen[h] = call_tokens(cfg, assets.template.system, user, estimator)
     if store is not None:
         seen = {h: t for h, t in seen.items() if store.get_answer(h) is None}
     return len(seen), sum(seen.values())
