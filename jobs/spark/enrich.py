@@ -36,7 +36,9 @@ from udfs.enrich.accounting import EnrichTotals, PriceError, PriceTable
 from udfs.enrich.batch_mode import batches_for, cancel_batches, obtain_batch_answers
 from udfs.enrich.driver import (
     ApiKeyMissing,
+    add_enrich_args,
     add_progress_arg,
+    count_kept,
     dead_letters_path,
     dry_run_summary,
     job_id_for,
@@ -99,7 +101,7 @@ def totals_of(staged: DataFrame, rows_in: int, not_selected: int) -> EnrichTotal
                 g["output_tokens"],
             )
         else:  # kept from the previous output by --retry-dead-letters: no call in this run
-            totals.add_group(g["status"], True, g["model"], g["rows"], 0, 0, 0, count_cache_hit=False)
+            count_kept(totals, g["status"], g["model"], g["rows"])
     return totals
 
 
@@ -257,32 +259,13 @@ def parser():
     p = common.base_parser("enrich", __doc__)
     p.add_argument("--input", required=True, help="scored rows (the score job's output)")
     p.add_argument("--output", required=True, help="enriched rows (overwritten when the run succeeded)")
-    p.add_argument("--dead-letters", help="rows that failed, with their last error (default: OUTPUT_dead_letters)")
+    add_enrich_args(p.add_argument)  # the options the twin offers too (udfs.enrich.driver)
     common.add_output_args(p, outputs=("output", "dead_letters"))
     p.add_argument("--input-format", choices=common.TABLE_FORMATS, default="parquet")
     p.add_argument("--output-format", choices=common.TABLE_FORMATS, default="parquet")
-    p.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
-    p.add_argument(
-        "--retry-dead-letters",
-        action="store_true",
-        help="re-run only the rows in the dead letters; write a complete new output and dead letters",
-    )
-    p.add_argument(
-        "--cancel",
-        action="store_true",
-        help="enrich.mode = batch: cancel this run's open batches (the run writing --output) at the provider; "
-        "write nothing",
-    )
-    p.add_argument("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
     p.add_argument("--tasks", type=int, help="Spark tasks making calls (default: the default parallelism)")
     p.add_argument("--chunk-rows", type=int, default=5000, help="rows handed to the runner at once per task")
     add_progress_arg(p)
-    p.add_argument(
-        "--sample-percent",
-        type=float,
-        default=100.0,
-        help="enrich only the input rows whose id hashes below this per cent (rows in counts those; default 100)",
-    )
     return p
 
 

@@ -1,7 +1,8 @@
 """What the enrich job's two drivers (the Spark job and the mrjob twin) do
 around the calls, once: resolve the settings' paths and the cache, read the
-key, name the job (so a rerun finds its claims, cache and counters), decide
-the dead letters' location, and turn the totals into the summary both print.
+key, name the job (so a rerun finds its claims, cache and counters), declare
+the options both commands offer, decide the dead letters' location, count
+what --retry-dead-letters keeps, and turn the totals into the summary both print.
 Plain Python, no pyspark and no mrjob (the engines' adapters are
 jobs/spark/enrich.py and jobs/mapreduce/mr_enrich_rows.py)."""
 
@@ -71,8 +72,42 @@ def add_progress_arg(parser: Any) -> None:
     )
 
 
+def add_enrich_args(add: Any) -> None:
+    """The enrich options both commands offer, given the parser's add function (argparse's
+    add_argument for Spark, mrjob's add_passthru_arg for the twin), so `--help` lists the
+    same ones on both; each engine adds its own paths and tuning (--tasks, --batch-rows)."""
+    add("--dead-letters", help="rows that failed, with their last error (default: OUTPUT_dead_letters)")
+    add("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
+    add(
+        "--retry-dead-letters",
+        action="store_true",
+        help="re-run only the rows in the dead letters; write a complete new output and dead letters "
+        "(replacing both: --overwrite implied)",
+    )
+    add(
+        "--cancel",
+        action="store_true",
+        help="enrich.mode = batch: cancel the open batches of the run writing this output at the provider; "
+        "write nothing",
+    )
+    add("--cache", help="directory of the answer cache and job budget (SQLite store; default: the config's)")
+    add(
+        "--sample-percent",
+        type=float,
+        default=100.0,
+        help="enrich only the input rows whose id hashes below this per cent (rows in counts those; default 100)",
+    )
+
+
 def dead_letters_path(output: str, dead_letters: str | None) -> str:
     return dead_letters or output.rstrip("/") + "_dead_letters"
+
+
+def count_kept(totals: EnrichTotals, status: Any, model: Any, rows: int) -> None:
+    """--retry-dead-letters: `rows` of the previous output, kept as they were. They count
+    among the enriched (rows in = enriched + dead-lettered + not selected) but neither as
+    calls nor as cache hits of this run, which asked nothing for them."""
+    totals.add_group(status, True, model, rows, 0, 0, 0, count_cache_hit=False)
 
 
 def summary(totals: EnrichTotals, prices: PriceTable, output: str, dead_letters: str) -> dict[str, Any]:
