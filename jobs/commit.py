@@ -15,7 +15,9 @@ fails, the ones done are rolled back and the previous outputs restored. If
 the body fails, the staging dirs are removed and the previous outputs are
 untouched; the exception carries a note saying so. Every committed output
 holds a `_SUCCESS` marker. put_file adds one whole file to a committed
-output afterwards (a job's `_report.html`), by a rename too.
+output afterwards (a job's `_report.html`), by a rename too. A driver that
+writes a staging dir itself (the enrich twin splitting its results) streams
+lines in and out with FileSystem.lines and FileSystem.open_write.
 
 Local paths are renamed with os.rename. hdfs:// paths go through WebHDFS
 (HdfsCLI): PySpark has no public API to Hadoop's FileSystem (only the
@@ -37,7 +39,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,25 @@ class FileSystem(Protocol):
     def delete(self, path: str) -> None: ...
     def touch(self, path: str) -> None: ...
     def write(self, path: str, data: bytes) -> None: ...
+    def lines(self, path: str) -> Iterator[bytes]: ...
+    def open_write(self, path: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
+
+def _data_file(name: str) -> bool:
+    """Not a marker (`_SUCCESS`) nor hidden: what Spark and Hadoop read of a dir."""
+    return not name.startswith(("_", "."))
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (each ending in a newline) from byte chunks, holding one partial line at most."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *complete, rest = rest.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if rest:
+        yield rest + b"\n"
 
 
 class LocalFileSystem:
@@ -96,6 +117,20 @@ class LocalFileSystem:
 
     def write(self, path: str, data: bytes) -> None:
         Path(self.local(path)).write_bytes(data)
+
+    def lines(self, path: str) -> Iterator[bytes]:
+        """Every line of a file, or of a dir's data files in name order, streamed."""
+        local = Path(self.local(path))
+        files = [local] if local.is_file() else sorted(f for f in local.iterdir() if _data_file(f.name))
+        for f in files:
+            with open(f, "rb") as fh:
+                yield from _split_lines(fh)
+
+    def open_write(self, path: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A new file (never over an existing one), its dir made if missing."""
+        local = Path(self.local(path))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return open(local, "xb")
 
 
 class WebHdfsFileSystem:
@@ -137,6 +172,21 @@ class WebHdfsFileSystem:
 
     def write(self, path: str, data: bytes) -> None:
         self.client.write(self.path(path), data=data, overwrite=True)
+
+    def lines(self, path: str) -> Iterator[bytes]:
+        """Every line of a file, or of a dir's data files in name order, streamed."""
+        top = self.path(path)
+        if self.client.status(top)["type"] == "FILE":
+            files = [top]
+        else:
+            files = [posixpath.join(top, n) for n in sorted(self.client.list(top)) if _data_file(n)]
+        for f in files:
+            with self.client.read(f, chunk_size=1 << 16) as reader:
+                yield from _split_lines(reader)
+
+    def open_write(self, path: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A new file, streamed to the DataNodes as it is written (HdfsCLI's writer)."""
+        return self.client.write(self.path(path), overwrite=False)
 
 
 WEBHDFS_ENV = "AIBATCH_WEBHDFS"
@@ -267,6 +317,12 @@ def _sibling(path: str, tag: str, run: str) -> str:
     stripped = path.rstrip("/")
     parent, name = stripped.rsplit("/", 1) if "/" in stripped else ("", stripped)
     return f"{parent}/.{name}.{tag}-{run}" if parent or stripped.startswith("/") else f".{name}.{tag}-{run}"
+
+
+def scratch_path(path: str, tag: str) -> str:
+    """A new hidden path beside path (PARENT/.NAME.TAG-RUN), which readers of PARENT skip:
+    for a driver's intermediate results, removed by the driver."""
+    return _sibling(path, tag, uuid.uuid4().hex[:12])
 
 
 def _quietly(what: str, action, *args) -> None:
