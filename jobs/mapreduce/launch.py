@@ -8,10 +8,11 @@ the job).
 Outputs are committed as the Spark jobs' are (jobs.commit): --output-dir
 must not exist unless --overwrite is given; the job writes to a staging dir
 beside it, which replaces it (with a `_SUCCESS` marker) only when the job
-succeeded. mrjob's output goes to var/log/mr-JOB-*.log; a failure is one line.
+succeeded. The enrich twin's dead letters (--dead-letters, default
+OUTPUT_dead_letters) are committed with it, both in place or neither. mrjob's output goes to var/log/mr-JOB-*.log; a failure is one line.
 
 Run with:
-    ./submit.sh mr ingest|score|stats -r inline|local|hadoop [--local-job-runner] [job args] INPUT... [--output-dir DIR [--overwrite]]
+    ./submit.sh mr ingest|score|stats|enrich -r inline|local|hadoop [--local-job-runner] [job args] INPUT... [--output-dir DIR [--overwrite]]
     ./submit.sh mr score --help
 """
 
@@ -44,8 +45,12 @@ JOBS = {
 }
 # Twins whose driver names its state (enrich: claims, counters, batches) by the final output,
 # which the launcher passes as --run-output since the job itself writes to a staging dir. With
-# --cancel the job returns before running anything: --output-dir names the run, nothing is committed.
+# --cancel the job returns before running anything, and --dry-run writes nothing: --output-dir names
+# the run, nothing is committed.
 RUN_OUTPUT_JOBS = {"enrich"}
+# Twins with a second output, committed with --output-dir (both in place or neither): the job
+# option naming it, its default from the output, and the internal option giving the job its staging dir.
+SECOND_OUTPUTS = {"enrich": ("dead_letters", "--dead-letters-dir")}
 
 
 def _has(args: list[str], *flags: str) -> bool:
@@ -146,9 +151,8 @@ class JobFailed(RuntimeError):
     """The job's process ended with a non-zero status."""
 
 
-def _job_inputs_and_output(job: str, cmd: list[str]) -> tuple[list[str], str | None]:
-    """The input paths and --output-dir of the job command line, as the job
-    class parses them (mrjob's own parser: -o, --output-dir, positionals)."""
+def _job_options(job: str, cmd: list[str]):
+    """The job command line's options, as the job class parses them (mrjob's own parser)."""
     import importlib
 
     from mrjob.job import MRJob
@@ -159,8 +163,34 @@ def _job_inputs_and_output(job: str, cmd: list[str]) -> tuple[list[str], str | N
         for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, MRJob) and v.__module__ == module.__name__
     )
-    parsed = cls(cmd[2:]).options
+    return cls(cmd[2:]).options
+
+
+def _job_inputs_and_output(job: str, cmd: list[str]) -> tuple[list[str], str | None]:
+    """The input paths and --output-dir of the job command line (-o, --output-dir, positionals)."""
+    parsed = _job_options(job, cmd)
     return [a for a in parsed.args if a != "-"], parsed.output_dir
+
+
+def _outputs(job: str, cmd: list[str], output: str) -> dict[str, str]:
+    """{name: final path} of what the job commits: --output-dir, and its second output if it has one
+    (enrich: the dead letters, default OUTPUT_dead_letters as on Spark)."""
+    outputs = {"output": output}
+    if job in SECOND_OUTPUTS:
+        from udfs.enrich.driver import dead_letters_path
+
+        name = SECOND_OUTPUTS[job][0]
+        outputs[name] = dead_letters_path(output, getattr(_job_options(job, cmd), name))
+    return outputs
+
+
+def _with_staging(cmd: list[str], job: str, staging: dict[str, str]) -> list[str]:
+    """cmd writing to the staging dirs: --output-dir's, and the second output's by its internal option."""
+    cmd = _with_output(cmd, staging["output"])
+    if job in SECOND_OUTPUTS:
+        name, option = SECOND_OUTPUTS[job]
+        cmd += [option, staging[name]]
+    return cmd
 
 
 def _with_output(cmd: list[str], output: str) -> list[str]:
@@ -280,10 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         _check_inputs(inputs)
         if output and job in RUN_OUTPUT_JOBS:
             cmd += ["--run-output", output]
-            if _has(args, "--cancel"):
+            if _has(args, "--cancel", "--dry-run"):
                 output = None  # nothing to commit: the job writes nothing
-        if output:
-            commit.check_outputs({"output": output}, inputs, overwrite)
+            elif _has(args, "--retry-dead-letters"):
+                overwrite = True  # it replaces the outputs it reads, by design (as on Spark)
+        outputs = _outputs(job, cmd, output) if output else {}
+        if outputs:
+            commit.check_outputs(outputs, inputs, overwrite)
     except (ConfigError, SettingsError, commit.OutputError, PackError) as exc:
         return _usage_error(where, exc, job)
     # A terminated launcher still ends the job's processes and its staging.
@@ -299,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             if rc:
                 raise JobFailed(f"exited with status {rc}: {_cause(log_file)}")
         else:
-            with commit.committed({"output": output}, overwrite=overwrite, inputs=inputs) as staging:
-                rc = _run_job(_with_output(cmd, staging["output"]), env, log_file)
+            with commit.committed(outputs, overwrite=overwrite, inputs=inputs) as staging:
+                rc = _run_job(_with_staging(cmd, job, staging), env, log_file)
                 if rc:
                     raise JobFailed(f"exited with status {rc}: {_cause(log_file)}")
     except (JobFailed, commit.CommitError) as exc:
@@ -313,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         _clean_scratch(remove, label)
     sys.stderr.write(log_file.read_text(errors="replace"))  # mrjob's own report (counters), as before
     if output:
-        print(f"{where}: output committed to {output} (log: {log_file})", file=sys.stderr)
+        print(f"{where}: output committed to {', '.join(outputs.values())} (log: {log_file})", file=sys.stderr)
     return 0
 
 

@@ -388,6 +388,14 @@ def read_jsonl_dir(path: str | Path) -> list[dict]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
+def read_twin_outputs(out: str | Path) -> tuple[list[dict], list[dict]]:
+    """The twin's output and its dead letters (OUT_dead_letters, as on Spark); each is
+    checked to hold only its own status."""
+    rows, dead = read_jsonl_dir(out), read_jsonl_dir(f"{out}_dead_letters")
+    assert {r["status"] for r in rows} <= {"enriched"} and {r["status"] for r in dead} <= {"dead_letter"}
+    return rows, dead
+
+
 def comparable(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:
     """rows by id, each reduced to `fields` (the run-invariant ones)."""
     out = {}

@@ -25,8 +25,8 @@ from udfs.enrich.settings import EnrichConfig
 from .support import (
     comparable,
     enrich_settings,
-    read_jsonl_dir,
     read_parquet_dir,
+    read_twin_outputs,
     run_twin,
     scored_rows,
     start_gateway,
@@ -57,7 +57,7 @@ def gateway():
         "dry": {"batches": FAST},
         "cancel": {"batches": {**FAST, "processing_seconds": 30.0}},
         "two-runs": {"batches": {**FAST, "processing_seconds": 60.0}},
-        "flaky-retry": {"batches": {**FAST, "line_error_rate": 0.5, "seed": 3}},
+        **{k: {"batches": {**FAST, "line_error_rate": 0.5, "seed": 3}} for k in ("flaky-retry", "flaky-retry-twin")},
         # A queue of 450 input tokens holds one batch of 2 lines (at most 358 real ones) and never
         # two (at least 608): a batch created while another runs is refused.
         **{f"queue-{name}": {"batches": {**FAST, "enqueued_tokens": 450}} for name in QUEUE_KEYS},
@@ -97,8 +97,8 @@ def twin_run(gw, tmp, key, settings, monkeypatch, capsys, extra=()):
         args += ["--output-dir", str(out)]
     assert mr_enrich_rows.main(args) == 0
     printed = capsys.readouterr()
-    rows = read_jsonl_dir(out) if out.exists() else []
-    return printed, [r for r in rows if r["status"] == "enriched"], [r for r in rows if r["status"] != "enriched"]
+    rows, dead = read_twin_outputs(out) if out.exists() else ([], [])
+    return printed, rows, dead
 
 
 def custom_ids(settings: dict) -> dict[str, str]:
@@ -197,23 +197,37 @@ def test_expired_lines_are_retried_then_answered_online(gateway, tmp_path, monke
     assert online == len(SELECTED) - lines["succeeded"] > 0  # the lines that expired twice went online
 
 
-def test_retry_dead_letters_gives_batch_dead_letters_new_batches(spark, gateway, online, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["spark", "twin"])
+def test_retry_dead_letters_gives_batch_dead_letters_new_batches(
+    engine, gateway, online, tmp_path, monkeypatch, capsys, request
+):
     """Half the lines error in each batch; with one batch attempt and no fallback they are dead
     letters. --retry-dead-letters (same output, same key and store) puts exactly those lines in a
-    new batch: the gateway admits each of them once more and no answered line again."""
-    key = "flaky-retry"
+    new batch: the gateway admits each of them once more and no answered line again. On Spark
+    and on the twin (inline), each with its own key."""
+    key = "flaky-retry" if engine == "spark" else "flaky-retry-twin"
     settings = batch_settings(gateway, key, tmp_path / "s", batch={"fallback": "none"}, retry={"max_attempts": 1})
-    _, rows, dead = spark_run(spark, gateway, tmp_path, key, settings, monkeypatch)
+
+    def run(extra=()):
+        if engine == "spark":
+            summary, rows, dead = spark_run(
+                request.getfixturevalue("spark"), gateway, tmp_path, key, settings, monkeypatch, extra
+            )
+            return summary["lines"], rows, dead
+        printed, rows, dead = twin_run(gateway, tmp_path, key, settings, monkeypatch, capsys, extra)
+        return printed.out.splitlines(), rows, dead
+
+    _, rows, dead = run()
     assert rows and dead and sorted(r["id"] for r in rows + dead) == SELECTED
     assert all(r["error"].startswith("batch: HTTP 500") for r in dead), dead[0]["error"]
-    summary, rows2, dead2 = spark_run(spark, gateway, tmp_path, key, settings, monkeypatch, ["--retry-dead-letters"])
+    lines2, rows2, dead2 = run(["--retry-dead-letters"])
     assert sorted(r["id"] for r in rows2 + dead2) == SELECTED
     assert {r["id"] for r in dead2} < {r["id"] for r in dead}  # some recovered, none lost
     assert comparable(rows2, COMPARED) == {i: online[i] for i in online if i not in {r["id"] for r in dead2}}
     admitted, line_of = admin(gateway, key, "batch_lines")["custom_ids"], custom_ids(settings)
     assert {r["id"]: admitted[line_of[r["id"]]] for r in dead} == {r["id"]: 2 for r in dead}
     assert {admitted[line_of[r["id"]]] for r in rows} == {1}  # answered in the first run: never again
-    assert any(f"{len(dead)} lines submitted" in line for line in summary["lines"]), summary["lines"]
+    assert any(f"{len(dead)} lines submitted" in line for line in lines2), lines2
 
 
 def test_batches_are_cut_and_held_under_the_enqueued_token_queue(spark, gateway, online, tmp_path, monkeypatch):

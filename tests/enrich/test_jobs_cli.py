@@ -15,8 +15,8 @@ from udfs.enrich.driver import ApiKeyMissing
 from .support import (
     CANARY,
     enrich_settings,
-    read_jsonl_dir,
     read_parquet_dir,
+    read_twin_outputs,
     run_twin,
     scored_rows,
     start_gateway,
@@ -106,8 +106,8 @@ def test_wrong_key_dead_letters_without_the_key(gateway, tmp_path):
     env[gateway.env_name("good")] = wrong
     done = run_twin("inline", ["--config", str(cfg), src, "--output-dir", str(tmp_path / "out")], env)
     assert done.returncode == 0, done.stderr[-2000:]
-    dead = read_jsonl_dir(tmp_path / "out")
-    assert sorted(r["id"] for r in dead) == SELECTED and {r["status"] for r in dead} == {"dead_letter"}
+    rows, dead = read_twin_outputs(tmp_path / "out")
+    assert rows == [] and sorted(r["id"] for r in dead) == SELECTED and {r["status"] for r in dead} == {"dead_letter"}
     assert all("401" in r["error"] for r in dead) and all(r["attempts"] == 1 for r in dead)
     assert CANARY not in done.stdout + done.stderr
     for f in tmp_path.rglob("*"):

@@ -12,6 +12,7 @@ from jobs.mapreduce import mr_enrich_rows
 from jobs.spark import common, enrich
 from udfs.enrich.accounting import format_cost
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
+from udfs.records import in_sample
 
 from .support import (
     CANARY,
@@ -20,6 +21,7 @@ from .support import (
     enrich_settings,
     read_jsonl_dir,
     read_parquet_dir,
+    read_twin_outputs,
     run_twin,
     scored_rows,
     start_gateway,
@@ -59,8 +61,7 @@ def twin_inline(gw, tmp, provider, stream, monkeypatch, capsys, extra=()):
     code = mr_enrich_rows.main(args)
     assert code == 0
     printed = capsys.readouterr().out
-    rows = read_jsonl_dir(out)  # the twin writes both statuses to its one output
-    return printed, [r for r in rows if r["status"] == "enriched"], [r for r in rows if r["status"] != "enriched"]
+    return printed, *read_twin_outputs(out)
 
 
 def check_rows(rows, provider, stream):
@@ -110,8 +111,6 @@ def test_spark_and_twin_agree(spark, gateway, tmp_path, monkeypatch, capsys, pro
 
 
 def test_sample_percent_selects_the_same_rows_on_both_engines(spark, gateway, tmp_path, monkeypatch, capsys):
-    from udfs.records import in_sample
-
     summary, spark_rows, _ = spark_run(
         spark, gateway, tmp_path, "openai", False, monkeypatch, ("--sample-percent", "50")
     )
@@ -126,12 +125,95 @@ def test_sample_percent_selects_the_same_rows_on_both_engines(spark, gateway, tm
     assert f"enrich: rows in {len(sampled)} = enriched {len(expected)}" in printed
 
 
+# Deliberate differences between the two commands' options: each engine's own paths and tuning.
+SPARK_ONLY = {"--input", "--output", "--input-format", "--output-format", "--tasks", "--chunk-rows", "--overwrite"}
+TWIN_ONLY = {
+    "--batch-rows",
+    "--job-id",
+    "--run-output",
+}  # mrjob's: INPUT..., --output-dir, -r; the launcher's: --overwrite
+
+
+def spark_options() -> set[str]:
+    return {s for a in enrich.parser()._actions for s in a.option_strings} - {"-h", "--help"}
+
+
+def twin_options() -> set[str]:
+    """The twin's own options (mrjob's runner options left out), shown by --help."""
+    job = mr_enrich_rows.MREnrichRows(args=[])
+    own = job._passthru_arg_dests | job._file_arg_dests
+    return {s for a in job.arg_parser._actions if a.dest in own and a.help != "==SUPPRESS==" for s in a.option_strings}
+
+
 def test_both_commands_offer_the_same_options():
-    spark_help = enrich.parser().format_help()
+    assert spark_options() - SPARK_ONLY == twin_options() - TWIN_ONLY
+    enrich_options = {"--dead-letters", "--retry-dead-letters", "--sample-percent", "--dry-run", "--cancel", "--cache"}
+    assert enrich_options | {"--progress", "--no-progress", "--config", "--set"} <= twin_options()
     twin_help = mr_enrich_rows.MREnrichRows(args=[]).arg_parser.format_help()
-    for option in ("--cache", "--dry-run", "--sample-percent", "--progress", "--no-progress", "--overwrite"):
-        assert option in spark_help, option
-        assert option in twin_help or option == "--overwrite", option  # the launcher takes --overwrite
+    for option in enrich_options:
+        assert option in enrich.parser().format_help() and option in twin_help, option
+    assert "--dead-letters-dir" not in twin_help and "--retry-ids" not in twin_help  # internal
+
+
+SAMPLED = [r for r in ROWS if in_sample(r["id"], 50.0)]
+
+
+def test_sample_and_retry_dead_letters_agree_on_both_engines(spark, gateway, tmp_path, monkeypatch):
+    """--sample-percent 50, then --retry-dead-letters, on Spark and on the twin (through
+    ./submit.sh mr's launcher, -r inline): equal outputs, dead letters and totals. The first
+    runs' max_tokens cuts the longer answers short (no repair), so the same rows fail on both
+    engines (the gateway's answers are a function of the prompt); the retries' does not."""
+    monkeypatch.setenv(gateway.env_name("plain"), gateway.keys["plain"])
+    src = write_parquet(ROWS, tmp_path / "scored")
+    src_jsonl = write_jsonl(ROWS, tmp_path / "scored.jsonl")
+    sample = ("--sample-percent", "50")
+
+    def configs(engine):
+        tight = enrich_settings(gateway, "plain", tmp_path / f"{engine}-store", repair_attempts=0)
+        tight["provider"]["max_tokens"] = 27
+        roomy = enrich_settings(gateway, "plain", tmp_path / f"{engine}-store")
+        return write_config(tmp_path / f"{engine}-tight.toml", tight), write_config(
+            tmp_path / f"{engine}-ok.toml", roomy
+        )
+
+    def on_spark(cfg, *extra):
+        args = ["--config", str(cfg), "--input", src, "--output", str(tmp_path / "spark-out"), *sample, *extra]
+        summary = common.run_main(enrich.main, spark, enrich.parser().parse_args(args))
+        out = tmp_path / "spark-out"
+        return summary["lines"][:2], read_parquet_dir(out), read_parquet_dir(f"{out}_dead_letters")
+
+    def on_twin(cfg, *extra):
+        out = tmp_path / "twin-out"
+        args = ["--config", str(cfg), src_jsonl, "--output-dir", str(out), *sample, *extra]
+        done = run_twin("inline", args, submit_env(gateway, "plain"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"output committed to {out}, {out}_dead_letters" in done.stderr
+        return done.stdout.splitlines()[:2], *read_twin_outputs(out)
+
+    spark_tight, spark_ok = configs("spark")
+    twin_tight, twin_ok = configs("twin")
+    expected = sorted(r["id"] for r in SAMPLED if r["predicted"] == "negative")
+
+    lines1, s_rows1, s_dead1 = on_spark(spark_tight)
+    t_lines1, t_rows1, t_dead1 = on_twin(twin_tight)
+    assert s_rows1 and s_dead1, "the tight max_tokens fails some rows, not all"
+    assert sorted(r["id"] for r in s_rows1 + s_dead1) == expected
+    assert comparable(s_rows1, COMPARED) == comparable(t_rows1, COMPARED)
+    assert comparable(s_dead1, COMPARED) == comparable(t_dead1, COMPARED)
+    assert t_lines1 == lines1 and f"dead-lettered {len(s_dead1)} " in lines1[0]
+
+    lines2, s_rows2, s_dead2 = on_spark(spark_ok, "--retry-dead-letters")
+    t_lines2, t_rows2, t_dead2 = on_twin(twin_ok, "--retry-dead-letters")
+    assert s_dead2 == [] == t_dead2 and sorted(r["id"] for r in s_rows2) == expected
+    assert comparable(s_rows2, COMPARED) == comparable(t_rows2, COMPARED)
+    assert t_lines2 == lines2
+    assert lines2[0] == (
+        f"enrich: rows in {len(SAMPLED)} = enriched {len(expected)} + dead-lettered 0 "
+        f"+ not selected {len(SAMPLED) - len(expected)}"
+    )
+    assert lines2[1].startswith(f"  calls made {len(s_dead1)}, cache hits 0,")  # only the failed rows
+    kept = {r["id"]: r["request_id"] for r in t_rows1}
+    assert {r["id"]: r["request_id"] for r in t_rows2 if r["id"] in kept} == kept  # kept as they were
 
 
 def test_rerun_answers_from_the_cache(spark, gateway, tmp_path, monkeypatch):

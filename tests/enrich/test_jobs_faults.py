@@ -20,8 +20,8 @@ from .support import (
     MIXED_FAULTS,
     client_limits,
     enrich_settings,
-    read_jsonl_dir,
     read_parquet_dir,
+    read_twin_outputs,
     scored_rows,
     start_gateway,
     write_config,
@@ -111,9 +111,7 @@ def test_twin_openai_plain_with_faults(gateway, tmp_path, monkeypatch, capfd):
         ["-r", "inline", "--no-conf", "--config", str(cfg), src, "--output-dir", str(tmp_path / "out")]
     )
     assert code == 0
-    everything = read_jsonl_dir(tmp_path / "out")  # the twin writes both statuses to its one output
-    rows = [r for r in everything if r["status"] == "enriched"]
-    dead = [r for r in everything if r["status"] != "enriched"]
+    rows, dead = read_twin_outputs(tmp_path / "out")
     check_accounting(rows, dead)
     captured = capfd.readouterr()
     printed = captured.out
