@@ -251,9 +251,16 @@ def test_twin_on_local_and_hadoop_runners(spark, gateway, tmp_path, monkeypatch,
             with webhdfs.read(f"{base}/out/{part}") as fh:
                 twin_rows += [__import__("json").loads(x) for x in fh.read().splitlines() if x.strip()]
         assert "_SUCCESS" in webhdfs.list(f"{base}/out")
+        # the dead letters (none here) committed beside it, written through WebHDFS by the twin's driver
+        assert "_SUCCESS" in webhdfs.list(f"{base}/out_dead_letters")
+        with webhdfs.read(f"{base}/out_dead_letters/part-00000") as fh:
+            assert fh.read() == b""
     else:
         twin_rows = read_jsonl_dir(out)
         assert (tmp_path / "twin-out" / "_SUCCESS").exists()  # committed by the launcher
+        assert (tmp_path / "twin-out_dead_letters" / "_SUCCESS").exists() and read_jsonl_dir(
+            f"{out}_dead_letters"
+        ) == []
     assert comparable(spark_rows, COMPARED) == comparable(twin_rows, COMPARED)
     assert f"enriched {len(SELECTED)} + dead-lettered 0" in done.stdout
     assert CANARY not in done.stdout + done.stderr
