@@ -78,7 +78,7 @@ def resolve_model(cfg: PipelineConfig, args) -> dict:
     atexit.register(shutil.rmtree, dest, True)
     model = models.download_to(store, ref, dest)
     # a kind that cannot write these columns or use these settings fails here, not in Spark
-    plan_scoring(cfg, model, "check", precision=args.precision)
+    plan_scoring(cfg, model, "check", precision=getattr(args, "precision", None))
     return {"head": model}
 
 
