@@ -140,8 +140,8 @@ def test_predict_frame_types_outputs_and_checks_what_predict_returns(monkeypatch
 
     outputs = (("predicted", "string"), ("score", "double"), ("n", "bigint"), ("top", "array<float>"))
     settings = K.PyfuncSettings("unused", "m@1", "review", outputs)
-    seen: list = []
-    answer: dict = {}
+    seen = []
+    answer = {}
 
     class Fake:
         def predict(self, frame):
