@@ -25,11 +25,13 @@ Run with: nice -n 10 .venv/bin/python bench/bench_kinds.py [--rows 3000] [--kind
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -154,6 +156,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     kinds = [k for k in args.kinds.split(",") if k]
     base = Path(tempfile.mkdtemp(prefix="aibatch-bench-kinds-"))
+    atexit.register(shutil.rmtree, base, True)  # the store, the models, the outputs
     config = base / "pipeline.toml"
     text = (REPO / "conf" / "pipeline.toml").read_text()
     config.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"'))
