@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -81,3 +82,48 @@ def tiny_classifier(dest: Path, labels: list[str], hidden: int = 32) -> Path:
     BertForSequenceClassification(config).save_pretrained(dest)
     _copy_tokenizer(dest)
     return dest
+
+
+# ----- a generic pyfunc model: a team's own torch module, logged the MLflow way -----
+
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_models" / "char_trigram_model.py"
+
+
+def char_trigram_signature():
+    """The signature the char-trigram model is logged with: a `text` string
+    in; predicted (string), probability (double), scores (array of double),
+    chars (long) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    outputs = [ColSpec("string", "predicted"), ColSpec("double", "probability"),
+               ColSpec(Array("double"), "scores"), ColSpec("long", "chars")]  # fmt: skip
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
+
+
+def log_char_trigram(store, name: str, labels: list[str], dest: Path, signature, fail: bool = False) -> str:
+    """Log the char-trigram torch model (random weights, saved in dest) with
+    mlflow.pyfunc.log_model from code into store (a udfs.models.Store),
+    registered by MLflow itself as version 1 of name: its model URI.
+    signature: the one to log (None: none); fail: its predict raises."""
+    import mlflow
+    import torch
+
+    from tests.pyfunc_models.char_trigram_model import make_module
+
+    torch.manual_seed(0)
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = dest / "weights.pt"
+    torch.save(make_module(len(labels)).state_dict(), weights)
+    with mlflow.start_run(experiment_id=store.experiment_id()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # mlflow's advice on type hints and input examples
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"weights": str(weights)},
+            model_config={"labels": list(labels), "fail": fail},
+            signature=signature,
+            registered_model_name=name,
+            pip_requirements=[],
+        )
+    return f"models:/{name}/{info.registered_model_version}"

@@ -17,6 +17,10 @@ mlflow.tracking_uri, else an embedded store that needs no server: SQLite
 at <home>/<registry_dir>/mlflow.db with artifacts under
 <home>/<registry_dir>/artifacts.
 
+Any other MLflow pyfunc model (one `mlflow.pyfunc.log_model` logged, not
+train or register) is the generic `pyfunc` kind (udfs/pyfunc_kind.py):
+score runs its own predict, its columns from its signature.
+
 The drivers resolve a URI and download the head's files here; executors
 and mrjob tasks receive only those files (or the arrays), never MLflow.
 """
@@ -48,7 +52,9 @@ KIND_META_FILE = "aibatch.json"  # their meta (kind, labels, weights version), b
 KIND_METADATA_KEY = "aibatch_kind"  # the kind, in the MLmodel file's metadata too
 HEAD_KIND = "head"
 TRANSFORMER_KINDS = ("classifier", "embedder")
-KINDS = (HEAD_KIND, *TRANSFORMER_KINDS)
+PYFUNC_KIND = "pyfunc"  # any other MLflow pyfunc model (udfs/pyfunc_kind.py)
+PYFUNC_ARTIFACT = "pyfunc"  # where download_to keeps such a model's files
+KINDS = (HEAD_KIND, *TRANSFORMER_KINDS, PYFUNC_KIND)
 MODEL_PATH = "model"  # the model's path inside its run
 EXPERIMENT = "aibatch"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -182,7 +188,123 @@ def load_transformer_dir(
     )
 
 
-LoadedModel = HeadVersion | TransformerVersion
+@dataclasses.dataclass(frozen=True)
+class PyfuncVersion:
+    """A model of the generic pyfunc kind: an MLflow model directory (its
+    MLmodel at the root, with aibatch.json written beside it by download_to)
+    and where it came from."""
+
+    name: str
+    version: int | None
+    model_dir: Path
+    meta: Mapping  # kind, loader module, input column, outputs, weights version
+    uri: str = ""
+    run_id: str = ""
+    kind: str = PYFUNC_KIND
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if self.version is not None else self.name
+
+    @property
+    def weights_version(self) -> str:
+        """The first 12 hex digits of the SHA-256 over the model's files."""
+        return str(self.meta["weights_version"])
+
+    @property
+    def loader(self) -> str:
+        """What runs it: the pyfunc flavor's loader module (mlflow.pyfunc.model, mlflow.sklearn, ...)."""
+        return str(self.meta.get("loader") or "mlflow.pyfunc")
+
+    @property
+    def input_column(self) -> str:
+        return str(self.meta["input_column"])
+
+    @property
+    def outputs(self) -> tuple[tuple[str, str], ...]:
+        return tuple((str(name), str(kind)) for name, kind in self.meta["outputs"])
+
+
+def _mlmodel(model_dir: Path) -> Any:
+    """The MLmodel of an MLflow model directory (mlflow.models.Model), or None."""
+    if not (model_dir / "MLmodel").is_file():
+        return None
+    from mlflow.models import Model
+
+    return Model.load(str(model_dir / "MLmodel"))
+
+
+def _is_ours(flavors: Mapping, metadata: Mapping | None) -> bool:
+    """Whether an MLmodel's flavors and metadata are those train or register
+    write: the kind in the metadata (register), or one artifact alone, the
+    directory artifacts/head (train) or artifacts/transformer; so a damaged
+    model of ours is reported as such, not scored as someone else's."""
+    if (metadata or {}).get(KIND_METADATA_KEY):
+        return True
+    artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+    return any(
+        set(artifacts) == {name} and str((artifacts[name] or {}).get("path", "")) == f"artifacts/{name}"
+        for name in (HEAD_ARTIFACT, TRANSFORMER_ARTIFACT)
+    )
+
+
+def dir_digest(d: Path, skip: tuple[str, ...] = (KIND_META_FILE,)) -> str:
+    """The first 12 hex digits of the SHA-256 over every file in d (relative
+    paths and contents, sorted; skip: names at d's top left out; so is
+    __pycache__, which loading a model's code may write)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in d.rglob("*") if p.is_file()):
+        rel = path.relative_to(d).as_posix()
+        if rel in skip or "__pycache__" in path.relative_to(d).parts:
+            continue
+        digest.update(rel.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def pyfunc_meta(model_dir: Path, ref: str) -> dict:
+    """What score records of a generic pyfunc model (aibatch.json): the kind,
+    its loader module, the input column and output columns its signature
+    gives (udfs.pyfunc_kind's rule), the digest of its files. ModelError
+    naming ref where its signature cannot be written."""
+    from .pyfunc_kind import signature_columns
+
+    mlmodel = _mlmodel(model_dir)
+    if mlmodel is None or "python_function" not in mlmodel.flavors:
+        raise ModelError(f"{ref}: {model_dir} holds no MLflow pyfunc model (no MLmodel with a python_function flavor)")
+    input_column, outputs = signature_columns(mlmodel.signature, ref)
+    return {
+        "kind": PYFUNC_KIND,
+        "loader": mlmodel.flavors["python_function"].get("loader_module", ""),
+        "input_column": input_column,
+        "outputs": [list(o) for o in outputs],
+        "weights_version": dir_digest(model_dir),
+    }
+
+
+def load_pyfunc_dir(
+    d: Path, name: str = "", version: int | None = None, uri: str = "", run_id: str = ""
+) -> PyfuncVersion:
+    """A generic pyfunc model from its files (a download, or a copy shipped
+    to a task), its files checked against the digest recorded by download_to."""
+    meta = json.loads((d / KIND_META_FILE).read_text())
+    found = dir_digest(d)
+    if found != meta.get("weights_version"):
+        raise ModelError(f"{uri or d}: files digest {found} != recorded {meta.get('weights_version')}")
+    version = version if version is not None else meta.get("version")
+    return PyfuncVersion(
+        name or meta.get("name") or d.name,
+        version,
+        d,
+        meta,
+        uri or meta.get("model_uri") or str(d),
+        run_id or meta.get("run_id", ""),
+    )
+
+
+LoadedModel = HeadVersion | TransformerVersion | PyfuncVersion
 
 
 def weights_digest(path: Path) -> str:
@@ -227,12 +349,24 @@ def find_head_dir(model_dir: Path) -> Path:
 
 def find_model_files(model_dir: Path) -> tuple[str, Path]:
     """(kind, the directory of its files) inside a downloaded model or a
-    local dir: a head (head.safetensors + meta.json) or a classifier or
-    embedder (aibatch.json beside the Hugging Face files)."""
+    local dir: a head (head.safetensors + meta.json), a classifier or
+    embedder (aibatch.json beside the Hugging Face files), or any other
+    MLflow pyfunc model (the model directory itself)."""
     for d in (model_dir / "artifacts" / TRANSFORMER_ARTIFACT, model_dir):
         if (d / KIND_META_FILE).is_file():
             return str(json.loads((d / KIND_META_FILE).read_text()).get("kind")), d
-    return HEAD_KIND, find_head_dir(model_dir)
+    try:
+        return HEAD_KIND, find_head_dir(model_dir)
+    except ModelError:
+        mlmodel = _mlmodel(model_dir)
+        if mlmodel is None or _is_ours(mlmodel.flavors, mlmodel.metadata):
+            raise  # not a model, or one of ours with its files missing
+        if "python_function" not in mlmodel.flavors:
+            raise ModelError(
+                f"{model_dir}: an MLflow model without a python_function flavor "
+                f"(flavors: {', '.join(sorted(mlmodel.flavors))}): score runs pyfunc models"
+            ) from None
+        return PYFUNC_KIND, model_dir
 
 
 def load_head_dir(d: Path, name: str = "", version: int | None = None, uri: str = "", run_id: str = "") -> HeadVersion:
@@ -510,7 +644,8 @@ def fetch(store: Store | None, ref: str, dest: Path) -> tuple[Path, str, int | N
     uri = normalize_uri(ref)
     if is_local(uri):
         kind, d = find_model_files(Path(uri).expanduser().resolve())
-        meta = json.loads((d / (META_FILE if kind == HEAD_KIND else KIND_META_FILE)).read_text())
+        meta_file = d / (META_FILE if kind == HEAD_KIND else KIND_META_FILE)
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}  # (a pyfunc of someone else's)
         return d, meta.get("name", d.name), meta.get("version"), meta.get("run_id", ""), str(Path(uri).resolve())
     if store is None:
         raise ModelError(f"model {ref!r}: no MLflow store to look it up in")
@@ -533,21 +668,58 @@ def load(store: Store | None, ref: str) -> HeadVersion:
 
 def download_to(store: Store | None, ref: str, dest: Path) -> LoadedModel:
     """The model ref names, its files kept in dest (dest/head for a head,
-    dest/transformer for a classifier or embedder), loaded and checked:
-    for the mrjob twin, which ships that directory to its tasks, and the
-    Spark job, which ships it as an archive."""
+    dest/transformer for a classifier or embedder, dest/pyfunc for another
+    pyfunc model, its signature checked), loaded and checked: for the mrjob
+    twin, which ships that directory to its tasks, and the Spark job, which
+    ships it as an archive."""
     d, name, version, run_id, uri = fetch(store, ref, dest / "download")
     kind, d = find_model_files(d)
     if kind not in KINDS:
         raise ModelError(f"model {ref!r}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
-    target = dest / (HEAD_ARTIFACT if kind == HEAD_KIND else TRANSFORMER_ARTIFACT)
+    target = dest / {HEAD_KIND: HEAD_ARTIFACT, PYFUNC_KIND: PYFUNC_ARTIFACT}.get(kind, TRANSFORMER_ARTIFACT)
     if d != target:
         shutil.copytree(d, target, dirs_exist_ok=True)
     # name, version and URI travel with the files: the task knows no MLflow
     meta_file = target / (META_FILE if kind == HEAD_KIND else KIND_META_FILE)
-    meta = json.loads(meta_file.read_text())
+    if kind == PYFUNC_KIND:
+        label = f"{name}@{version}" if version is not None else uri
+        meta = pyfunc_meta(target, label)  # (recomputed: a local copy's aibatch.json is not trusted)
+    else:
+        meta = json.loads(meta_file.read_text())
     meta.update(name=name, version=version, run_id=run_id, model_uri=uri)
     meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if kind == HEAD_KIND:
         return load_head_dir(target, name, version, uri, run_id)
+    if kind == PYFUNC_KIND:
+        return load_pyfunc_dir(target, name, version, uri, run_id)
     return load_transformer_dir(target, name, version, uri, run_id)
+
+
+def preflight(store: Store | None, ref: str) -> str:
+    """What can be known of ref from its MLmodel file alone, without
+    downloading its weights: it names a model (ModelError naming what the
+    registry holds) and, where it is a generic pyfunc, its signature can be
+    written (udfs.pyfunc_kind). Its kind where known (a local dir's, or
+    pyfunc), else "". For the mrjob launcher, before Hadoop."""
+    uri = normalize_uri(ref)
+    if is_local(uri):
+        kind, d = find_model_files(Path(uri).expanduser().resolve())
+        if kind == PYFUNC_KIND:
+            pyfunc_meta(d, str(d))
+        return kind
+    if store is None:
+        raise ModelError(f"model {ref!r}: no MLflow store to look it up in")
+    store.check()
+    source, name, version, _ = store.locate(uri)
+    from mlflow.models import get_model_info
+
+    try:
+        info = get_model_info(source)
+    except Exception as exc:
+        raise ModelError(f"model {ref!r}: its MLmodel cannot be read: {str(exc).splitlines()[0][:300]}") from None
+    if "python_function" in info.flavors and not _is_ours(info.flavors, info.metadata):
+        from .pyfunc_kind import signature_columns
+
+        signature_columns(info.signature, f"{name}@{version}" if version is not None else uri)
+        return PYFUNC_KIND
+    return ""

@@ -27,6 +27,7 @@ from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, St
 
 from . import partitioning as P
 from .predict import ScoreSettings, embed_texts, output_fields, score_texts, set_threads
+from .pyfunc_kind import PyfuncSettings, predict_frame
 from .records import in_sample, split_of
 from .worker_env import log_once
 
@@ -49,9 +50,26 @@ def score_udf(settings: ScoreSettings, with_embedding: bool = False, shipped: st
     return score
 
 
+def pyfunc_udf(settings: PyfuncSettings, shipped: str = "") -> Callable[..., Column]:
+    """Iterator pandas UDF: (id, text) -> struct of the pyfunc model's
+    output columns (its signature: udfs.pyfunc_kind), its predict called
+    once per Arrow batch, the model loaded once per Python worker from the
+    shipped archive (ship_model_dir). The ids name the batch in an error."""
+    fields = ", ".join(f"`{name}` {kind}" for name, kind in settings.outputs)  # (quoted: a name may be a keyword)
+
+    @pandas_udf(fields)
+    def predict(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        log_once()
+        here = dataclasses.replace(settings, model_dir=shipped_dir(shipped)) if shipped else settings
+        for ids, texts in batches:
+            yield predict_frame(ids.tolist(), texts.tolist(), here)
+
+    return predict
+
+
 def ship_model_dir(spark: SparkSession, model_dir: str | Path) -> str:
-    """Ship a model directory to the executors (a classifier's or an
-    embedder's files, downloaded on the driver) as an uncompressed tar
+    """Ship a model directory to the executors (a classifier's, an
+    embedder's or a pyfunc model's files, downloaded on the driver) as an uncompressed tar
     archive Spark unpacks there; the archive's name, for shipped_dir."""
     src = Path(model_dir)
     archive = Path(tempfile.mkdtemp(prefix="aibatch-ship-")) / f"model-{uuid.uuid4().hex[:12]}.tar"

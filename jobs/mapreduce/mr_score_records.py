@@ -1,16 +1,19 @@
-"""mrjob twin of the Spark score job: the encoder + a trained head applied
-in the mapper, in length-sorted batches, one torch thread per task.
+"""mrjob twin of the Spark score job: a model of any kind (docs/models.md)
+applied in the mapper, in length-sorted batches for the transformer kinds,
+one torch thread per task.
 
 The model travels to the tasks the mrjob way, as directories uploaded with
 the job (mrjob's `dirs`): the encoder as `./encoder` and the head's files
 (downloaded from MLflow on the driver: udfs.models) as `./head` in each
-task's working directory. The mapper loads only
+task's working directory; a classifier's, an embedder's or a generic pyfunc
+model's own directory as `./model`. The mapper loads only
 those shipped copies, so the job runs the same on a multi-node cluster.
 
 Two steps, so the work follows the map slots, not the input's HDFS blocks:
 (1) a cheap pass tokenises each row and deals it to one of
 score.partitions_per_core x map slots buckets by estimated cost
-(udfs.partitioning, as the Spark job does), one reducer per bucket (keys
+(udfs.partitioning, as the Spark job does; a pyfunc model, which has no
+tokenizer, by row count), one reducer per bucket (keys
 chosen so Hadoop's HashPartitioner gives each bucket its own reducer);
 (2) the scoring mappers, one per bucket file. Map slots: --map-slots, else
 the local runner's num_cores, else this machine's cores.
@@ -37,6 +40,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from mrjob.compat import jobconf_from_env
 from mrjob.protocol import JSONValueProtocol, RawValueProtocol
 from mrjob.step import MRStep
@@ -49,7 +53,7 @@ from udfs.partitioning import task_count
 GROUP = "score"
 ENCODER_NAME = "encoder"
 HEAD_NAME = "head"
-MODEL_NAME = "model"  # a classifier's or embedder's directory (it replaces ./encoder and ./head)
+MODEL_NAME = "model"  # a classifier's, embedder's or pyfunc model's directory (it replaces ./encoder and ./head)
 ONNX_NAME = "onnx"
 
 
@@ -100,9 +104,10 @@ class MRScoreRecords(ConfiguredJob):
             tmp = Path(tempfile.mkdtemp(prefix="aibatch-head-"))
             atexit.register(shutil.rmtree, tmp, True)  # uploaded with the job by then
             model = models.download_to(store, ref, tmp)
-            if isinstance(model, models.TransformerVersion):
-                # a classifier or embedder: its own directory is all the tasks need
-                plan_scoring(cfg, model, "check")  # columns it cannot write fail here, before Hadoop
+            if isinstance(model, models.TransformerVersion | models.PyfuncVersion):
+                # a classifier, embedder or pyfunc model: its own directory is all the tasks need
+                # columns it cannot write, settings it cannot use fail here, before Hadoop
+                plan_scoring(cfg, model, "check", precision=self.options.precision)
                 self._model_dir = model.model_dir
                 self._head_dir = model.model_dir
             else:
@@ -149,8 +154,12 @@ class MRScoreRecords(ConfiguredJob):
         task = int(jobconf_from_env("mapreduce.task.partition", "0") or 0)
         self.dealer = GreedyBuckets(n, start=task)
         # the transformer whose tokenizer and shape give the cost: the
-        # encoder, or a classifier's or embedder's own directory
+        # encoder, or a classifier's or embedder's own directory; a pyfunc
+        # model has none, so its rows count one each
+        from udfs.models import PYFUNC_KIND, find_model_files
+
         own = Path(MODEL_NAME)
+        self.by_count = own.is_dir() and find_model_files(own.resolve())[0] == PYFUNC_KIND
         self.encoder_dir = own.resolve() if own.is_dir() else self._shipped(Path(ENCODER_NAME), "encoder")
         self.max_length = self.pipeline_config().encoder.max_length
         self.pending = []
@@ -170,8 +179,11 @@ class MRScoreRecords(ConfiguredJob):
         if not rows:
             return
         texts = [None if is_reject_row(r) else r.get("text") for r in rows]
-        costs = text_costs(texts, str(self.encoder_dir), self.max_length)
-        self.increment_counter(GROUP, "cost_mflop", int(costs.sum()))
+        if self.by_count:
+            costs = np.ones(len(rows), dtype=np.int64)
+        else:
+            costs = text_costs(texts, str(self.encoder_dir), self.max_length)
+            self.increment_counter(GROUP, "cost_mflop", int(costs.sum()))
         for row, bucket in zip(rows, self.dealer.assign(costs), strict=True):
             yield self.keys[bucket], row
 
@@ -189,12 +201,15 @@ class MRScoreRecords(ConfiguredJob):
         return path.resolve()
 
     def mapper_init_model(self):
-        from udfs.models import load_head_dir, load_transformer_dir
+        from udfs.models import PYFUNC_KIND, find_model_files, load_head_dir, load_pyfunc_dir, load_transformer_dir
         from udfs.predict import load_for, set_threads
+        from udfs.pyfunc_kind import load_model
         from udfs.scoring import plan_scoring
 
-        if Path(MODEL_NAME).is_dir():  # a classifier or an embedder (dirs() shipped it alone)
-            model = load_transformer_dir(Path(MODEL_NAME).resolve())
+        if Path(MODEL_NAME).is_dir():  # a classifier, an embedder or a pyfunc model (dirs() shipped it alone)
+            own = Path(MODEL_NAME).resolve()
+            kind = find_model_files(own)[0]
+            model = load_pyfunc_dir(own) if kind == PYFUNC_KIND else load_transformer_dir(own)
             encoder_dir = None
         else:
             encoder_dir = self._shipped(Path(ENCODER_NAME), "encoder")
@@ -215,8 +230,12 @@ class MRScoreRecords(ConfiguredJob):
             scored_at=dt.datetime.now(dt.UTC),
         )
         self.settings, self.lineage, self.fields = plan.settings, plan.lineage, [name for name, _ in plan.fields]
+        self.pyfunc = plan.pyfunc
         self.with_embedding = self.pipeline_config().score.with_embedding
-        load_for(self.settings)  # once per task, before the first row
+        if self.pyfunc is not None:
+            load_model(self.pyfunc.model_dir)  # once per task, before the first row
+        else:
+            load_for(self.settings)
         self.buffer = []
 
     def mapper_buffer_rows(self, _, row):
@@ -232,12 +251,18 @@ class MRScoreRecords(ConfiguredJob):
 
     def _flush(self):
         from udfs.predict import score_texts
+        from udfs.pyfunc_kind import predict_frame
 
         if not self.buffer:
             return
         rows, self.buffer = self.buffer, []
-        scored = score_texts([r.get("text") for r in rows], self.settings, self.with_embedding)
-        self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
+        texts = [r.get("text") for r in rows]
+        if self.pyfunc is not None:  # its own predict, once per buffer of rows
+            scored = predict_frame([r.get("id") for r in rows], texts, self.pyfunc)
+            self.increment_counter(GROUP, "batches")
+        else:
+            scored = score_texts(texts, self.settings, self.with_embedding)
+            self.increment_counter(GROUP, "batches", -(-len(rows) // self.settings.batch_size))
         columns = [scored[name].tolist() for name in self.fields]  # the columns the model's kind writes
         for row, *values in zip(rows, *columns, strict=True):
             self.increment_counter(GROUP, "rows")

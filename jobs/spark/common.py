@@ -295,7 +295,10 @@ def one_line(exc: BaseException) -> str:
     notes (jobs.commit adds what became of the outputs)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
-    if text.startswith("An error occurred while calling"):
+    worker = python_worker_error(str(exc))
+    if worker:
+        text = worker
+    elif text.startswith("An error occurred while calling"):
         java = [line.removeprefix(": ") for line in lines[1:2] if line.startswith(": ")]
         causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
         text = (causes or java or [text])[-1]
@@ -303,6 +306,20 @@ def one_line(exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {text}"
     notes = getattr(exc, "__notes__", None) or []
     return "; ".join([text[:500], *notes])
+
+
+def python_worker_error(message: str) -> str:
+    """The exception line ending the last Python traceback in message (an
+    error raised in a Python worker, which Spark hands back with the
+    worker's traceback, often inside the JVM's), else ""."""
+    raw = message.splitlines()
+    starts = [i for i, line in enumerate(raw) if line.rstrip().endswith("Traceback (most recent call last):")]
+    if not starts:
+        return ""
+    for line in raw[starts[-1] + 1 :]:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    return ""
 
 
 def new_run_id() -> str:

@@ -1,10 +1,11 @@
 """Score records with a model of any kind (encoder + trained head, a
-pretrained classifier, an embedder: docs/models.md) through an iterator
-pandas UDF (model loaded once per Python worker, batches sorted by length),
+pretrained classifier, an embedder, any other MLflow pyfunc model:
+docs/models.md) through an iterator pandas UDF (model loaded once per
+Python worker, batches sorted by length for the transformer kinds),
 keeping every input column and id, adding the predicted label, its
 probability, every class's probability (a map), optionally the embedding
-(an embedder: the embedding alone), and lineage (encoder and version, head
-and version, run id, time).
+(an embedder: the embedding alone; a pyfunc model: its signature's output
+columns), and lineage (encoder and version, head and version, run id, time).
 
 Run with:
     ./submit.sh score --input hdfs://127.0.0.1:19820/user/$USER/aibatch/records \
@@ -29,11 +30,11 @@ from udfs import lineage as L
 from udfs import model as M
 from udfs import models
 from udfs.config import PipelineConfig
-from udfs.models import LoadedModel
+from udfs.models import PYFUNC_KIND, LoadedModel, ModelError
 from udfs.partitioning import task_count
 from udfs.predict import output_fields
 from udfs.scoring import plan_scoring
-from udfs.spark import balance_by_cost, in_sample_udf, score_udf, ship_model_dir, task_slots
+from udfs.spark import balance_by_cost, in_sample_udf, pyfunc_udf, score_udf, ship_model_dir, task_slots
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,25 @@ LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 
 
 def score_frame(
-    records: DataFrame, scorer, lineage: dict, with_embedding: bool = False, kind: str = "head"
+    records: DataFrame,
+    scorer,
+    lineage: dict,
+    with_embedding: bool = False,
+    kind: str = "head",
+    fields: tuple[tuple[str, str], ...] = (),
 ) -> DataFrame:
     """records' columns + what the model's kind writes (predicted,
-    probability, probabilities[, embedding], or an embedder's embedding) + lineage."""
-    scored = records.withColumn("_score", scorer(F.col("text")))
-    extra: list[Column] = [F.col(f"_score.{name}").alias(name) for name, _ in output_fields(kind, with_embedding)]
+    probability, probabilities[, embedding], or an embedder's embedding;
+    fields: a pyfunc model's columns, its scorer taking id and text) + lineage."""
+    if kind == PYFUNC_KIND:
+        clash = sorted({name for name, _ in fields} & set(records.columns))
+        if clash:
+            raise ModelError(f"{lineage['head']} writes {clash}, which the input records hold already")
+        scored = records.withColumn("_score", scorer(F.col("id"), F.col("text")))
+    else:
+        scored = records.withColumn("_score", scorer(F.col("text")))
+        fields = tuple(output_fields(kind, with_embedding))
+    extra: list[Column] = [F.col(f"_score.{name}").alias(name) for name, _ in fields]
     extra += [F.lit(lineage[c]).alias(c) for c in LINEAGE_COLUMNS]
     return scored.select(*[F.col(c) for c in records.columns], *extra)
 
@@ -63,7 +77,8 @@ def resolve_model(cfg: PipelineConfig, args) -> dict:
     dest = Path(tempfile.mkdtemp(prefix="aibatch-model-"))
     atexit.register(shutil.rmtree, dest, True)
     model = models.download_to(store, ref, dest)
-    plan_scoring(cfg, model, "check")  # a kind that cannot write these columns fails here, not in Spark
+    # a kind that cannot write these columns or use these settings fails here, not in Spark
+    plan_scoring(cfg, model, "check", precision=getattr(args, "precision", None))
     return {"head": model}
 
 
@@ -79,9 +94,16 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | Non
     # Parallelism follows the cluster, not the input's files: partitions_per_core
     # tasks per task slot, rows dealt to them by estimated cost (token count).
     partitions = task_count(task_slots(spark), cfg.score.partitions_per_core)
-    records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length, shipped=shipped)
     with_embedding = cfg.score.with_embedding
-    scored = score_frame(records, score_udf(settings, with_embedding, shipped), lineage, with_embedding, plan.kind)
+    if plan.pyfunc is not None:
+        # its own predict: no tokenizer to estimate costs with, so the rows
+        # are spread by a hash of their id (parallelism, not cost balance)
+        records = records.repartition(partitions, "id")
+        scorer = pyfunc_udf(plan.pyfunc, shipped)
+    else:
+        records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length, shipped=shipped)
+        scorer = score_udf(settings, with_embedding, shipped)
+    scored = score_frame(records, scorer, lineage, with_embedding, plan.kind, plan.fields)
     started = time.perf_counter()
     with common.committed_outputs(
         spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
@@ -92,7 +114,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | Non
         rows = out.count()
         by_label: dict = {}
         n_lab = correct = 0
-        if "predicted" in out.columns:  # an embedder predicts no label
+        if dict(out.dtypes).get("predicted") == "string":  # an embedder predicts no label, a regressor a number
             by_label = {r["predicted"]: r["count"] for r in out.groupBy("predicted").count().collect()}
             labelled = out.where(F.col("label").isNotNull() & F.col("predicted").isNotNull())
             n_lab = labelled.count()
@@ -107,6 +129,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | Non
         "agreement": (correct / n_lab) if n_lab else None,
         "model": head.ref,
         "kind": plan.kind,
+        "columns": [name for name, _ in plan.fields],
         "precision": precision,
         "output": args.output,
         **{k: str(v) for k, v in lineage.items()},
@@ -144,6 +167,8 @@ def report(out: dict) -> None:
     )
     if out.get("kind") == "embedder":
         print("  wrote embedding (array<float>) for every row with text")
+    elif not out["by_label"]:
+        print(f"  wrote {', '.join(out.get('columns') or [])} for every row with text")
     else:
         print(f"  predicted: {dict(sorted((str(k), v) for k, v in out['by_label'].items()))}")
     if out["agreement"] is not None:
