@@ -134,9 +134,17 @@ class UsageWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def read(self) -> dict:
-        reply = httpx.get(f"{self.base}/v1/admin/usage", headers={"x-api-key": self.admin_key}, timeout=10)
-        return reply.json()["keys"][self.name]
+    def read(self, attempts: int = 6) -> dict:
+        # A gateway busy answering thousands of calls on a loaded machine can
+        # miss one admin poll's timeout: ask again rather than end the run.
+        for attempt in range(attempts):
+            try:
+                reply = httpx.get(f"{self.base}/v1/admin/usage", headers={"x-api-key": self.admin_key}, timeout=10)
+                return reply.json()["keys"][self.name]
+            except httpx.TimeoutException:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _run(self) -> None:
         while not self._stop.is_set():
