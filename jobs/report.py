@@ -1,14 +1,17 @@
 """A run's report: one self-contained HTML page (plotly.js inline, so it opens
-with no network) that every Spark job writes beside its first output as
-`_report.html`, and that the service serves at /runs/{id} (live while the
-run goes on). Plain Python over the report's data, a JSON-able dict; no
-pyspark, so the service renders the same page from the same data:
+with no network) that every Spark job and every mrjob twin (run through
+jobs/mapreduce/launch.py) writes beside its first output as `_report.html`,
+and that the service serves at /runs/{id} (live while the run goes on).
+Plain Python over the report's data, a JSON-able dict (report_data builds
+it); no pyspark, so the service renders the same page from the same data:
 
     {"job", "run_id", "state", "started_at" (epoch s), "seconds", "inputs", "outputs",
      "summary" (what the job printed, or None), "error", "settings" (--set),
      "timeline": the job's `running` events (elapsed_s, stages: id, name, tasks, tasks_done),
      "spark": {"app_id", "stages": [{"id", "name", "tasks", "start", "seconds", "records"}],
-               "slowest_tasks": [{"stage", "index", "seconds", "executor", "records", "status"}], "note"}}
+               "slowest_tasks": [{"stage", "index", "seconds", "executor", "records", "status"}], "note"},
+     "mrjob" (a twin's run only): {"runner", "steps": [{"step", "seconds"}],
+                                   "counters": {group: {name: n}} (summed over the steps)}}
 
 What the page shows: rows in = out + rejects by reason, the label
 distribution, tasks done over time per stage and each finished stage's span
@@ -21,14 +24,69 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 REPORT_FILE = "_report.html"  # `_` first: Spark and Hadoop skip it when they read the dir, like _SUCCESS
 MAX_TIMELINE = 2000  # progress points kept; a longer run keeps every other one (thinned evenly)
 TEMPLATE = "plotly_white"
+
+
+def report_data(
+    *,
+    job: str,
+    run_id: str,
+    started_at: float,
+    seconds: float,
+    inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+    settings: Iterable[str],
+    summary: Any,
+    spark: Mapping[str, Any],
+    timeline: list[dict[str, Any]] | None = None,
+    mrjob: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The data of a run that succeeded (the module docstring has the keys),
+    as both engines' runners assemble it."""
+    data = {
+        "job": job,
+        "run_id": run_id,
+        "state": "succeeded",
+        "started_at": started_at,
+        "seconds": round(seconds, 3),
+        "inputs": dict(inputs),
+        "outputs": dict(outputs),
+        "settings": list(settings),
+        "summary": summary,
+        "error": None,
+        "timeline": timeline or [],
+        "spark": dict(spark),
+    }
+    if mrjob is not None:
+        data["mrjob"] = dict(mrjob)
+    return data
+
+
+def write_report(data: Mapping[str, Any], outputs: Mapping[str, str]) -> str | None:
+    """The page, as REPORT_FILE in the run's first output dir (local or
+    hdfs://, through jobs.commit.put_file: a hidden file, then one rename);
+    its path, or None where the run has no output or the write failed."""
+    if not outputs:
+        return None
+    from jobs import commit
+
+    target = next(iter(outputs.values())).rstrip("/") + "/" + REPORT_FILE
+    try:
+        commit.put_file(target, render(data).encode())
+    except Exception as exc:  # the outputs are committed: a report that cannot be written fails nothing
+        log.warning("run report: could not write %s (%s)", target, exc)
+        return None
+    return target
 
 
 def counts_of(summary: Any, prefix: str = "") -> dict[str, int]:
@@ -88,6 +146,9 @@ def flow(summary: Any) -> tuple[str, int, list[tuple[str, int]]] | None:
     if {"rows_in", "enriched", "dead_letter", "not_selected"} <= summary.keys():
         parts = [(k.replace("_", " "), int(summary[k])) for k in ("enriched", "dead_letter", "not_selected")]
         return "rows in", int(summary["rows_in"]), parts
+    if {"rows_in", "rows", "skipped_rejects"} <= summary.keys():  # the score twin: ingest's rejects come in too
+        parts = [("scored", int(summary["rows"])), ("skipped: ingest rejects", int(summary["skipped_rejects"]))]
+        return "rows in", int(summary["rows_in"]), parts
     if "rows" in summary and isinstance(summary["rows"], int) and "by_label" in summary:
         return "rows", summary["rows"], [("scored", summary["rows"])]
     return None
@@ -129,6 +190,8 @@ def lineage(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     for item in data.get("settings") or []:
         rows.append(("--set", str(item)))
     rows.append(("job run id", str(data.get("run_id"))))
+    if (data.get("mrjob") or {}).get("runner"):
+        rows.append(("mrjob runner", str(data["mrjob"]["runner"])))
     spark = data.get("spark") or {}
     if spark.get("app_id"):
         rows.append(("Spark application", str(spark["app_id"])))
@@ -227,6 +290,16 @@ def figures(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "Finished stages: when they ran, and rows per second",
             xaxis_title="seconds since the job started",
             height=max(260, 60 + 28 * len(stages)),
+            yaxis={"autorange": "reversed"},
+        )
+    steps = (data.get("mrjob") or {}).get("steps") or []
+    if steps:
+        names = [f"step {s['step']}" for s in steps]
+        out["chart-steps"] = _figure(
+            [go.Bar(y=names, x=[float(s["seconds"]) for s in steps], orientation="h", name="seconds")],
+            "mrjob steps: wall time of each",
+            xaxis_title="seconds",
+            height=max(220, 60 + 28 * len(steps)),
             yaxis={"autorange": "reversed"},
         )
     enrich = summary if isinstance(summary, dict) else {}
@@ -348,7 +421,19 @@ def render(data: Mapping[str, Any], live_script: str = "") -> str:
         sections.append('<section class="wide"><h2>Rows in and out</h2><div id="chart-flow"></div></section>')
     if "chart-labels" in figs:
         sections.append('<section><h2>Label distribution</h2><div id="chart-labels"></div></section>')
-    sections.append('<section><h2>Throughput: tasks over time</h2><div id="chart-progress"></div></section>')
+    mrjob = data.get("mrjob") or {}
+    if not mrjob:  # a twin's run has no Spark stages: its steps and counters instead
+        sections.append('<section><h2>Throughput: tasks over time</h2><div id="chart-progress"></div></section>')
+    if "chart-steps" in figs:
+        sections.append('<section><h2>mrjob steps</h2><div id="chart-steps"></div></section>')
+    counters = [
+        (group, name, n)
+        for group, named in sorted((mrjob.get("counters") or {}).items())
+        for name, n in sorted(named.items())
+    ]
+    if counters:
+        table = _table(counters, ("group", "counter", "value"), "counters")
+        sections.append(f"<section><h2>Hadoop counters</h2>{table}</section>")
     if "chart-stages" in figs:
         sections.append('<section class="wide"><h2>Stages</h2><div id="chart-stages"></div></section>')
     if "chart-latency" in figs:

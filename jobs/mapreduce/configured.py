@@ -3,10 +3,14 @@ Spark jobs do. `--config FILE` names the settings file, which mrjob ships with
 the job (each task reads its own copy); `--set KEY=VALUE` (repeatable)
 overrides a key. Both are validated into the one typed object
 (udfs.config.PipelineConfig) on the driver before any work, and again in each
-task's *_init, so no setting is re-declared here with a default of its own."""
+task's *_init, so no setting is re-declared here with a default of its own.
+
+With --report-facts FILE (the launcher sets it; the driver's only) the
+driver notes its run for the run's report there (jobs.mapreduce.twin_report)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -30,6 +34,8 @@ class ConfiguredJob(MRJob):
             metavar="KEY=VALUE",
             help="override a setting, e.g. --set encoder.max_length=128 (repeatable)",
         )
+        # Internal, the driver's only (not passed to tasks): where it notes its run for the report.
+        self.arg_parser.add_argument("--report-facts", default="", help=argparse.SUPPRESS)
 
     def load_args(self, args):
         super().load_args(args)
@@ -51,7 +57,22 @@ class ConfiguredJob(MRJob):
         # chained into a twin on -r local must not feed it Spark's .crc files.
         if self.reads_local_files():
             self.options.args = self.visible_inputs()
-        return super().make_runner()
+        self.runner = super().make_runner()
+        return self.runner
+
+    def run_job(self):
+        if not self.options.report_facts:
+            return super().run_job()
+        from jobs.mapreduce import twin_report
+
+        with twin_report.StepTimer() as timer:
+            super().run_job()
+        twin_report.write_facts(
+            self.options.report_facts,
+            self.options.runner or "inline",
+            timer.steps(),
+            twin_report.summed_counters(self.runner.counters()),
+        )
 
     def pipeline_config(self) -> PipelineConfig:
         """The validated settings (loaded once per process)."""

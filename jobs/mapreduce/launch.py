@@ -10,6 +10,9 @@ must not exist unless --overwrite is given; the job writes to a staging dir
 beside it, which replaces it (with a `_SUCCESS` marker) only when the job
 succeeded. The enrich twin's dead letters (--dead-letters, default
 OUTPUT_dead_letters) are committed with it, both in place or neither. mrjob's output goes to var/log/mr-JOB-*.log; a failure is one line.
+A run that succeeded gets its report, `_report.html` in its output, as a
+Spark job's does (jobs.mapreduce.twin_report, jobs/report.py): its counts,
+counters and steps' times; one that cannot be written is a warning.
 
 Run with:
     ./submit.sh mr ingest|score|stats|enrich -r inline|local|hadoop [--local-job-runner] [job args] INPUT... [--output-dir DIR [--overwrite]]
@@ -26,6 +29,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -283,6 +288,38 @@ def _usage_error(where: str, exc: Exception, job: str) -> int:
     return 2
 
 
+def _write_report(
+    job: str, cmd: list[str], facts_file: Path, run: str, started_at: float, started: float, inputs, outputs
+) -> None:
+    """`_report.html` in the first output of a run that succeeded; never fails it (a warning)."""
+    from jobs import report as R
+    from jobs.mapreduce import twin_report
+    from udfs.config import load_config
+
+    try:
+        extra: dict[str, str] = {"output": outputs["output"]}
+        if job == "score":
+            refs = _values(cmd, "--model")
+            extra["model"] = (
+                refs[-1] if refs else load_config(_values(cmd, "--config")[-1], _values(cmd, "--set")).score.model
+            )
+        data = twin_report.report_data(
+            job,
+            twin_report.read_facts(facts_file),
+            run_id=run,
+            started_at=started_at,
+            seconds=time.monotonic() - started,
+            inputs=inputs,
+            outputs=outputs,
+            settings=_values(cmd, "--set"),
+            runner=(_values(cmd, "-r") + _values(cmd, "--runner") or ["inline"])[-1],
+            extra=extra,
+        )
+        R.write_report(data, outputs)
+    except Exception as exc:  # the outputs are committed: a report that cannot be made fails nothing
+        print(f"warning: {job} run report: could not write it ({exc})", file=sys.stderr)
+
+
 def job_log_path(job: str) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return Path(os.environ.get("AIBATCH_JOB_LOG") or ROOT / "var" / "log" / f"mr-{job}-{stamp}-{os.getpid()}.log")
@@ -326,7 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     # A terminated launcher still ends the job's processes and its staging.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run = uuid.uuid4().hex[:12]
+    started_at, started = time.time(), time.monotonic()
     scratch, remove, label = _scratch_args(args, run)
+    facts_dir = Path(tempfile.mkdtemp(prefix="aibatch-mr-report-"))
+    facts_file = facts_dir / "facts.json"
+    if output:  # the driver notes its run for the report (jobs.mapreduce.twin_report)
+        scratch += ["--report-facts", str(facts_file)]
     cmd = cmd[:2] + scratch + cmd[2:]
     log_file = job_log_path(job)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -340,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 rc = _run_job(_with_staging(cmd, job, staging), env, log_file)
                 if rc:
                     raise JobFailed(f"exited with status {rc}: {_cause(log_file)}")
+            _write_report(job, cmd, facts_file, run, started_at, started, inputs, outputs)  # once committed
     except (JobFailed, commit.CommitError) as exc:
         notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
         print(f"error: {where} failed: {exc}{notes} (full log: {log_file})", file=sys.stderr)
@@ -347,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except commit.OutputError as exc:  # an output appeared meanwhile
         return _usage_error(where, exc, job)
     finally:
-        _clean_scratch(remove, label)
+        _clean_scratch(remove + [facts_dir], label)
     sys.stderr.write(log_file.read_text(errors="replace"))  # mrjob's own report (counters), as before
     if output:
         print(f"{where}: output committed to {', '.join(outputs.values())} (log: {log_file})", file=sys.stderr)

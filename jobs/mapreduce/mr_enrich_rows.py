@@ -45,6 +45,7 @@ from jobs.mapreduce.configured import ConfiguredJob
 from jobs.mapreduce.enrich_outputs import Split, load_retry_ids, previous_rows, split_results, write_retry_ids
 from udfs.enrich.accounting import EnrichTotals
 from udfs.enrich.driver import add_enrich_args, add_progress_arg, count_kept, dead_letters_path, read_api_key
+from udfs.enrich.driver import summary as enrich_summary
 from udfs.records import in_sample
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,18 @@ class MREnrichRows(ConfiguredJob):
     OUTPUT_PROTOCOL = RawValueProtocol
 
     def run_job(self):
-        run_enrich(self)
+        if not self.options.report_facts:
+            run_enrich(self)
+            return
+        from jobs.mapreduce import twin_report
+
+        with twin_report.StepTimer() as timer:
+            ran = run_enrich(self)
+        if ran is not None:
+            summary, got = ran
+            twin_report.write_facts(
+                self.options.report_facts, self.options.runner or "inline", timer.steps(), {GROUP: got}, summary
+            )
 
     def configure_args(self):
         super().configure_args()
@@ -226,10 +238,11 @@ def selected_total(inputs: list[str], ecfg) -> int | None:
     return int(select_mask(pd.DataFrame(rows), ecfg.select).sum()) if rows else 0
 
 
-def run_enrich(probe: MREnrichRows) -> None:
+def run_enrich(probe: MREnrichRows) -> tuple[dict, dict[str, int]] | None:
     """The driver side (mrjob calls run_job only when this is not a task): run the job into a
     hidden results dir, split it into the output and the dead letters (jobs.mapreduce.enrich_outputs),
-    print the totals (or the dry run's estimate)."""
+    print the totals (or the dry run's estimate). Returns the run's summary (as the Spark job's)
+    and its `enrich` counters; None for a dry run or --cancel."""
     from udfs.enrich.accounting import PriceTable
     from udfs.enrich.driver import job_id_for
     from udfs.enrich.runner import open_store
@@ -263,7 +276,7 @@ def run_enrich(probe: MREnrichRows) -> None:
             done = batch_phase(probe, resolved, store, prices, staged_argv, output or "-".join(opts.args))
             if done is None:  # --cancel
                 store.close()
-                return
+                return None
             batch_lines = done
         if opts.dry_run or not output:
             got, split = run_counted(without_output_dir(staged_argv), store, job_id, total, show), None
@@ -273,12 +286,13 @@ def run_enrich(probe: MREnrichRows) -> None:
     if opts.dry_run:
         kept = sum(1 for _ in previous_rows(output)) if opts.retry_dead_letters else 0
         print_dry_run(got, kept + failed if opts.retry_dead_letters else got.get("selected", 0), ecfg, prices)
-        return
+        return None
     totals = totals_of(got, split, failed if opts.retry_dead_letters else None)
-    totals.check()
-    print("\n".join(totals.report(prices) + batch_lines))
+    out = enrich_summary(totals, prices, output, dead_letters)  # the totals checked
+    print("\n".join(out["lines"] + batch_lines))
     if output:
         print(f"enriched: {output}\ndead letters: {dead_letters}")
+    return out, got
 
 
 def run_counted(argv: list[str], store, job_id: str, total: int | None, show: bool) -> dict[str, int]:

@@ -213,7 +213,9 @@ def run_cli(
         spark.stop()
     events.close("finished", summary=summary)
     data = report_data(app, events, args, summary, facts)
-    run_report.write_report(data, outputs_of(args))
+    from jobs import report as R
+
+    R.write_report(data, outputs_of(args))
     write_result({"state": "succeeded", "exit_status": 0, "summary": summary, "report": data})
     report(summary)
     return 0
@@ -223,20 +225,18 @@ def report_data(app: str, events, args: argparse.Namespace, summary: dict, facts
     """What jobs/report.py draws of a run that succeeded (its module docstring has the keys)."""
     from jobs import report as R
 
-    return {
-        "job": app,
-        "run_id": events.run_id,
-        "state": "succeeded",
-        "started_at": events.started_at,
-        "seconds": round(time.monotonic() - events.started, 3),
-        "inputs": {d: getattr(args, d) for d in getattr(args, "input_dests", ()) if getattr(args, d, None)},
-        "outputs": outputs_of(args),
-        "settings": list(getattr(args, "overrides", [])),
-        "summary": summary,
-        "error": None,
-        "timeline": R.progress_points(events.history),
-        "spark": facts,
-    }
+    return R.report_data(
+        job=app,
+        run_id=events.run_id,
+        started_at=events.started_at,
+        seconds=time.monotonic() - events.started,
+        inputs={d: getattr(args, d) for d in getattr(args, "input_dests", ()) if getattr(args, d, None)},
+        outputs=outputs_of(args),
+        settings=getattr(args, "overrides", []),
+        summary=summary,
+        timeline=R.progress_points(events.history),
+        spark=facts,
+    )
 
 
 def spark_progress(spark: SparkSession) -> dict:

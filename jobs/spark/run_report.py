@@ -1,12 +1,13 @@
 """The Spark side of a run's report (jobs/report.py renders it): what the
 session did, read from Spark's monitoring REST API on the driver's own UI
 (its public, documented interface for stage and task metrics; the status
-tracker has no task times or record counts), and the page written into the
-run's first output once the outputs are committed (jobs.commit.put_file).
+tracker has no task times or record counts); jobs/report.py assembles the
+data, renders the page and writes it into the run's first output.
 
-run_cli calls spark_facts before it stops the session, and write_report
-after the job returned; neither can fail a run that succeeded: what could
-not be read or written is said in the report, or logged as a warning."""
+run_cli calls spark_facts before it stops the session, and
+jobs.report.write_report after the job returned; neither can fail a run
+that succeeded: what could not be read or written is said in the report, or
+logged as a warning."""
 
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyspark.sql import SparkSession
-
-from jobs import commit
-from jobs import report as R
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +145,3 @@ def _facts(spark: SparkSession, settle_s: float) -> dict[str, Any]:
     facts["stages"] = stages
     facts["slowest_tasks"] = sorted(tasks, key=lambda t: -t["seconds"])[:SLOWEST]
     return facts
-
-
-def write_report(data: Mapping[str, Any], outputs: Mapping[str, str]) -> str | None:
-    """The page, as REPORT_FILE in the run's first output dir (local or
-    hdfs://); its path, or None where the run has no output or the write failed."""
-    if not outputs:
-        return None
-    target = next(iter(outputs.values())).rstrip("/") + "/" + R.REPORT_FILE
-    try:
-        commit.put_file(target, R.render(data).encode())
-    except Exception as exc:  # the outputs are committed: a report that cannot be written fails nothing
-        log.warning("run report: could not write %s (%s)", target, exc)
-        return None
-    return target
