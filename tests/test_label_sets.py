@@ -9,6 +9,9 @@ refusals (one class, a class below train.min_class_rows)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -155,6 +158,33 @@ def test_mrjob_twins_give_the_spark_answers(name, runner, chains, config, tmp_pa
         assert sorted(m["probabilities"]) == sorted(s["probabilities"])
         assert all(abs(m["probabilities"][k] - v) <= 1e-5 for k, v in s["probabilities"].items())
     assert mr["stats"] == spark["stats"]
+
+
+def test_the_five_class_head_scores_alike_on_hadoop(chains, config, hdfs, webhdfs):
+    # -r hadoop once (real Hadoop Streaming, the records and the scores on
+    # the session's HDFS): the twin's labels and every class's probability
+    # equal the Spark job's.
+    spark = chains["five"]
+    base = f"/user/{hdfs.user}/labelsets-{uuid.uuid4().hex[:8]}"
+    webhdfs.write(f"{base}/records.jsonl", data="".join(json.dumps(r) + "\n" for r in spark["records"]))
+    out = f"{hdfs.hdfs_url}{base}/scored"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.mapreduce.launch", "score", "-r", "hadoop", "--config", str(config),
+         "--set", "score.partitions_per_core=1", "--model", spark["model"], f"{hdfs.hdfs_url}{base}/records.jsonl",
+         "--output-dir", out],
+        cwd=ROOT, env=hdfs.env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    scored = []
+    for part in sorted(p for p in webhdfs.list(f"{base}/scored") if p.startswith("part-")):
+        with webhdfs.read(f"{base}/scored/{part}") as reader:
+            scored += [json.loads(line) for line in reader.read().splitlines() if line.strip()]
+    s_scored = {r["id"]: r for r in spark["scored"]}
+    assert {r["id"] for r in scored} == set(s_scored)
+    for m in scored:
+        s = s_scored[m["id"]]
+        assert (m["predicted"], m["head"]) == (s["predicted"], s["head"]), m["id"]
+        assert all(abs(m["probabilities"][k] - v) <= 1e-5 for k, v in s["probabilities"].items())
 
 
 def labelled_file(tmp_path: Path, counts: dict[str, int]) -> Path:
