@@ -97,16 +97,22 @@ def spark():
 SAMPLE_PERCENT = 2
 
 
-@pytest.fixture(scope="session")
-def pipeline_config(tmp_path_factory) -> Path:
-    """conf/pipeline.toml with the model registry in a private temp dir."""
-    base = tmp_path_factory.mktemp("pipeline")
+def private_config(base: Path, store: str = "models", changes: tuple[tuple[str, str], ...] = ()) -> Path:
+    """base/pipeline.toml: conf/pipeline.toml with the model registry in
+    base/store and each (old, new) text of changes replaced."""
     text = (REPO_ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/mlflow"' in text
-    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
+    for old, new in (('registry_dir = "var/mlflow"', f'registry_dir = "{base / store}"'), *changes):
+        assert old in text, old
+        text = text.replace(old, new)
     path = base / "pipeline.toml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def pipeline_config(tmp_path_factory) -> Path:
+    """conf/pipeline.toml with the model registry in a private temp dir."""
+    return private_config(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ from jobs.mapreduce.mr_score_records import MRScoreRecords
 from jobs.spark import common, ingest, score, train
 from scripts.datasets import question_topics
 
+from .conftest import private_config
 from .mapreduce.conftest import json_lines, run_job
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
@@ -68,13 +68,8 @@ def server(tmp_path_factory) -> Iterator[str]:
 def config(tmp_path_factory) -> Path:
     # The embedded store's directory is set somewhere empty: were the jobs to
     # ignore the server and use it, the server would hold nothing.
-    base = tmp_path_factory.mktemp("mlflow-server-config")
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "unused-local-store"}"')
-    text = text.replace("epochs = 150", "epochs = 60").replace("min_class_rows = 5", "min_class_rows = 3")
-    path = base / "pipeline.toml"
-    path.write_text(text)
-    return path
+    changes = (("epochs = 150", "epochs = 60"), ("min_class_rows = 5", "min_class_rows = 3"))
+    return private_config(tmp_path_factory.mktemp("mlflow-server-config"), "unused-local-store", changes)
 
 
 def spark_job(spark, module, config: Path, *argv: str) -> dict:

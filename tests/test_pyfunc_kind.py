@@ -29,6 +29,7 @@ from udfs import models
 from udfs.config import load_config
 from udfs.pyfunc_kind import PyfuncError, signature_columns
 
+from .conftest import private_config
 from .mapreduce.conftest import json_lines, run_job
 from .tiny_models import char_trigram_signature, log_char_trigram
 
@@ -47,12 +48,7 @@ def signature(outputs: list, inputs: list | None = None):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("pyfunc")
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
-    path = base / "pipeline.toml"
-    path.write_text(text)
-    return path
+    return private_config(tmp_path_factory.mktemp("pyfunc"))
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,11 @@ class ModelError(LookupError):
     store that cannot be reached; the message says which and what is there."""
 
 
+def model_ref(name: str, version: int | None) -> str:
+    """name@N for a registered version, the bare name for a run's or a dir's model."""
+    return f"{name}@{version}" if version is not None else name
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadVersion:
     """A trained head: its arrays and meta, and where it came from."""
@@ -79,7 +84,7 @@ class HeadVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}" if self.version is not None else self.name
+        return model_ref(self.name, self.version)
 
     @property
     def weights_sha256(self) -> str:
@@ -110,7 +115,7 @@ class TransformerVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}" if self.version is not None else self.name
+        return model_ref(self.name, self.version)
 
     @property
     def weights_version(self) -> str:
@@ -204,7 +209,7 @@ class PyfuncVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}" if self.version is not None else self.name
+        return model_ref(self.name, self.version)
 
     @property
     def weights_version(self) -> str:
