@@ -100,6 +100,18 @@ def client(service_url) -> Iterator[httpx.Client]:
         yield c
 
 
+def ingest_dry_run(tmp_path: Path) -> dict[str, Any]:
+    """A run request: a dry run of ingest over a one-line file in tmp_path."""
+    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n')
+    return {
+        "job": "ingest",
+        "inputs": {"input": str(tmp_path / "in.jsonl")},
+        "outputs": {"output": str(tmp_path / "o"), "rejects": str(tmp_path / "r")},
+        "options": {"format": "jsonl", "source": "mine"},
+        "dry_run": True,
+    }
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     """An RFC 9457 problem with this status."""
     assert response.status_code == status, response.text

@@ -12,7 +12,7 @@ import httpx
 from jobs.run_events import RunEvents
 from udfs.config import EventsConfig
 
-from .conftest import assert_problem
+from .conftest import assert_problem, ingest_dry_run
 from .sse import read_events
 from .test_service_api import wait_for_end
 
@@ -48,14 +48,7 @@ def test_the_job_appends_its_events_with_progress_from_its_source(tmp_path):
 
 
 def test_a_dry_run_streams_its_state_then_its_end_and_resumes(client, tmp_path):
-    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n')
-    request = {
-        "job": "ingest",
-        "inputs": {"input": str(tmp_path / "in.jsonl")},
-        "outputs": {"output": str(tmp_path / "o"), "rejects": str(tmp_path / "r")},
-        "options": {"format": "jsonl", "source": "mine"},
-        "dry_run": True,
-    }
+    request = ingest_dry_run(tmp_path)
     run = client.post("/api/v1/runs", json=request).json()
     assert run["links"]["events"] == f"/api/v1/runs/{run['id']}/events"
     events = read_events(client, run["id"])  # opened while it runs: ends once it has ended

@@ -25,7 +25,7 @@ from service.pages import COOKIE, page_token
 from service.runs import RunStore, now
 from tests.browser import devtools, dump_dom, not_blank
 
-from .conftest import KEY, assert_problem
+from .conftest import KEY, assert_problem, ingest_dry_run
 from .sse import read_events
 from .test_service_api import wait_for_end
 from .test_service_runs import ingest_request
@@ -84,14 +84,7 @@ def test_keys_cookie_and_origin(client, service_url):
 
 
 def test_a_dry_run_over_the_socket_and_its_page(client, service_url, tmp_path):
-    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n')
-    request = {
-        "job": "ingest",
-        "inputs": {"input": str(tmp_path / "in.jsonl")},
-        "outputs": {"output": str(tmp_path / "o"), "rejects": str(tmp_path / "r")},
-        "options": {"format": "jsonl", "source": "mine"},
-        "dry_run": True,
-    }
+    request = ingest_dry_run(tmp_path)
     run = client.post("/api/v1/runs", json=request).json()
     assert run["links"]["ws"] == f"/api/v1/runs/{run['id']}/ws" and run["links"]["report"] == f"/runs/{run['id']}"
     events = socket_events(ws_url(service_url, run["id"]))
