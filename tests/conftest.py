@@ -15,6 +15,32 @@ from infra.settings import DEFAULT_HADOOP_HOME, HdfsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml): one worker per CPU this process may use,
+    at most 4 (each worker starts its own HDFS, SparkSession and gateways)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """How `-n auto` spreads the tests: a module's tests run on one worker, so
+    its module-scoped chains run once, and the modules under tests/cluster/
+    form one unit, run one after another on one worker, because their YARN
+    and standalone clusters pack and unpack the same 3 GB environment (about
+    30 GB of disk at their peak) and must not do it side by side. Units are
+    handed out in collection order (`--no-loadscope-reorder`), which puts the
+    cluster unit, the longest, first. (xdist's own `--dist loadgroup` does not
+    group under pytest 9.2, whose nodes keep their id elsewhere.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/cluster" if module.startswith("tests/cluster/") else module
+
+    return ModuleScheduling(config, log)
+
+
 # Spark's Python workers must run this interpreter (the project's venv).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
