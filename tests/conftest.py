@@ -123,11 +123,15 @@ def spark():
 SAMPLE_PERCENT = 2
 
 
-def private_config(base: Path, store: str = "models", changes: tuple[tuple[str, str], ...] = ()) -> Path:
+def private_config(
+    base: Path, store: str = "models", changes: tuple[tuple[str, str], ...] = (), registry: Path | None = None
+) -> Path:
     """base/pipeline.toml: conf/pipeline.toml with the model registry in
-    base/store and each (old, new) text of changes replaced."""
+    registry (default base/store) and each (old, new) text of changes
+    replaced."""
     text = (REPO_ROOT / "conf" / "pipeline.toml").read_text()
-    for old, new in (('registry_dir = "var/mlflow"', f'registry_dir = "{base / store}"'), *changes):
+    registry_dir = registry or base / store
+    for old, new in (('registry_dir = "var/mlflow"', f'registry_dir = "{registry_dir}"'), *changes):
         assert old in text, old
         text = text.replace(old, new)
     path = base / "pipeline.toml"

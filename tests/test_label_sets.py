@@ -24,6 +24,7 @@ from scripts.datasets import QUESTION_TOPICS, question_topics, three_way_sentime
 from udfs.head import LabelSetError
 from udfs.ingest_rows import split_rows
 
+from .conftest import private_config
 from .mapreduce.conftest import json_lines, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +39,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("labelsets")
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
-    text = text.replace("epochs = 150", "epochs = 60").replace("min_class_rows = 5", "min_class_rows = 3")
-    path = base / "pipeline.toml"
-    path.write_text(text)
-    return path
+    changes = (("epochs = 150", "epochs = 60"), ("min_class_rows = 5", "min_class_rows = 3"))
+    return private_config(tmp_path_factory.mktemp("labelsets"), changes=changes)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

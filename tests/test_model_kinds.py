@@ -25,6 +25,7 @@ from udfs import model as M
 from udfs import models
 from udfs.config import load_config
 
+from .conftest import private_config
 from .mapreduce.conftest import json_lines, run_job
 from .tiny_models import tiny_classifier
 
@@ -34,12 +35,7 @@ LABELS = ["calm", "excited", "sad"]  # id order: id2label 0, 1, 2
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("kinds")
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    text = text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
-    path = base / "pipeline.toml"
-    path.write_text(text)
-    return path
+    return private_config(tmp_path_factory.mktemp("kinds"))
 
 
 @pytest.fixture(scope="module")

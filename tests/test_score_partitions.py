@@ -22,6 +22,8 @@ from udfs import records as R
 from udfs.config import EncoderConfig, TrainConfig, load_config
 from udfs.spark import COST_COLUMN, balance_by_cost
 
+from .conftest import private_config
+
 REPO = Path(__file__).resolve().parent.parent
 MAX_SHARE = 0.6
 
@@ -63,13 +65,7 @@ def setup(tmp_path_factory):
     from udfs.predict import embed_texts
 
     base = tmp_path_factory.mktemp("partitions")
-    text = (
-        (REPO / "conf" / "pipeline.toml")
-        .read_text()
-        .replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"')
-    )
-    config = base / "pipeline.toml"
-    config.write_text(text)
+    config = private_config(base)
     cfg = load_config(config)
     rows = skewed_rows(cfg)
     labelled = [r for r in rows if r.get("label")][:60]

@@ -18,6 +18,7 @@ import pytest
 
 from infra.hdfs import free_ports
 from infra.settings import ClusterSettings
+from tests.conftest import private_config
 from tests.mapreduce.conftest import MOVIE_TSV, movie_lines, tiny_registry  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -133,11 +134,7 @@ def hdfs_raw(hdfs, webhdfs, raw_rows) -> str:
 
 @pytest.fixture(scope="session")
 def cluster_config(tmp_path_factory, tiny_registry) -> Path:  # noqa: F811 (the imported fixture)
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/mlflow"' in text
-    path = tmp_path_factory.mktemp("cluster-conf") / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{tiny_registry.root}"'))
-    return path
+    return private_config(tmp_path_factory.mktemp("cluster-conf"), registry=tiny_registry.root)
 
 
 def read_hdfs_dir(webhdfs, url: str) -> bytes:

@@ -25,6 +25,8 @@ from udfs import records as R
 from udfs.ingest_rows import split_rows
 from udfs.lineage import LINEAGE_COLUMNS
 
+from ..conftest import private_config
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow
 
@@ -61,11 +63,7 @@ def raw_jsonl(movie_lines) -> bytes:
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory, tiny_registry) -> Path:
-    text = (ROOT / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/mlflow"' in text
-    path = tmp_path_factory.mktemp("conf") / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{tiny_registry.root}"'))
-    return path
+    return private_config(tmp_path_factory.mktemp("conf"), registry=tiny_registry.root)
 
 
 def submit(config: Path, hdfs, *args: str) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import pytest
 from gateway.running import serve_in_thread
 from service.app import create_app
 from service.config import ServiceConfig, parse_config
+from tests.conftest import private_config
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-service-test-key"
@@ -33,11 +34,7 @@ LABELLED = [
 
 
 def pipeline_config(base: Path) -> Path:
-    text = (REPO / "conf" / "pipeline.toml").read_text()
-    assert 'registry_dir = "var/mlflow"' in text
-    path = base / "pipeline.toml"
-    path.write_text(text.replace('registry_dir = "var/mlflow"', f'registry_dir = "{base / "models"}"'))
-    return path
+    return private_config(base)
 
 
 def register_head(base: Path, name: str = "sentiment") -> None:
