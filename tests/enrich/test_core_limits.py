@@ -105,14 +105,20 @@ def test_separate_stores_collide_then_adapt_to_the_headers(gw, tmp_path):
         make_cfg(gw, tmp_path / f"own{i}.sqlite", limits=client_limits(TIGHT), retry={"max_attempts": 10})
         for i in range(WORKERS)
     ]
-    out = run_threads(cfgs, gw.key("lim-shared"), "separate", rows=20)
+    out = run_threads(cfgs, gw.key("lim-shared"), "separate", rows=30)
     assert [o["status"] for o in out] == ["enriched"] * len(out)
     usage = usage_of(gw, "lim-shared")
     assert_within_limits(usage, "openai")
     requests = sum(w["requests"] for w in usage["windows"])
-    refused = sum(w["rate_limited"] for w in usage["windows"])
+    refused = [w["rate_limited"] for w in usage["windows"]]
     assert requests == len(out)
-    assert 0 < refused <= 0.25 * requests, usage
+    # The collision costs about a window's worth of refusals at the start
+    # (seen: 10 to 13 of 40 to 60 calls, in the first two to four 2 s
+    # windows); once the shares have shrunk, only the odd one as a share
+    # grows back (seen: [1, 7, 4, 0, 0, 1, ...], [8, 3, 0, 1, 0, 0, 0]).
+    assert 0 < sum(refused) <= 0.25 * requests, usage
+    half = len(refused) // 2
+    assert sum(refused[:half]) > sum(refused[half:]), refused
 
 
 @pytest.mark.parametrize(("kind", "key"), [("openai", "lim-over"), ("anthropic", "lim-over-anthropic")])

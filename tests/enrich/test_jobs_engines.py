@@ -247,10 +247,11 @@ def test_twin_on_local_and_hadoop_runners(spark, gateway, tmp_path, monkeypatch,
     assert done.returncode == 0, done.stderr[-3000:]
     if runner == "hadoop":
         twin_rows = []
-        for part in webhdfs.list(f"{base}/out"):
+        listed = webhdfs.list(f"{base}/out")
+        for part in (p for p in listed if p.startswith("part-")):
             with webhdfs.read(f"{base}/out/{part}") as fh:
                 twin_rows += [__import__("json").loads(x) for x in fh.read().splitlines() if x.strip()]
-        assert "_SUCCESS" in webhdfs.list(f"{base}/out")
+        assert "_SUCCESS" in listed and "_report.html" in listed, listed
         # the dead letters (none here) committed beside it, written through WebHDFS by the twin's driver
         assert "_SUCCESS" in webhdfs.list(f"{base}/out_dead_letters")
         with webhdfs.read(f"{base}/out_dead_letters/part-00000") as fh:
