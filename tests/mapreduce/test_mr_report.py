@@ -10,7 +10,6 @@ Run with: .venv/bin/python -m pytest tests/mapreduce/test_mr_report.py
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,21 +18,9 @@ from pathlib import Path
 from jobs import report as R
 from jobs.mapreduce import twin_report
 
+from .conftest import launch
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def launch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.mapreduce.launch", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def printed_counters(stderr: str, group: str) -> dict[str, int]:

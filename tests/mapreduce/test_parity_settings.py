@@ -8,9 +8,6 @@ default settings, so a test where both engines ignored the settings fails."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ import pytest
 from jobs.spark import common, ingest, score
 from udfs.ingest_rows import split_rows
 
-from .conftest import MOVIE_TSV
+from .conftest import MOVIE_TSV, launch
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow
@@ -72,16 +69,13 @@ def spark_chain(spark, raw: Path, out: Path, overrides: list[str]) -> dict:
 
 def mr_chain(raw: Path, out: Path, overrides: list[str]) -> dict:
     sets = [a for o in overrides for a in ("--set", o)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    launch = [sys.executable, "-m", "jobs.mapreduce.launch"]
     for cmd in (
         ["ingest", "-r", "local", *sets, "--source", "p", "--rating-field", "sentiment", str(raw)]
         + ["--output-dir", str(out / "records")],
         ["score", "-r", "local", *sets, "--model", "sentiment@1", str(out / "records")]
         + ["--output-dir", str(out / "scored")],
     ):
-        proc = subprocess.run(launch + cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        launch(*cmd, timeout=600)
     records, _ = split_rows(read_dir(out / "records"))
     return {"records": records, "scored": read_dir(out / "scored")}
 
@@ -151,17 +145,7 @@ def test_label_map_on_both_engines(spark, tmp_path):
         ),
     )
     spark_records, spark_rejects = read_dir(tmp_path / "s_rec"), read_dir(tmp_path / "s_rej")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.mapreduce.launch", "ingest", "-r", "inline", *args, str(raw)]
-        + ["--output-dir", str(tmp_path / "mr")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch("ingest", "-r", "inline", *args, str(raw), "--output-dir", str(tmp_path / "mr"))
     mr_records, mr_rejects = split_rows(read_dir(tmp_path / "mr"))
     by_text = {r["text"]: r["label"] for r in spark_records}
     assert by_text == {"fine": "positive", "meh": None, "awful": "negative"}
