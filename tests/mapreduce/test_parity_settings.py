@@ -17,7 +17,6 @@ from udfs.ingest_rows import split_rows
 
 from .conftest import MOVIE_TSV, launch
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow
 
 NON_DEFAULT = [
