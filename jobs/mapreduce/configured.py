@@ -52,6 +52,14 @@ class ConfiguredJob(MRJob):
         hidden and `_` ones (Spark's .crc files, _SUCCESS)."""
         return [f for p in self.options.args for f in input_files.visible_files(p)]
 
+    def _runner_class(self):
+        # -r hadoop: mrjob's Hadoop runner without a JVM per file:// call (jobs.mapreduce.hadoop_runner)
+        if (self.options.runner or "inline") == "hadoop":
+            from jobs.mapreduce.hadoop_runner import HadoopRunner
+
+            return HadoopRunner
+        return super()._runner_class()
+
     def make_runner(self):
         # Every twin reads what Hadoop reads, on every runner: a Spark output
         # chained into a twin on -r local must not feed it Spark's .crc files.

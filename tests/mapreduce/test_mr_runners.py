@@ -162,3 +162,31 @@ def test_stats_bad_line_fails_naming_it(runner):
     assert proc.returncode != 0
     # -r local relays the task's traceback; -r hadoop leaves it in the task log mrjob scans.
     assert b"not a scored row" in proc.stderr or b"BadScoredRow" in proc.stderr, proc.stderr.decode()[-3000:]
+
+
+def test_hadoop_runner_keeps_file_uris_off_the_jvm(tmp_path):
+    """-r hadoop's filesystem calls on file:/// URIs (the job's scratch dir
+    on Hadoop's LocalJobRunner) run in Python: with a hadoop command that
+    does not exist, mkdir, put, ls, cat and rm still work there, and hdfs://
+    still goes to `hadoop fs`. The Hadoop version comes from the jar's name."""
+    from infra.settings import DEFAULT_HADOOP_HOME
+    from jobs.mapreduce.hadoop_runner import HadoopRunner, LocalFirstFilesystem, jar_version
+    from jobs.mapreduce.mr_compute_stats import MRComputeStats
+
+    job = MRComputeStats(["-r", "hadoop", str(tmp_path / "in.jsonl")])
+    assert job._runner_class() is HadoopRunner
+    fs = LocalFirstFilesystem([str(tmp_path / "no-hadoop" / "bin" / "hadoop")])
+    src = tmp_path / "f.txt"
+    src.write_bytes(b"x\n")
+    scratch = f"file://{tmp_path}/scratch"
+    fs.mkdir(scratch)
+    fs.put(str(src), f"{scratch}/f.txt")
+    assert list(fs.ls(scratch)) == [f"{scratch}/f.txt"]
+    assert b"".join(fs.cat(f"{scratch}/f.txt")) == b"x\n"
+    fs.rm(scratch)
+    assert not fs.exists(scratch)
+    with pytest.raises(OSError):  # hdfs:// is hadoop fs's, and there is none
+        fs.mkdir("hdfs://127.0.0.1:1/x")
+    version = Path(DEFAULT_HADOOP_HOME).name.split("-", 1)[1]  # var/hadoop-3.5.0
+    assert jar_version([str(Path(DEFAULT_HADOOP_HOME) / "bin" / "hadoop")]) == version
+    assert jar_version([str(tmp_path / "no-hadoop" / "bin" / "hadoop")]) is None
