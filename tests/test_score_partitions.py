@@ -189,3 +189,48 @@ def test_greedy_buckets_end_within_one_row():
         P.GreedyBuckets(0)
     with pytest.raises(ValueError, match=">= 1"):
         P.task_count(0, 2)
+
+
+EDGE_TEXTS = [
+    "Ünïcödé ÀÉÎ 東京 😀 " * 40,
+    "x" * 5000,
+    "  a  ",
+    "\u200b\u00a0tab\tnew\nline",
+    "İstanbul ß ﬁ",
+    " ".join(["word"] * 600),
+]
+
+
+@pytest.mark.parametrize("max_length", [256, 0, 16])
+def test_token_counts_are_the_transformers_tokenizers(tmp_path, max_length):
+    """Cost estimates count tokens with tokenizer.json through `tokenizers`
+    (no transformers, no torch in the process): the same counts as the
+    transformers tokenizer the encoder runs, on real texts and odd ones, and
+    through that tokenizer itself for a dir without tokenizer.json."""
+    import shutil
+
+    cfg = load_config(REPO / "conf" / "pipeline.toml")
+    texts = [r["text"] for r in skewed_rows(cfg, n=400)] + EDGE_TEXTS + ["", None]
+    encoder = M.resolve_model_dir(None).resolve()
+    limit = M.effective_max_length(M.encoder_shape(None), max_length)
+    present = [t for t in texts if t]
+    expected = [len(x) for x in M.load_tokenizer()(present, truncation=True, max_length=limit)["input_ids"]]
+    got = P.token_counts(texts, None, max_length)
+    assert got[-2:].tolist() == [0, 0] and got[:-2].tolist() == expected
+    assert max(expected) == limit  # truncation reached
+    no_json = tmp_path / "encoder"
+    shutil.copytree(encoder, no_json, ignore=shutil.ignore_patterns("tokenizer.json"))
+    assert M.counting_tokenizer(no_json) is None
+    assert P.token_counts(texts, str(no_json), max_length).tolist() == got.tolist()
+
+
+def test_counting_tokens_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from udfs import partitioning as P; "
+        "print(P.token_counts(['a fine film', None], None, 256).tolist(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[5,", "0]", "False"], out.stdout

@@ -37,10 +37,15 @@ def token_counts(texts: Sequence[str | None], model_dir: str | None, max_length:
     out = np.zeros(len(texts), dtype=np.int64)
     present = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
     if present:
-        tok = model.load_tokenizer(model_dir)
         limit = model.effective_max_length(model.encoder_shape(model_dir), max_length)
-        ids = tok([texts[i] for i in present], truncation=True, max_length=limit, add_special_tokens=True)
-        out[present] = [len(x) for x in ids["input_ids"]]
+        batch = [texts[i] for i in present]
+        fast = model.counting_tokenizer(model_dir)
+        if fast is not None:  # the same counts, without importing transformers (and torch)
+            fast.enable_truncation(limit)
+            out[present] = [len(e.ids) for e in fast.encode_batch(batch, add_special_tokens=True)]
+        else:
+            ids = model.load_tokenizer(model_dir)(batch, truncation=True, max_length=limit, add_special_tokens=True)
+            out[present] = [len(x) for x in ids["input_ids"]]
     return out
 
 
