@@ -252,7 +252,7 @@ def test_score_unknown_model_lists_known_versions(tiny_registry):
 
 
 class MRScoreWithoutShippedModel(MRScoreRecords):
-    def dirs(self):
+    def model_dirs(self):
         return []
 
 
