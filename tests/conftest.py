@@ -41,6 +41,16 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleScheduling(config, log)
 
 
+# The suite's short-lived JVMs, Spark's driver (spark-submit, and the
+# tests' own SparkSession) and Hadoop's client commands (`hadoop jar` running
+# a twin's step), compile with C1 only: C2 spent about a third of a short
+# job's CPU compiling (docs/development.md). What they compute is the same;
+# the benchmarks under bench/ run with the JVM's defaults. A value of your
+# own wins. (Not JAVA_TOOL_OPTIONS: every JVM then prints a line on stderr,
+# which mrjob's `hadoop fs` parsing takes for an error.)
+for _opts in ("SPARK_SUBMIT_OPTS", "HADOOP_CLIENT_OPTS"):
+    os.environ.setdefault(_opts, "-XX:TieredStopAtLevel=1")
+
 # Spark's Python workers must run this interpreter (the project's venv).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
