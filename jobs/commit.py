@@ -192,7 +192,7 @@ class WebHdfsFileSystem:
 WEBHDFS_ENV = "AIBATCH_WEBHDFS"
 
 
-def _declared() -> dict[str, str]:
+def declared_webhdfs() -> dict[str, str]:
     """$AIBATCH_WEBHDFS: `hdfs://HOST:PORT=http://HOST:HTTP_PORT`, comma
     separated: NameNodes whose WebHDFS address is found no other way (tests'
     private HDFS sets it for its own subprocesses too)."""
@@ -243,8 +243,13 @@ def webhdfs_url(url: str) -> str:
     $HADOOP_CONF_DIR (an empty host:port meaning its fs.defaultFS), else the
     project's HDFS (conf/hdfs.toml) when the port is its NameNode's, else
     Hadoop's default HTTP port 9870 on the same host."""
+    return known_webhdfs_url(url, guess=True) or ""
+
+
+def known_webhdfs_url(url: str, guess: bool = False) -> str | None:
+    """webhdfs_url, or None where it would only guess the default port."""
     netloc = urlsplit(url).netloc
-    declared = _declared()
+    declared = declared_webhdfs()
     if netloc in declared:
         return declared[netloc]
     conf_dir = os.environ.get("HADOOP_CONF_DIR")
@@ -260,7 +265,7 @@ def webhdfs_url(url: str) -> str:
         return project[1]
     if not netloc:
         raise OutputError(f"{url} names no NameNode and no fs.defaultFS is known: write hdfs://HOST:PORT/...")
-    return f"http://{netloc.rsplit(':', 1)[0]}:{HADOOP_DEFAULT_HTTP_PORT}"
+    return f"http://{netloc.rsplit(':', 1)[0]}:{HADOOP_DEFAULT_HTTP_PORT}" if guess else None
 
 
 def hdfs_user() -> str:

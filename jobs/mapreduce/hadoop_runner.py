@@ -10,13 +10,16 @@ JVMs before its first step (measured with `strace -f -e trace=execve` on
 28 s before the first `hadoop jar`). Here:
 
 - `file:///` URIs and local paths go to mrjob's own local filesystem (plain
-  Python), before `hadoop fs`; `hdfs://` and every other scheme still go to
-  `hadoop fs`, as before;
+  Python), before `hadoop fs`;
+- `hdfs://` paths (no glob) go to the NameNode's WebHDFS REST API when its
+  address is known (declared in $AIBATCH_WEBHDFS or in $HADOOP_CONF_DIR's
+  hdfs-site.xml, as the jobs find it to commit their outputs: jobs.commit),
+  so on YARN, where the job's scratch dir is on HDFS, its uploads (the code
+  zip, the job script, the model archives) and the clean-up make no JVM
+  either; an unreachable WebHDFS hands them back to `hadoop fs`; globs and
+  every other scheme go to `hadoop fs`, as before;
 - the Hadoop version is read from the name of the `hadoop-common` jar of the
   `hadoop` command's distribution when it is there (else `hadoop version`, as before);
-- an `hdfs://` input is checked through WebHDFS (jobs.commit, the address the
-  jobs commit their outputs through) when that address is known, else with
-  `hadoop fs -ls` as before.
 
 What Hadoop itself does (`hadoop jar` per step, the tasks, the job's
 outputs) is unchanged."""
@@ -24,10 +27,12 @@ outputs) is unchanged."""
 from __future__ import annotations
 
 import logging
-import os
+import posixpath
 import re
 from pathlib import Path
 
+from mrjob.cat import decompress
+from mrjob.fs.base import Filesystem
 from mrjob.fs.composite import CompositeFilesystem
 from mrjob.fs.hadoop import HadoopFilesystem
 from mrjob.fs.local import LocalFilesystem
@@ -36,15 +41,115 @@ from mrjob.hadoop import HadoopJobRunner
 log = logging.getLogger(__name__)
 
 GLOB = re.compile(r"[*?\[{]")
+TIMEOUT_S = 120  # per WebHDFS request (connect and each read)
+
+
+def webhdfs_known(path: str) -> bool:
+    """An hdfs:// path without a glob whose NameNode's WebHDFS address is
+    known (jobs.commit.known_webhdfs_url: declared, in $HADOOP_CONF_DIR, or
+    the project's HDFS; never a guess)."""
+    from jobs import commit
+
+    if not path.startswith("hdfs://") or GLOB.search(path):
+        return False
+    try:
+        return commit.known_webhdfs_url(path) is not None
+    except commit.OutputError:  # no NameNode named and none configured
+        return False
+
+
+def _unreachable(exc: Exception) -> bool:
+    import requests
+
+    from jobs import commit
+
+    return isinstance(exc, requests.exceptions.ConnectionError | commit.OutputError)
+
+
+class WebHdfsFilesystem(Filesystem):
+    """mrjob's filesystem calls on hdfs:// paths through WebHDFS (the `hdfs`
+    package's client), for the paths webhdfs_known accepts."""
+
+    def __init__(self):
+        self._clients: dict[str, object] = {}
+
+    def can_handle_path(self, path):
+        return webhdfs_known(path)
+
+    def _client(self, path: str):
+        from hdfs import InsecureClient
+
+        from jobs import commit
+
+        url = commit.webhdfs_url(path)
+        if url not in self._clients:
+            self._clients[url] = InsecureClient(url, user=commit.hdfs_user(), timeout=TIMEOUT_S)
+        return self._clients[url]
+
+    @staticmethod
+    def _path(path: str) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(path).path or "/"
+
+    @staticmethod
+    def _prefix(path: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(path)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def exists(self, path_glob):
+        return self._client(path_glob).status(self._path(path_glob), strict=False) is not None
+
+    def ls(self, path_glob):
+        client, path = self._client(path_glob), self._path(path_glob)
+        status = client.status(path, strict=False)
+        if status is None:
+            return
+        if status["type"] == "FILE":
+            yield path_glob
+            return
+        prefix = self._prefix(path_glob)
+        for dirpath, _, files in client.walk(path):
+            for name in files:
+                yield prefix + posixpath.join(dirpath, name)
+
+    def _cat_file(self, path):
+        with self._client(path).read(self._path(path)) as reader:
+            yield from decompress(reader, path)
+
+    def du(self, path_glob):
+        summary = self._client(path_glob).content(self._path(path_glob), strict=False)
+        return int(summary["length"]) if summary else 0
+
+    def mkdir(self, path):
+        self._client(path).makedirs(self._path(path))
+
+    def put(self, src, path):
+        if path.endswith("/"):
+            raise ValueError("put() destination may not be a directory")
+        self._client(path).upload(self._path(path), src)
+
+    def rm(self, path_glob):
+        self._client(path_glob).delete(self._path(path_glob), recursive=True)
+
+    def touchz(self, path):
+        if self.du(path):
+            raise OSError(f"Non-empty file {path!r} already exists!")
+        self._client(path).write(self._path(path), data=b"", overwrite=True)
 
 
 class LocalFirstFilesystem(CompositeFilesystem):
     """mrjob's local filesystem first (file:/// URIs and plain paths), then
-    `hadoop fs` for the rest. `.hadoop` and `.local` as in mrjob's."""
+    WebHDFS (hdfs:// where its address is known; switched off for the run
+    when it cannot be reached), then `hadoop fs` for the rest. `.hadoop`
+    and `.local` as in mrjob's."""
 
     def __init__(self, hadoop_bin):
         super().__init__()
         self.add_fs("local", LocalFilesystem())
+        self.add_fs("webhdfs", WebHdfsFilesystem(), disable_if=_unreachable)
         self.add_fs("hadoop", HadoopFilesystem(hadoop_bin))
 
 
@@ -60,25 +165,6 @@ def jar_version(hadoop_bin: list[str] | None) -> str | None:
         if found:
             return found[1]
     return None
-
-
-def webhdfs_exists(path: str) -> bool | None:
-    """Whether an hdfs:// path (no glob) exists, by WebHDFS when its address
-    is declared ($AIBATCH_WEBHDFS) or in $HADOOP_CONF_DIR; None when unknown
-    or unreachable (the caller asks `hadoop fs`)."""
-    from urllib.parse import urlsplit
-
-    from jobs import commit
-
-    if not path.startswith("hdfs://") or GLOB.search(path):
-        return None
-    if urlsplit(path).netloc not in commit._declared() and not os.environ.get("HADOOP_CONF_DIR"):
-        return None
-    try:
-        return commit.filesystem(path).exists(path)
-    except Exception as exc:  # unreachable, refused, a bad address: hadoop fs decides
-        log.debug("WebHDFS check of %s failed (%s): asking hadoop fs", path, exc)
-        return None
 
 
 class HadoopRunner(HadoopJobRunner):
@@ -99,8 +185,3 @@ class HadoopRunner(HadoopJobRunner):
                 hadoop._hadoop_version = version
                 log.info("Using Hadoop version %s (hadoop-common jar)", version)
         return hadoop.get_hadoop_version()
-
-    def _check_input_path(self, path):
-        if webhdfs_exists(path):
-            return
-        super()._check_input_path(path)

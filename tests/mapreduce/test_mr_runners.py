@@ -185,8 +185,36 @@ def test_hadoop_runner_keeps_file_uris_off_the_jvm(tmp_path):
     assert b"".join(fs.cat(f"{scratch}/f.txt")) == b"x\n"
     fs.rm(scratch)
     assert not fs.exists(scratch)
-    with pytest.raises(OSError):  # hdfs:// is hadoop fs's, and there is none
+    with pytest.raises(OSError):  # an hdfs:// address nobody declared is hadoop fs's, and there is none
         fs.mkdir("hdfs://127.0.0.1:1/x")
     version = Path(DEFAULT_HADOOP_HOME).name.split("-", 1)[1]  # var/hadoop-3.5.0
     assert jar_version([str(Path(DEFAULT_HADOOP_HOME) / "bin" / "hadoop")]) == version
     assert jar_version([str(tmp_path / "no-hadoop" / "bin" / "hadoop")]) is None
+
+
+def test_hadoop_runner_reaches_hdfs_through_webhdfs(hdfs, tmp_path, monkeypatch):
+    """On YARN the job's scratch dir is on HDFS: with the NameNode's WebHDFS
+    address known (here $AIBATCH_WEBHDFS, set for the test HDFS), its
+    mkdir, put, ls, cat, du and rm go through WebHDFS, with no hadoop
+    command at all (this one does not exist); the relative scratch dir
+    mrjob makes (hdfs:///user/...) resolves through HADOOP_CONF_DIR."""
+    from jobs.mapreduce.hadoop_runner import LocalFirstFilesystem
+
+    fs = LocalFirstFilesystem([str(tmp_path / "no-hadoop" / "bin" / "hadoop")])
+    src = tmp_path / "data.txt"
+    src.write_bytes(b"line one\nline two\n")
+    for base in (
+        f"{hdfs.hdfs_url}/user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}",
+        f"hdfs:///user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}",
+    ):
+        if base.startswith("hdfs:///"):
+            monkeypatch.setenv("HADOOP_CONF_DIR", str(hdfs.conf_dir))
+        assert not fs.exists(base)
+        fs.mkdir(f"{base}/files")
+        fs.put(str(src), f"{base}/files/data.txt")
+        assert fs.exists(f"{base}/files/data.txt")
+        assert list(fs.ls(base)) == [f"{base}/files/data.txt"]
+        assert b"".join(fs.cat(f"{base}/files/data.txt")) == b"line one\nline two\n"
+        assert fs.du(base) == len(b"line one\nline two\n")
+        fs.rm(base)
+        assert not fs.exists(base)
