@@ -212,3 +212,22 @@ def test_batch_mode_answers_through_the_batch_api(spark, gateway, kafka, setup, 
     want = comparable(list(rows_by_id(spark, streamed["out"] / "enriched").values()), COMPARED)
     assert comparable(list(rows_by_id(spark, out / "enriched").values()), COMPARED) == want
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [((), "ENRICH_TEST_KEY_GOOD"), (("--set", "enrich.template=no_such_template@1"), "no_such_template")],
+    ids=["missing-key", "bad-template"],
+)
+def test_bad_enrich_settings_fail_in_one_line_before_spark(setup, sets, named, tmp_path, monkeypatch, capsys):
+    """The enrich job's checks, before the model is resolved or Spark starts."""
+    monkeypatch.setenv("AIBATCH_JOB_LOG", str(tmp_path / "job.log"))
+    if named.startswith("ENRICH_TEST_KEY"):
+        monkeypatch.delenv(named, raising=False)
+    else:
+        monkeypatch.setenv("ENRICH_TEST_KEY_GOOD", "sk-unused")
+    argv = ["--config", setup["config"], "--bootstrap", "127.0.0.1:9", "--topic", "t", "--output", str(tmp_path / "o")]
+    assert stream.cli([*argv, "--model", "models:/no-such-model/1", "--enrich", *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -1,21 +1,30 @@
 """Drain a Kafka topic with Spark Structured Streaming: each message's value is
 one raw record (a JSON Lines line), ingested by the batch ingest's rules (the
 same ids, rejects with reasons and raw bytes), scored with a registered model
-and written, per micro-batch, as Parquet records, rejects and scored rows
+of any kind (encoder + head, classifier, embedder, pyfunc: score.model_scorer,
+the score job's own path) and, with --enrich, the rows the [enrich] filter
+selects enriched by an LLM (online or enrich.mode = "batch", through the
+enrich job's functions and its answer cache), written, per micro-batch, as
+Parquet records, rejects, scored rows (and enriched rows and dead letters)
 under --output, with the offsets in the checkpoint (default
-OUTPUT/_checkpoint). Each micro-batch checks input = good + rejected.
+OUTPUT/_checkpoint). Each micro-batch checks input = good + rejected (and,
+with --enrich, scored = enriched + dead-lettered + not selected).
 
-Exactly once: a micro-batch's three outputs are committed together
-(jobs.commit) to OUTPUT/{records,rejects,scored}/batch=N, replacing what a
-killed run may have left for the same batch, which Spark replays with the
-same offsets from the checkpoint. A record whose id an earlier micro-batch
-already kept is rejected as duplicate_record, as the batch ingest rejects a
-second copy. The optional --output-topic copy of the scored rows is
-at-least-once, as Spark documents for its Kafka sink.
+Exactly once: a micro-batch's outputs are committed together (jobs.commit)
+to OUTPUT/{records,rejects,scored[,enriched,dead_letters]}/batch=N,
+replacing what a killed run may have left for the same batch, which Spark
+replays with the same offsets from the checkpoint; the replay's calls are
+answered from the answer cache, and in batch mode its provider batches are
+found again in the ledger (keyed by OUTPUT/enriched/batch=N), so nothing is
+paid twice. A record whose id an earlier micro-batch already kept is
+rejected as duplicate_record, as the batch ingest rejects a second copy. The
+optional --output-topic copy of the scored rows is at-least-once, as Spark
+documents for its Kafka sink.
 
 Run with (Spark's Kafka connector must match the Spark runtime: docs/streams.md):
     ./submit.sh stream --bootstrap 127.0.0.1:19092 --topic reviews \
         --output hdfs://127.0.0.1:19820/user/$USER/aibatch/stream [--model sentiment@1] [--every 30s]
+    AIBATCH_GATEWAY_KEY=... ./submit.sh stream ... --enrich [--set enrich.mode=batch]
 """
 
 from __future__ import annotations
@@ -304,7 +313,11 @@ def parser():
     p = common.base_parser("stream", __doc__)
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
     p.add_argument("--topic", required=True, help="topic to read (each message value is one JSON record)")
-    p.add_argument("--output", required=True, help="dir of records/, rejects/, scored/ (appended to, per batch)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="dir of records/, rejects/, scored/ (and enriched/, dead_letters/ with --enrich), appended to per batch",
+    )
     p.add_argument("--checkpoint", help="Structured Streaming checkpoint (default OUTPUT/_checkpoint)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -324,7 +337,11 @@ def parser():
     p.add_argument("--text-field", default="text")
     p.add_argument("--rating-field")
     p.add_argument("--label-field")
-    p.add_argument("--model", help="head version name@N or name@latest (default: score.model in the config)")
+    p.add_argument(
+        "--model",
+        help="a model of any kind: MLflow model URI (models:/NAME/N, models:/NAME@ALIAS, runs:/ID/model), "
+        "a local model dir, or NAME@N (default: score.model in the config)",
+    )
     p.add_argument("--precision", help="override encoder.precision")
     p.add_argument("--output-topic", help="also publish the scored rows here, keyed by id (at-least-once)")
     p.add_argument(
