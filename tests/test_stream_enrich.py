@@ -30,6 +30,7 @@ from jobs import register
 from jobs.spark import common, enrich, score, stream
 from scripts.stream_messages import BAD, produce, review_messages
 from scripts.toml_text import toml_text
+from udfs.config import load_config
 from udfs.enrich.result import RESULT_FIELDS, RUN_VARYING_FIELDS
 
 from .conftest import kafka_connector_jars, private_config
@@ -118,6 +119,14 @@ def test_a_classifier_scores_as_the_score_job(spark, setup, streamed, tmp_path):
     argv = ["--config", setup["config"], "--input", str(out / "records"), "--output", str(tmp_path / "scored")]
     common.run_main(score.main, spark, score.parser().parse_args([*argv, "--model", setup["model"]]))
     want, got = rows_by_id(spark, tmp_path / "scored"), rows_by_id(spark, out / "scored")
+    cfg = load_config(setup["config"])
+    head = score.resolve_model(
+        cfg, score.parser().parse_args(["--input", "i", "--output", "o", "--model", setup["model"]])
+    )
+    # what the stream's prepare checks --enrich's template and filter against, before Spark starts
+    assert (
+        stream.scored_columns(cfg, head["head"], None) == spark.read.parquet(str(out / "scored")).drop("batch").columns
+    )
     assert got.keys() == want.keys() and len(got) == N_GOOD
     for rid, w in want.items():
         g = got[rid]
@@ -216,18 +225,22 @@ def test_batch_mode_answers_through_the_batch_api(spark, gateway, kafka, setup, 
 
 @pytest.mark.parametrize(
     ("sets", "named"),
-    [((), "ENRICH_TEST_KEY_GOOD"), (("--set", "enrich.template=no_such_template@1"), "no_such_template")],
-    ids=["missing-key", "bad-template"],
+    [
+        ((), "ENRICH_TEST_KEY_GOOD"),
+        (("--set", "enrich.template=no_such_template@1"), "no_such_template"),
+        (("--set", "enrich.text_column=body"), "['body'] that a row scored with tiny-clf@1 (classifier)"),
+    ],
+    ids=["missing-key", "bad-template", "column-the-scored-rows-lack"],
 )
 def test_bad_enrich_settings_fail_in_one_line_before_spark(setup, sets, named, tmp_path, monkeypatch, capsys):
-    """The enrich job's checks, before the model is resolved or Spark starts."""
+    """The enrich job's checks and the columns the template and filter read, before Spark starts."""
     monkeypatch.setenv("AIBATCH_JOB_LOG", str(tmp_path / "job.log"))
     if named.startswith("ENRICH_TEST_KEY"):
         monkeypatch.delenv(named, raising=False)
     else:
         monkeypatch.setenv("ENRICH_TEST_KEY_GOOD", "sk-unused")
     argv = ["--config", setup["config"], "--bootstrap", "127.0.0.1:9", "--topic", "t", "--output", str(tmp_path / "o")]
-    assert stream.cli([*argv, "--model", "models:/no-such-model/1", "--enrich", *sets]) == 2
+    assert stream.cli([*argv, "--model", setup["model"], "--enrich", *sets]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not (tmp_path / "o").exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,6 +385,24 @@ def check_settings(ecfg: EnrichConfig, need_key: bool = True) -> None:
             read_api_key(ecfg.provider.api_key_env)
     except (PriceError, ApiKeyMissing, PromptError, SchemaFileError) as exc:
         raise common.ConfigError(str(exc)) from None
+
+
+def check_columns(ecfg: EnrichConfig, columns: Iterable[str], what: str) -> None:
+    """The columns the template and the filter read are among `columns`
+    (what the input will hold, known before Spark starts); else ConfigError,
+    one line naming them (a stream scoring with an embedder writes no
+    `predicted`, which the shipped template reads)."""
+    from udfs.enrich.assets import load_assets
+
+    reads = [*load_assets(ecfg).template.fields, ecfg.text_column]
+    if ecfg.select.op != "all":
+        reads.append(ecfg.select.column)
+    missing = sorted(set(reads) - set(columns))
+    if missing:
+        raise common.ConfigError(
+            f"enrich: the template {ecfg.template} and enrich.select read column(s) {missing} that {what} "
+            f"does not have (it has {', '.join(columns)})"
+        )
 
 
 def report(out: dict) -> None:

@@ -46,7 +46,9 @@ from udfs import records as R
 from udfs.config import PipelineConfig
 from udfs.enrich.accounting import EnrichTotals
 from udfs.enrich.driver import job_id_for, summary
-from udfs.models import LoadedModel
+from udfs.models import PYFUNC_KIND, LoadedModel
+from udfs.predict import output_fields
+from udfs.scoring import plan_scoring
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +252,22 @@ def prepare(cfg: PipelineConfig, args) -> dict:
     """Before Spark starts: with --enrich, the enrich job's checks (price
     table, template, schema, the key's variable: one line each); the model,
     of any kind (score.resolve_model)."""
-    if args.enrich:
-        enrich.check_settings(enrich.enrich_settings(cfg, None))
-    return score.resolve_model(cfg, args)
+    ecfg = enrich.enrich_settings(cfg, None) if args.enrich else None
+    if ecfg is not None:
+        enrich.check_settings(ecfg)
+    found = score.resolve_model(cfg, args)
+    if ecfg is not None:
+        columns = scored_columns(cfg, found["head"], args.precision)
+        enrich.check_columns(ecfg, columns, f"a row scored with {found['head'].ref} ({found['head'].kind})")
+    return found
+
+
+def scored_columns(cfg: PipelineConfig, head: LoadedModel, precision: str | None) -> list[str]:
+    """The columns of the scored rows (score.score_frame's): the records',
+    what the model's kind writes, lineage."""
+    plan = plan_scoring(cfg, head, "check", precision=precision)
+    fields = plan.fields if plan.kind == PYFUNC_KIND else output_fields(plan.kind, cfg.score.with_embedding)
+    return [*R.RECORD_FIELDS, *(name for name, _ in fields), *score.LINEAGE_COLUMNS]
 
 
 def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | None = None) -> dict:
