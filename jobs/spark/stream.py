@@ -199,7 +199,7 @@ class BatchWriter:
             flagged.unpersist()
         if rows_in != n_scored:
             raise RuntimeError(f"batch {batch_id}: count mismatch: enrich read {rows_in} scored rows of {n_scored}")
-        self.batch_lines += [f"batch {batch_id}: {line}" for line in lines]
+        self.batch_lines += [f"micro-batch {batch_id}: {line.strip()}" for line in lines]
         return totals
 
     def publish(self, scored: DataFrame) -> None:
