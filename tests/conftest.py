@@ -106,11 +106,19 @@ def kafka(tmp_path_factory):
         broker.stop()
 
 
+def kafka_connector_jars() -> list[Path]:
+    """Spark's Kafka connector for the installed pyspark (var/spark-kafka-V,
+    ./scripts/setup.sh; docs/streams.md), where setup found one."""
+    import pyspark
+
+    return sorted((REPO_ROOT / "var" / f"spark-kafka-{pyspark.__version__}").glob("*.jar"))
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
 
-    session = (
+    builder = (
         # Up to 4 attempts per task, as conf/spark-defaults.conf's local[*,4]:
         # a lost Python worker is retried, not a failed job.
         SparkSession.builder.master("local[2,4]")
@@ -118,8 +126,11 @@ def spark():
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
     )
+    jars = kafka_connector_jars()
+    if jars:  # so the stream job runs in this session (tests/test_stream_enrich.py), as --jars does for submit.sh
+        builder = builder.config("spark.jars", ",".join(str(j) for j in jars))
+    session = builder.getOrCreate()
     try:
         yield session
     finally:

@@ -23,9 +23,14 @@ Run with:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
+from pydantic import SecretStr
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -48,6 +53,7 @@ from udfs.enrich.driver import (
 )
 from udfs.enrich.progress import ProgressBar, snapshot
 from udfs.enrich.result import DEAD_LETTER, ENRICHED, RESULT_FIELDS
+from udfs.enrich.settings import EnrichConfig
 from udfs.spark import enrich_partitions, enrich_result_fields, in_sample_udf, select_udf
 
 log = logging.getLogger(__name__)
@@ -173,14 +179,108 @@ def batch_phase(todo: DataFrame, ecfg, assets, api_key, store, prices, output: s
     return obtain_batch_answers(ecfg, assets, api_key.get_secret_value(), store, stream, prices, output, retry)
 
 
-def main(spark: SparkSession, config, args) -> dict:
-    from udfs.enrich.assets import load_assets
-    from udfs.enrich.runner import open_store
+def count_selected(scored: DataFrame, flt) -> tuple[DataFrame, DataFrame, int, int]:
+    """(flagged, todo, rows in, selected): scored with `_selected` (cached:
+    the caller unpersists it when done), the selected rows, and both counts
+    from one Spark job."""
+    flagged = select_rows(scored, flt).cache()
+    counts = flagged.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_selected").cast("long")).alias("selected"))
+    first = counts.collect()[0]
+    return flagged, flagged.where("_selected").drop("_selected"), int(first["rows"]), int(first["selected"] or 0)
 
-    ecfg = enrich_settings(config, args.cache)
-    prices = PriceTable.load(ecfg.prices)
-    assets = load_assets(ecfg)  # template and schema, checked once here and shipped to the tasks
+
+@dataclass
+class Enricher:
+    """One run's enrich stage, loaded once on the driver: the settings (paths
+    resolved), the price table, the template and schema (checked here and
+    shipped to the tasks), then (open) the key and the shared store. The
+    enrich job runs it once over its input; the stream job once per
+    micro-batch over the scored rows."""
+
+    ecfg: EnrichConfig
+    prices: PriceTable
+    assets: Any
+    job_id: str
+    api_key: SecretStr | None = None
+    store: Any = None
+
+    @classmethod
+    def load(cls, config, cache: str | None, job_id: str) -> Enricher:
+        from udfs.enrich.assets import load_assets
+
+        ecfg = enrich_settings(config, cache)
+        return cls(ecfg, PriceTable.load(ecfg.prices), load_assets(ecfg), job_id)
+
+    def open(self) -> None:
+        from udfs.enrich.runner import open_store
+
+        self.api_key = read_api_key(self.ecfg.provider.api_key_env)
+        self.store = open_store(self.ecfg, self.job_id)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def results(
+        self, todo: DataFrame, output: str, tasks: int, chunk_rows: int, retry: bool = False, progress: bool = False
+    ) -> tuple[DataFrame, list[str]]:
+        """The selected rows + result fields (lazy: the calls happen when it
+        is written), and batch mode's report lines: with enrich.mode =
+        "batch" the provider's batches for `output` (the final output, which
+        keys them in the ledger) are obtained first, so the rows are then
+        answered from the cache."""
+        batch_lines = []
+        if self.ecfg.mode == "batch":
+            batch_lines = batch_phase(
+                todo, self.ecfg, self.assets, self.api_key, self.store, self.prices, output, retry
+            )
+        if progress:
+            self.store.progress_reset(self.job_id)
+        frame = enrich_frame(todo, self.ecfg, self.assets, self.job_id, self.api_key, tasks, chunk_rows, progress)
+        return frame, batch_lines
+
+    def watch(self, rows: int, enabled: bool) -> ProgressBar:
+        return ProgressBar(rows, lambda: snapshot(self.store, self.job_id), enabled=enabled)
+
+
+def write_results(
+    spark: SparkSession,
+    results: DataFrame,
+    enriched: str,
+    dead_letters: str,
+    fmt: str,
+    rows_in: int,
+    not_selected: int,
+    watch: contextlib.AbstractContextManager = contextlib.nullcontext(),
+    histograms: bool = False,
+) -> tuple[EnrichTotals, dict]:
+    """Inside a committed_outputs block (enriched, dead_letters: its staging
+    paths): every result (with the NEW column) goes to a hidden dir beside
+    the enriched output first (the calls happen in this write, under
+    `watch`); the two outputs are written from it, so they are committed
+    together only when all of this succeeded. The checked totals, and the
+    call histograms where asked."""
+    everything = enriched + ".results"
+    try:
+        with watch:
+            common.write_table(results, everything, "parquet")
+        staged = spark.read.parquet(everything)
+        final = staged.drop(NEW)
+        common.write_table(final.where(F.col("status") == ENRICHED), enriched, fmt)
+        common.write_table(final.where(F.col("status") == DEAD_LETTER), dead_letters, fmt)
+        totals = totals_of(staged, rows_in, not_selected)
+        totals.check()
+        shapes = call_histograms(staged) if histograms else {}
+    finally:
+        commit.filesystem(everything).delete(everything)
+    return totals, shapes
+
+
+def main(spark: SparkSession, config, args) -> dict:
     job_id = job_id_for(args.output)
+    stage = Enricher.load(config, args.cache, job_id)
+    ecfg, prices, assets = stage.ecfg, stage.prices, stage.assets
     dead_letters = dead_letters_path(args.output, args.dead_letters)
     scored = common.read_table(spark, args.input, args.input_format)
     if "id" not in scored.columns:
@@ -198,30 +298,21 @@ def main(spark: SparkSession, config, args) -> dict:
         n_selected = previous.count() + failed.count()
         n_todo = todo.count()
     else:
-        flagged = select_rows(scored, ecfg.select).cache()
-        counts = flagged.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_selected").cast("long")).alias("selected"))
-        first = counts.collect()[0]
-        rows_in, n_selected = int(first["rows"]), int(first["selected"] or 0)
+        _, todo, rows_in, n_selected = count_selected(scored, ecfg.select)
         n_todo = n_selected
-        todo = flagged.where("_selected").drop("_selected")
     not_selected = rows_in - n_selected
     if args.dry_run:
         return dry_run(todo, ecfg, assets, job_id, rows_in, n_selected, prices)
 
-    api_key = read_api_key(ecfg.provider.api_key_env)
     tasks = args.tasks or spark.sparkContext.defaultParallelism
     show = args.progress and spark.conf.get("spark.ui.showConsoleProgress", "false") != "true"
-    store = open_store(ecfg, job_id)
+    stage.open()
     if args.cancel:
-        lines = cancel_batches(ecfg, api_key.get_secret_value(), store, args.output)
-        store.close()
+        assert stage.api_key is not None
+        lines = cancel_batches(ecfg, stage.api_key.get_secret_value(), stage.store, args.output)
+        stage.close()
         return {"dry_run": True, "lines": lines}
-    batch_lines = []
-    if ecfg.mode == "batch":
-        batch_lines = batch_phase(todo, ecfg, assets, api_key, store, prices, args.output, args.retry_dead_letters)
-    if show:
-        store.progress_reset(job_id)
-    results = enrich_frame(todo, ecfg, assets, job_id, api_key, tasks, args.chunk_rows, show)
+    results, batch_lines = stage.results(todo, args.output, tasks, args.chunk_rows, args.retry_dead_letters, show)
     if kept is not None:  # the previous output's rows, typed like the new ones (JSON Lines reads longs)
         kept = kept.select(*[F.col(f.name).cast(f.dataType) for f in results.schema.fields])
         results = kept.withColumn(NEW, F.lit(False)).unionByName(results.withColumn(NEW, F.lit(True)))
@@ -231,23 +322,18 @@ def main(spark: SparkSession, config, args) -> dict:
     # --retry-dead-letters replaces the outputs it read by design; else an existing output needs --overwrite.
     overwrite = args.overwrite or args.retry_dead_letters
     with common.committed_outputs(spark, outputs, overwrite=overwrite, inputs=[args.input]) as staging:
-        # Every result goes to a hidden dir beside the staging output first (the calls
-        # happen in this write); the two outputs are written from it, and committed
-        # together only when all of this succeeded.
-        everything = staging["output"] + ".results"
-        try:
-            with ProgressBar(n_todo, lambda: snapshot(store, job_id), enabled=show):
-                common.write_table(results, everything, "parquet")
-            staged = spark.read.parquet(everything)
-            final = staged.drop(NEW)
-            common.write_table(final.where(F.col("status") == ENRICHED), staging["output"], args.output_format)
-            common.write_table(final.where(F.col("status") == DEAD_LETTER), staging["dead_letters"], args.output_format)
-            totals = totals_of(staged, rows_in, not_selected)
-            totals.check()
-            histograms = call_histograms(staged)
-        finally:
-            commit.filesystem(everything).delete(everything)
-    store.close()
+        totals, histograms = write_results(
+            spark,
+            results,
+            staging["output"],
+            staging["dead_letters"],
+            args.output_format,
+            rows_in,
+            not_selected,
+            watch=stage.watch(n_todo, show),
+            histograms=True,
+        )
+    stage.close()
     out = summary(totals, prices, args.output, dead_letters)
     out["lines"] += batch_lines
     out["histograms"] = histograms
@@ -272,10 +358,6 @@ def parser():
 def prepare(config, args) -> dict:
     """Checks that need no Spark, so a bad template, schema, price table or a
     missing key fails in one line before the session starts."""
-    from udfs.enrich.answers import SchemaFileError
-    from udfs.enrich.assets import load_assets
-    from udfs.enrich.prompts import PromptError
-
     ecfg = enrich_settings(config, args.cache)
     args.dead_letters = dead_letters_path(
         args.output, args.dead_letters
@@ -284,14 +366,43 @@ def prepare(config, args) -> dict:
         args.output_dests = ()  # a dry run (or --cancel) writes nothing
     elif args.retry_dead_letters:
         args.overwrite = True  # it replaces the outputs it reads, by design
+    check_settings(ecfg, need_key=not args.dry_run)  # --cancel needs the key too
+    return {}
+
+
+def check_settings(ecfg: EnrichConfig, need_key: bool = True) -> None:
+    """The price table, template and schema load, and (need_key) the key's
+    variable is set; else ConfigError, one line (run_cli prints it before
+    Spark starts). The enrich job's and the stream job's --enrich prepare."""
+    from udfs.enrich.answers import SchemaFileError
+    from udfs.enrich.assets import load_assets
+    from udfs.enrich.prompts import PromptError
+
     try:
         PriceTable.load(ecfg.prices)
         load_assets(ecfg)
-        if not args.dry_run:  # --cancel needs the key too
+        if need_key:
             read_api_key(ecfg.provider.api_key_env)
     except (PriceError, ApiKeyMissing, PromptError, SchemaFileError) as exc:
         raise common.ConfigError(str(exc)) from None
-    return {}
+
+
+def check_columns(ecfg: EnrichConfig, columns: Iterable[str], what: str) -> None:
+    """The columns the template and the filter read are among `columns`
+    (what the input will hold, known before Spark starts); else ConfigError,
+    one line naming them (a stream scoring with an embedder writes no
+    `predicted`, which the shipped template reads)."""
+    from udfs.enrich.assets import load_assets
+
+    reads = [*load_assets(ecfg).template.fields, ecfg.text_column]
+    if ecfg.select.op != "all":
+        reads.append(ecfg.select.column)
+    missing = sorted(set(reads) - set(columns))
+    if missing:
+        raise common.ConfigError(
+            f"enrich: the template {ecfg.template} and enrich.select read column(s) {missing} that {what} "
+            f"does not have (it has {', '.join(columns)})"
+        )
 
 
 def report(out: dict) -> None:

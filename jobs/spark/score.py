@@ -20,7 +20,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -33,7 +35,7 @@ from udfs.config import PipelineConfig
 from udfs.models import PYFUNC_KIND, LoadedModel, ModelError
 from udfs.partitioning import task_count
 from udfs.predict import output_fields
-from udfs.scoring import plan_scoring
+from udfs.scoring import ScoringPlan, plan_scoring
 from udfs.spark import balance_by_cost, in_sample_udf, pyfunc_udf, score_udf, ship_model_dir, task_slots
 
 log = logging.getLogger(__name__)
@@ -82,28 +84,60 @@ def resolve_model(cfg: PipelineConfig, args) -> dict:
     return {"head": model}
 
 
-def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | None = None) -> dict:
-    head = head or resolve_model(cfg, args)["head"]
-    plan = plan_scoring(cfg, head, common.new_run_id(), precision=args.precision)
-    settings, lineage, precision = plan.settings, plan.lineage, plan.settings.precision
-    # a classifier's or embedder's own files go to the executors (the head's arrays travel in the UDF)
-    shipped = ship_model_dir(spark, str(settings.model_dir)) if plan.kind != models.HEAD_KIND else ""
-    records = common.read_table(spark, args.input, args.input_format)
-    if args.sample_percent < 100:
-        records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
+@dataclass(frozen=True)
+class ModelScorer:
+    """One run's way of scoring records with one model of any kind: the plan
+    (settings, lineage, kind, columns), the UDF and the task count, made once
+    per run by model_scorer (a batch job scores once, a stream job once per
+    micro-batch with the same scorer)."""
+
+    plan: ScoringPlan
+    udf: Any
+    partitions: int
+    with_embedding: bool
+    shipped: str = ""
+
+    def score(self, records: DataFrame) -> DataFrame:
+        """records -> score_frame's columns, the rows spread over the tasks."""
+        settings = self.plan.settings
+        if self.plan.pyfunc is not None:
+            # its own predict: no tokenizer to estimate costs with, so the rows
+            # are spread by a hash of their id (parallelism, not cost balance)
+            spread = records.repartition(self.partitions, "id")
+        else:
+            spread = balance_by_cost(
+                records, self.partitions, settings.model_dir, settings.max_length, shipped=self.shipped
+            )
+        return score_frame(spread, self.udf, self.plan.lineage, self.with_embedding, self.plan.kind, self.plan.fields)
+
+
+def model_scorer(
+    spark: SparkSession, cfg: PipelineConfig, head: LoadedModel, run_id: str, precision: str | None = None
+) -> ModelScorer:
+    """The scorer of a run: the plan for head, the model's own files shipped
+    to the executors once (a classifier's, an embedder's or a pyfunc
+    model's; the head's arrays travel in the UDF), the UDF of its kind."""
+    plan = plan_scoring(cfg, head, run_id, precision=precision)
+    shipped = ship_model_dir(spark, str(plan.settings.model_dir)) if plan.kind != models.HEAD_KIND else ""
     # Parallelism follows the cluster, not the input's files: partitions_per_core
     # tasks per task slot, rows dealt to them by estimated cost (token count).
     partitions = task_count(task_slots(spark), cfg.score.partitions_per_core)
     with_embedding = cfg.score.with_embedding
     if plan.pyfunc is not None:
-        # its own predict: no tokenizer to estimate costs with, so the rows
-        # are spread by a hash of their id (parallelism, not cost balance)
-        records = records.repartition(partitions, "id")
-        scorer = pyfunc_udf(plan.pyfunc, shipped)
+        udf = pyfunc_udf(plan.pyfunc, shipped)
     else:
-        records = balance_by_cost(records, partitions, settings.model_dir, settings.max_length, shipped=shipped)
-        scorer = score_udf(settings, with_embedding, shipped)
-    scored = score_frame(records, scorer, lineage, with_embedding, plan.kind, plan.fields)
+        udf = score_udf(plan.settings, with_embedding, shipped)
+    return ModelScorer(plan, udf, partitions, with_embedding, shipped)
+
+
+def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | None = None) -> dict:
+    head = head or resolve_model(cfg, args)["head"]
+    scorer = model_scorer(spark, cfg, head, common.new_run_id(), args.precision)
+    plan, lineage, precision = scorer.plan, scorer.plan.lineage, scorer.plan.settings.precision
+    records = common.read_table(spark, args.input, args.input_format)
+    if args.sample_percent < 100:
+        records = records.where(in_sample_udf(args.sample_percent)(F.col("id")))
+    scored = scorer.score(records)
     started = time.perf_counter()
     with common.committed_outputs(
         spark, {"output": args.output}, overwrite=args.overwrite, inputs=[args.input]
@@ -123,7 +157,7 @@ def main(spark: SparkSession, cfg: PipelineConfig, args, head: LoadedModel | Non
         "rows": rows,
         "seconds": round(seconds, 1),
         "rows_per_s": round(rows / seconds, 1) if seconds else None,
-        "partitions": partitions,
+        "partitions": scorer.partitions,
         "by_label": by_label,
         "labelled": n_lab,
         "agreement": (correct / n_lab) if n_lab else None,

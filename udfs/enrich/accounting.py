@@ -134,6 +134,18 @@ class EnrichTotals:
             self.add(row)
         return self
 
+    def merge(self, other: EnrichTotals) -> EnrichTotals:
+        """Add another run's (or micro-batch's) counts to these."""
+        for name in ("rows_in", "enriched", "dead_letter", "not_selected", "calls", "cache_hits"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        for model, (tin, tout) in other.by_model.items():
+            paid = self.by_model.setdefault(model, [0, 0])
+            paid[0] += tin
+            paid[1] += tout
+        return self
+
     def check(self) -> None:
         """Every input row is accounted for exactly once."""
         if self.rows_in != self.enriched + self.dead_letter + self.not_selected:
