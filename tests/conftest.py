@@ -51,6 +51,41 @@ def pytest_xdist_make_scheduler(config, log):
 for _opts in ("SPARK_SUBMIT_OPTS", "HADOOP_CLIENT_OPTS"):
     os.environ.setdefault(_opts, "-XX:TieredStopAtLevel=1")
 
+
+def module_seconds(reports) -> dict[str, float]:
+    """Seconds per test module: setup, call and teardown summed, as the
+    workers measured them."""
+    totals: dict[str, float] = {}
+    for rep in reports:
+        if getattr(rep, "when", None) in ("setup", "call", "teardown") and hasattr(rep, "duration"):
+            module = rep.nodeid.split("::", 1)[0]
+            totals[module] = totals.get(module, 0.0) + rep.duration
+    return totals
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """After --durations: what each part of the suite cost (docs/development.md
+    quotes it), per directory and for the 25 costliest modules."""
+    reports = [rep for reps in terminalreporter.stats.values() for rep in reps]
+    modules = module_seconds(reports)
+    if len(modules) < 2:
+        return
+    total = sum(modules.values())
+    parts: dict[str, float] = {}
+    for module, seconds in modules.items():
+        part = module.rsplit("/", 1)[0] if module.count("/") > 1 else "tests/*.py"
+        parts[part] = parts.get(part, 0.0) + seconds
+    write = terminalreporter.write_line
+    terminalreporter.section("seconds per part of the suite (worker time, all workers together)")
+    for part, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
+        write(f"{seconds:8.1f} s  {100 * seconds / total:5.1f} %  {part}")
+    write(f"{total:8.1f} s  100.0 %  all {len(modules)} modules")
+    terminalreporter.section("seconds per test module, the 25 costliest")
+    for module, seconds in sorted(modules.items(), key=lambda kv: -kv[1])[:25]:
+        write(f"{seconds:8.1f} s  {module}")
+
+
 # Spark's Python workers must run this interpreter (the project's venv).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
