@@ -195,6 +195,23 @@ def private_config(
     return path
 
 
+def assert_mrjob_fs_round_trip(fs, base: str, tmp_path: Path) -> None:
+    """An mrjob filesystem's calls on a fresh dir base: mkdir (nested), put,
+    exists, ls, cat, du and rm, each checked."""
+    data = b"line one\nline two\n"
+    local = tmp_path / "data.txt"
+    local.write_bytes(data)
+    assert not fs.exists(base)
+    fs.mkdir(f"{base}/files")
+    fs.put(str(local), f"{base}/files/data.txt")
+    assert fs.exists(f"{base}/files/data.txt")
+    assert list(fs.ls(base)) == [f"{base}/files/data.txt"]
+    assert b"".join(fs.cat(f"{base}/files/data.txt")) == data
+    assert fs.du(base) == len(data)
+    fs.rm(base)
+    assert not fs.exists(base)
+
+
 @pytest.fixture(scope="session")
 def pipeline_config(tmp_path_factory) -> Path:
     """conf/pipeline.toml with the model registry in a private temp dir."""

@@ -15,7 +15,7 @@ from infra.hdfs import HdfsError, LocalHDFS, check_java
 from infra.settings import SettingsError, load_settings
 from jobs.spark import hdfs_roundtrip
 
-from .conftest import make_hdfs
+from .conftest import assert_mrjob_fs_round_trip, make_hdfs
 
 
 def hadoop(node: LocalHDFS, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
@@ -63,17 +63,7 @@ def test_mrjob_hadoop_filesystem(hdfs, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     fs = HadoopFilesystem(hadoop_bin=[str(hdfs.hadoop_bin)])
     assert fs.get_hadoop_version() == "3.5.0"
-    base = f"{hdfs.hdfs_url}/user/{hdfs.user}/mrjob-{uuid.uuid4().hex}"
-    local = tmp_path / "data.txt"
-    local.write_bytes(b"line one\nline two\n")
-    fs.mkdir(base)
-    fs.put(str(local), f"{base}/data.txt")
-    assert fs.exists(f"{base}/data.txt")
-    assert list(fs.ls(base)) == [f"{base}/data.txt"]
-    assert b"".join(fs.cat(f"{base}/data.txt")) == b"line one\nline two\n"
-    assert fs.du(base) == len(b"line one\nline two\n")
-    fs.rm(base)
-    assert not fs.exists(base)
+    assert_mrjob_fs_round_trip(fs, f"{hdfs.hdfs_url}/user/{hdfs.user}/mrjob-{uuid.uuid4().hex}", tmp_path)
 
 
 def test_webhdfs_spark_parquet_round_trip(hdfs, webhdfs, spark):

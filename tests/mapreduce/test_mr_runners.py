@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_mrjob_fs_round_trip
 from udfs import records as R
 from udfs.config import EncoderConfig
 from udfs.ingest_rows import split_rows
@@ -201,20 +202,6 @@ def test_hadoop_runner_reaches_hdfs_through_webhdfs(hdfs, tmp_path, monkeypatch)
     from jobs.mapreduce.hadoop_runner import LocalFirstFilesystem
 
     fs = LocalFirstFilesystem([str(tmp_path / "no-hadoop" / "bin" / "hadoop")])
-    src = tmp_path / "data.txt"
-    src.write_bytes(b"line one\nline two\n")
-    for base in (
-        f"{hdfs.hdfs_url}/user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}",
-        f"hdfs:///user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}",
-    ):
-        if base.startswith("hdfs:///"):
-            monkeypatch.setenv("HADOOP_CONF_DIR", str(hdfs.conf_dir))
-        assert not fs.exists(base)
-        fs.mkdir(f"{base}/files")
-        fs.put(str(src), f"{base}/files/data.txt")
-        assert fs.exists(f"{base}/files/data.txt")
-        assert list(fs.ls(base)) == [f"{base}/files/data.txt"]
-        assert b"".join(fs.cat(f"{base}/files/data.txt")) == b"line one\nline two\n"
-        assert fs.du(base) == len(b"line one\nline two\n")
-        fs.rm(base)
-        assert not fs.exists(base)
+    assert_mrjob_fs_round_trip(fs, f"{hdfs.hdfs_url}/user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}", tmp_path)
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(hdfs.conf_dir))
+    assert_mrjob_fs_round_trip(fs, f"hdfs:///user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}", tmp_path)
