@@ -4,10 +4,11 @@ mrjob's `-r hadoop` runner sends every filesystem call to `hadoop fs`: a new
 JVM (1 to 2 s of start-up, more on a busy machine) for each `-ls`, `-mkdir`,
 `-put` and `-rm`, including those on `file:///` URIs, and one more for
 `hadoop version`. A twin on Hadoop's LocalJobRunner (conf/mrjob.conf) keeps
-its job files in a `file://` scratch dir, so a two-step job started nine such
-JVMs before its first step (measured with `strace -f -e trace=execve` on
+its job files in a `file://` scratch dir, so a two-step job started eleven
+such JVMs before its first step and one after it (counted with
+`strace -f -e trace=execve` on
 `tests/mapreduce/test_mr_runners.py::test_stats_tables[hadoop]`: 21 s of its
-28 s before the first `hadoop jar`). Here:
+28 s went by before the first `hadoop jar`; docs/mapreduce.md). Here:
 
 - `file:///` URIs and local paths go to mrjob's own local filesystem (plain
   Python), before `hadoop fs`;
@@ -88,9 +89,9 @@ class WebHdfsFilesystem(Filesystem):
 
     @staticmethod
     def _path(path: str) -> str:
-        from urllib.parse import urlsplit
+        from jobs import commit
 
-        return urlsplit(path).path or "/"
+        return commit.WebHdfsFileSystem.path(path)
 
     @staticmethod
     def _prefix(path: str) -> str:
