@@ -370,31 +370,32 @@ def prepare(config, args) -> dict:
     return {}
 
 
-def check_settings(ecfg: EnrichConfig, need_key: bool = True) -> None:
+def check_settings(ecfg: EnrichConfig, need_key: bool = True) -> Any:
     """The price table, template and schema load, and (need_key) the key's
     variable is set; else ConfigError, one line (run_cli prints it before
-    Spark starts). The enrich job's and the stream job's --enrich prepare."""
+    Spark starts). The enrich job's and the stream job's --enrich prepare.
+    Returns the loaded assets (template and schema)."""
     from udfs.enrich.answers import SchemaFileError
     from udfs.enrich.assets import load_assets
     from udfs.enrich.prompts import PromptError
 
     try:
         PriceTable.load(ecfg.prices)
-        load_assets(ecfg)
+        assets = load_assets(ecfg)
         if need_key:
             read_api_key(ecfg.provider.api_key_env)
     except (PriceError, ApiKeyMissing, PromptError, SchemaFileError) as exc:
         raise common.ConfigError(str(exc)) from None
+    return assets
 
 
-def check_columns(ecfg: EnrichConfig, columns: Iterable[str], what: str) -> None:
-    """The columns the template and the filter read are among `columns`
-    (what the input will hold, known before Spark starts); else ConfigError,
-    one line naming them (a stream scoring with an embedder writes no
-    `predicted`, which the shipped template reads)."""
-    from udfs.enrich.assets import load_assets
-
-    reads = [*load_assets(ecfg).template.fields, ecfg.text_column]
+def check_columns(ecfg: EnrichConfig, assets: Any, columns: Iterable[str], what: str) -> None:
+    """The columns the template (in assets, as check_settings loaded them)
+    and the filter read are among `columns` (what the input will hold, known
+    before Spark starts); else ConfigError, one line naming them (a stream
+    scoring with an embedder writes no `predicted`, which the shipped
+    template reads)."""
+    reads = [*assets.template.fields, ecfg.text_column]
     if ecfg.select.op != "all":
         reads.append(ecfg.select.column)
     missing = sorted(set(reads) - set(columns))

@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 LINEAGE_COLUMNS = L.LINEAGE_COLUMNS
 
 
+def written_fields(
+    kind: str, with_embedding: bool, fields: tuple[tuple[str, str], ...] = ()
+) -> tuple[tuple[str, str], ...]:
+    """(name, type) of what a model of `kind` writes: a pyfunc model's own
+    `fields`, else its kind's (udfs.predict.output_fields)."""
+    return fields if kind == PYFUNC_KIND else tuple(output_fields(kind, with_embedding))
+
+
 def score_frame(
     records: DataFrame,
     scorer,
@@ -61,8 +69,9 @@ def score_frame(
         scored = records.withColumn("_score", scorer(F.col("id"), F.col("text")))
     else:
         scored = records.withColumn("_score", scorer(F.col("text")))
-        fields = tuple(output_fields(kind, with_embedding))
-    extra: list[Column] = [F.col(f"_score.{name}").alias(name) for name, _ in fields]
+    extra: list[Column] = [
+        F.col(f"_score.{name}").alias(name) for name, _ in written_fields(kind, with_embedding, fields)
+    ]
     extra += [F.lit(lineage[c]).alias(c) for c in LINEAGE_COLUMNS]
     return scored.select(*[F.col(c) for c in records.columns], *extra)
 

@@ -46,8 +46,7 @@ from udfs import records as R
 from udfs.config import PipelineConfig
 from udfs.enrich.accounting import EnrichTotals
 from udfs.enrich.driver import job_id_for, summary
-from udfs.models import PYFUNC_KIND, LoadedModel
-from udfs.predict import output_fields
+from udfs.models import LoadedModel
 from udfs.scoring import plan_scoring
 
 log = logging.getLogger(__name__)
@@ -253,12 +252,11 @@ def prepare(cfg: PipelineConfig, args) -> dict:
     table, template, schema, the key's variable: one line each); the model,
     of any kind (score.resolve_model)."""
     ecfg = enrich.enrich_settings(cfg, None) if args.enrich else None
-    if ecfg is not None:
-        enrich.check_settings(ecfg)
+    assets = enrich.check_settings(ecfg) if ecfg is not None else None
     found = score.resolve_model(cfg, args)
     if ecfg is not None:
         columns = scored_columns(cfg, found["head"], args.precision)
-        enrich.check_columns(ecfg, columns, f"a row scored with {found['head'].ref} ({found['head'].kind})")
+        enrich.check_columns(ecfg, assets, columns, f"a row scored with {found['head'].ref} ({found['head'].kind})")
     return found
 
 
@@ -266,7 +264,7 @@ def scored_columns(cfg: PipelineConfig, head: LoadedModel, precision: str | None
     """The columns of the scored rows (score.score_frame's): the records',
     what the model's kind writes, lineage."""
     plan = plan_scoring(cfg, head, "check", precision=precision)
-    fields = plan.fields if plan.kind == PYFUNC_KIND else output_fields(plan.kind, cfg.score.with_embedding)
+    fields = score.written_fields(plan.kind, cfg.score.with_embedding, plan.fields)
     return [*R.RECORD_FIELDS, *(name for name, _ in fields), *score.LINEAGE_COLUMNS]
 
 
