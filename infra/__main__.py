@@ -7,6 +7,7 @@ packed executor environment:
     python -m infra kafka start|stop|status|restart [--data-dir var/kafka] [--port 19092]
     python -m infra mosquitto start|stop|status [--data-dir var/mosquitto] [--port 1883]
     python -m infra pack [--upload [DIR_URL]] [--print-url] [--force]
+    python -m infra cds [--force]
     python -m infra conf --out DIR [--config conf/hdfs.toml]
 
 scripts/hdfs.sh, scripts/yarn.sh, scripts/cluster.sh, scripts/kafka.sh and ./submit.sh pack
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cds import main as cds_main
 from .daemons import ClusterError
 from .hadoop_home import render_conf_dir
 from .hdfs import HdfsError, LocalHDFS
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pack.add_argument("--print-url", action="store_true", help="print where --upload puts it, do nothing")
     pack.add_argument("--force", action="store_true", help="pack again even when cached")
+    cds = sub.add_parser("cds", help="the Spark driver JVM's class-data sharing archive (var/cds)")
+    cds.add_argument("--force", action="store_true", help="build again even if a usable archive is there")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("hdfs").setLevel(logging.WARNING)
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         except PackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    if args.service == "cds":
+        return cds_main(args.force, print)
     if args.service in ("yarn", "spark", "kafka"):
         return cluster_main(args)
     if args.service == "mosquitto":

@@ -50,6 +50,12 @@ def pytest_xdist_make_scheduler(config, log):
 # which mrjob's `hadoop fs` parsing takes for an error.)
 for _opts in ("SPARK_SUBMIT_OPTS", "HADOOP_CLIENT_OPTS"):
     os.environ.setdefault(_opts, "-XX:TieredStopAtLevel=1")
+# The tests' own SparkSessions map Spark's classes from the class-data sharing
+# archive setup builds, as ./submit.sh's jobs do (infra/cds.py).
+if "SharedArchiveFile" not in os.environ["SPARK_SUBMIT_OPTS"]:
+    from infra.cds import java_options as _cds_options
+
+    os.environ["SPARK_SUBMIT_OPTS"] = f"{os.environ['SPARK_SUBMIT_OPTS']} {_cds_options()}".strip()
 
 
 def module_seconds(reports) -> dict[str, float]:
