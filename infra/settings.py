@@ -180,6 +180,9 @@ class ClusterSettings:
     spark_worker_memory: str = "2g"
     spark_dir: Path = REPO_ROOT / "var" / "spark-standalone"
     daemon_heap: str = "512m"
+    # JVM options added to every MapReduce task's and application master's
+    # JVM on the local YARN (mapred-site.xml), after the heap size.
+    task_java_opts: str = ""
 
     YARN_PORT_KEYS = (
         "rm_port",

@@ -90,6 +90,7 @@ class LocalYARN:
             "nm_vcores": str(self.settings.nm_vcores),
             "container_min_mb": str(self.settings.container_min_mb),
             "container_max_mb": str(self.settings.container_max_mb),
+            "task_java_opts": self.settings.task_java_opts,
             "yarn_dir": str(self.base),
             "conf_dir": str(self.conf_dir),
             "hadoop_home": str(self.hadoop_home),

@@ -50,6 +50,13 @@ def pytest_xdist_make_scheduler(config, log):
 # which mrjob's `hadoop fs` parsing takes for an error.)
 for _opts in ("SPARK_SUBMIT_OPTS", "HADOOP_CLIENT_OPTS"):
     os.environ.setdefault(_opts, "-XX:TieredStopAtLevel=1")
+# Executors on YARN and standalone, and YARN's application master, too: the
+# driver's SparkConf takes spark.* Java system properties from SPARK_SUBMIT_OPTS.
+if "spark.executor.extraJavaOptions" not in os.environ["SPARK_SUBMIT_OPTS"]:
+    os.environ["SPARK_SUBMIT_OPTS"] += (
+        " -Dspark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1"
+        " -Dspark.yarn.am.extraJavaOptions=-XX:TieredStopAtLevel=1"
+    )
 # The tests' own SparkSessions map Spark's classes from the class-data sharing
 # archive setup builds, as ./submit.sh's jobs do (infra/cds.py).
 if "SharedArchiveFile" not in os.environ["SPARK_SUBMIT_OPTS"]:

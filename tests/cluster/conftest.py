@@ -33,8 +33,14 @@ def cluster_settings(base: Path) -> ClusterSettings:
     values = dict(zip(keys, ports, strict=False))
     # The workers' web UIs take spark_worker_http_port + i: two free ports in a row.
     worker_http = next(p for p in ports[len(keys) :] if p + 1 not in ports and not _taken(p + 1))
+    # MapReduce's task and application master JVMs compile with C1 only, as
+    # the suite's other short-lived JVMs do (tests/conftest.py).
     return ClusterSettings().with_overrides(
-        **values, spark_worker_http_port=worker_http, yarn_dir=base / "yarn", spark_dir=base / "spark"
+        **values,
+        spark_worker_http_port=worker_http,
+        yarn_dir=base / "yarn",
+        spark_dir=base / "spark",
+        task_java_opts="-XX:TieredStopAtLevel=1",
     )
 
 
