@@ -14,12 +14,8 @@ import pytest
 from infra import cds
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = """
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.getOrCreate()
-print("rows", spark.range(3).count())
-spark.stop()
-"""
+# spark-submit's JVM starts and runs the script's Python; no SparkSession needed.
+SCRIPT = 'print("script ran")\n'
 
 
 def test_setup_built_an_archive_this_jvm_accepts():
@@ -37,11 +33,10 @@ def _submit_class_log(tmp_path: Path, opts: str) -> str:
     proc = subprocess.run(
         [str(ROOT / "submit.sh"), str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0 and "rows 3" in proc.stdout, proc.stderr[-3000:]
-    return next(line for line in log.read_text().splitlines() if " org.apache.spark.SparkContext " in line)
+    assert proc.returncode == 0 and "script ran" in proc.stdout, proc.stderr[-3000:]
+    return next(line for line in log.read_text().splitlines() if " org.apache.spark.deploy.SparkSubmit " in line)
 
 
-@pytest.mark.slow
 def test_submit_maps_spark_classes_from_the_archive(tmp_path):
     assert cds.ARCHIVE.is_file()
     assert "source: shared objects file (top)" in _submit_class_log(tmp_path, "")
