@@ -1,5 +1,5 @@
 """Two engines, one answer: the whole chain (ingest, score, stats) on Spark
-(through ./submit.sh) and on the mrjob twins (through ./submit.sh mr) on
+(./submit.sh pipeline) and on the mrjob twins (through ./submit.sh mr) on
 each of mrjob's runners, over the same file of 520 real rows of the default
 data plus one row of every bad kind; outputs read back from HDFS (Spark,
 -r hadoop) or the local disk (-r inline, -r local), compared stage by stage
@@ -108,10 +108,14 @@ def spark_chain(hdfs, webhdfs, raw_jsonl, config_file):
     base = f"/user/{hdfs.user}/parity-{uuid.uuid4().hex[:8]}"
     url = f"{hdfs.hdfs_url}{base}"
     webhdfs.write(f"{base}/raw.jsonl", data=raw_jsonl)
+    # The pipeline job: ingest, score and stats one after the other in one
+    # application, with the same arguments and outputs as the three jobs
+    # (test_spark_pipeline.py checks that it equals them; test_spark_submit.py
+    # runs the three through ./submit.sh): one driver start instead of three.
     submit(
         config_file,
         hdfs,
-        "ingest",
+        "pipeline",
         "--input",
         f"{url}/raw.jsonl",
         "--format",
@@ -126,32 +130,12 @@ def spark_chain(hdfs, webhdfs, raw_jsonl, config_file):
         f"{url}/spark/rejects",
         "--output-format",
         "jsonl",
-    )
-    submit(
-        config_file,
-        hdfs,
-        "score",
-        "--input",
-        f"{url}/spark/records",
-        "--input-format",
-        "jsonl",
-        "--output",
+        "--scored",
         f"{url}/spark/scored",
-        "--output-format",
-        "jsonl",
+        "--stats",
+        f"{url}/spark/stats",
         "--model",
         "sentiment@1",
-    )
-    submit(
-        config_file,
-        hdfs,
-        "stats",
-        "--input",
-        f"{url}/spark/scored",
-        "--input-format",
-        "jsonl",
-        "--output",
-        f"{url}/spark/stats",
     )
     read = lambda p: read_hdfs_dir(webhdfs, f"{base}/spark/{p}")  # noqa: E731
     return {
