@@ -44,9 +44,20 @@ def java_options(archive: Path = ARCHIVE) -> str:
     return f"-XX:SharedArchiveFile={archive} {QUIET}" if archive.is_file() else ""
 
 
+def with_archive(opts: str, archive: Path = ARCHIVE) -> str:
+    """SPARK_SUBMIT_OPTS with the archive's options added, unless opts already
+    names an archive or an -Xshare option of its own (submit.sh's rule, in
+    bash there: it runs before any Python)."""
+    if any(own in opts for own in ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")):
+        return opts
+    return f"{opts} {java_options(archive)}".strip()
+
+
 def _spark_env(opts: str) -> dict[str, str]:
     import pyspark
 
+    # Without the Hadoop and YARN conf dirs, which spark-class appends to the
+    # class path: the archive then fits every later class path that has them.
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_SUBMIT_OPTS", "HADOOP_CONF_DIR", "YARN_CONF_DIR")}
     env.update(
         SPARK_HOME=os.path.dirname(pyspark.__file__),
@@ -85,10 +96,7 @@ def build(archive: Path = ARCHIVE, force: bool = False, warmup: Path = WARMUP) -
     if not force and usable(archive):
         return False
     archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()  # the JVM writes it at exit
+    tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")  # the JVM writes it at exit
     try:
         with tempfile.TemporaryDirectory(prefix="aibatch-cds-") as work:
             proc = subprocess.run(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import cds
 from infra.hdfs import LocalHDFS, free_ports
 from infra.settings import DEFAULT_HADOOP_HOME, HdfsSettings
 
@@ -58,12 +59,9 @@ if "spark.executor.extraJavaOptions" not in os.environ["SPARK_SUBMIT_OPTS"]:
         " -Dspark.yarn.am.extraJavaOptions=-XX:TieredStopAtLevel=1"
     )
 # The tests' own SparkSessions map Spark's classes from the class-data sharing
-# archive setup builds, as ./submit.sh's jobs do (infra/cds.py), unless
-# SPARK_SUBMIT_OPTS says otherwise (the same rule as submit.sh's).
-if not any(o in os.environ["SPARK_SUBMIT_OPTS"] for o in ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")):
-    from infra.cds import java_options as _cds_options
-
-    os.environ["SPARK_SUBMIT_OPTS"] = f"{os.environ['SPARK_SUBMIT_OPTS']} {_cds_options()}".strip()
+# archive setup builds, as ./submit.sh's jobs do, unless SPARK_SUBMIT_OPTS
+# says otherwise (infra/cds.py).
+os.environ["SPARK_SUBMIT_OPTS"] = cds.with_archive(os.environ["SPARK_SUBMIT_OPTS"])
 
 
 def module_seconds(reports) -> dict[str, float]:

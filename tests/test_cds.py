@@ -66,3 +66,11 @@ def test_a_truncated_archive_is_not_usable(tmp_path):
         cwd=tmp_path,  # its hs_err_pid*.log
     )
     assert proc.returncode != 0
+
+
+def test_your_own_archive_or_xshare_wins(tmp_path):
+    own = "-XX:TieredStopAtLevel=1 -Xshare:off"
+    assert cds.with_archive(own) == own
+    assert cds.with_archive("-XX:SharedArchiveFile=/x.jsa") == "-XX:SharedArchiveFile=/x.jsa"
+    assert cds.with_archive("-Xmx1g") == f"-Xmx1g {cds.java_options()}"
+    assert cds.with_archive("-Xmx1g", tmp_path / "none.jsa") == "-Xmx1g"
