@@ -61,8 +61,49 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _unassigned_ports() -> range:
+    """Ports the kernel never picks by itself: those below its ephemeral range
+    (net.ipv4.ip_local_port_range, 32768-60999 by default), from 10000."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, low)
+
+
+_handed_out: set[int] = set()
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct free ports (for tests that run their own instance)."""
+    """n distinct free ports (for tests that run their own instance).
+
+    A port chosen now may be bound minutes later (a test session's cluster
+    settings are chosen once, its standalone cluster starts when a module
+    needs it). Ports from the kernel's ephemeral range can meanwhile go to
+    any outgoing connection's local end, as one did in CI; so these come from
+    below that range. Each process walks its own stretch of it (by pytest-xdist
+    worker, else by pid) and never hands a port out twice; a port something
+    already listens on is skipped.
+    """
+    pool = _unassigned_ports()
+    if len(pool) < 1000:  # a machine whose ephemeral range starts low: let the kernel choose
+        return _kernel_ports(n, host)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    slot = int(worker) if worker.isdigit() else os.getpid()
+    start = (slot * 2003) % len(pool)
+    ports: list[int] = []
+    for i in range(len(pool)):
+        port = pool[(start + i) % len(pool)]
+        if port in _handed_out or port_in_use(host, port):
+            continue
+        _handed_out.add(port)
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports on {host} between {pool.start} and {pool.stop - 1}")
+
+
+def _kernel_ports(n: int, host: str) -> list[int]:
     socks, ports = [], []
     try:
         for _ in range(n):

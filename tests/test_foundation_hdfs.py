@@ -160,3 +160,21 @@ def test_settings_errors_name_the_key(tmp_path):
         load_settings(env={"AIBATCH_HDFS_DATANODE_PORT": "70000"})
     settings = load_settings(env={"AIBATCH_HDFS_NAMENODE_PORT": "29820"})
     assert settings.hdfs_url == "hdfs://127.0.0.1:29820"
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_are_never_handed_out_twice():
+    """A port from the kernel's ephemeral range, chosen for a daemon that
+    starts minutes later, can meanwhile become some outgoing connection's
+    local port (CI's standalone cluster found its web UI port taken so)."""
+    from infra.hdfs import free_ports
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        low = int(fh.read().split()[0])
+    first, second = free_ports(6), free_ports(6)
+    assert len(set(first + second)) == 12
+    assert all(10000 <= p < low for p in first + second), (first, second, low)
+    # One that something listens on is skipped.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", second[-1] + 1))
+        s.listen()
+        assert second[-1] + 1 not in free_ports(1)

@@ -28,26 +28,27 @@ BAD_ROWS = [b'{"text": "unterminated', b'{"sentiment": 2.0}', b'{"text": " \\t "
 
 def cluster_settings(base: Path) -> ClusterSettings:
     """Settings of a private YARN and standalone cluster on free ports under base."""
-    ports = free_ports(14)
-    keys = list(ClusterSettings.YARN_PORT_KEYS) + ["spark_master_port", "spark_master_http_port"]
-    values = dict(zip(keys, ports, strict=False))
-    # The workers' web UIs take spark_worker_http_port + i: two free ports in a row.
-    worker_http = next(p for p in ports[len(keys) :] if p + 1 not in ports and not _taken(p + 1))
+    values = dict(zip(ClusterSettings.YARN_PORT_KEYS, free_ports(len(ClusterSettings.YARN_PORT_KEYS)), strict=True))
     # MapReduce's task and application master JVMs compile with C1 only, as
     # the suite's other short-lived JVMs do (tests/conftest.py).
-    return ClusterSettings().with_overrides(
-        **values,
-        spark_worker_http_port=worker_http,
-        yarn_dir=base / "yarn",
-        spark_dir=base / "spark",
-        task_java_opts="-XX:TieredStopAtLevel=1",
+    return with_spark_ports(
+        ClusterSettings().with_overrides(
+            **values, yarn_dir=base / "yarn", spark_dir=base / "spark", task_java_opts="-XX:TieredStopAtLevel=1"
+        )
     )
 
 
-def _taken(port: int) -> bool:
-    from infra.hdfs import port_in_use
-
-    return port_in_use("127.0.0.1", port)
+def with_spark_ports(settings: ClusterSettings) -> ClusterSettings:
+    """settings with the standalone cluster's ports chosen now: the master's
+    two, and the workers' web UIs at spark_worker_http_port + i, a run of
+    consecutive free ports."""
+    master, master_http = free_ports(2)
+    workers = free_ports(settings.spark_workers)
+    while workers != list(range(workers[0], workers[0] + len(workers))):
+        workers = free_ports(settings.spark_workers)
+    return settings.with_overrides(
+        spark_master_port=master, spark_master_http_port=master_http, spark_worker_http_port=workers[0]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +102,8 @@ def standalone(cluster_conf):
     its own) deleted, so the disk is free for the next cluster."""
     from infra.standalone import SparkStandalone
 
-    cluster = SparkStandalone(cluster_conf)
+    # Its ports are chosen when it starts, not with the session's settings.
+    cluster = SparkStandalone(with_spark_ports(cluster_conf))
     try:
         cluster.start()
         yield cluster
