@@ -10,10 +10,13 @@ it is the client configuration of `./submit.sh --master yarn` and of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import shutil
 import string
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +41,55 @@ DAEMONS = ("resourcemanager", "nodemanager")
 # Without Hadoop's native library (Maven Central ships none) the NodeManager
 # starts one `chmod` process per file of a localised archive
 # (RawLocalFileSystem.setPermission): about 42,300 for the packed
-# environment. Java 17 starts processes with posix_spawn through its
-# jspawnhelper (two execs each); vfork execs chmod directly, about half the
-# cost per process (bench/bench_chmod.py measures both in one run).
+# environment. Its own conf dir therefore names infra/java's NioLocalFs as
+# the local file system, which sets the same bits through java.nio (no
+# process); only the NodeManager's (the clients' and containers' conf dir is
+# Hadoop's default). Where that cannot be compiled (no javac), Java 17's
+# posix_spawn through its jspawnhelper (two execs each) is replaced by vfork,
+# which execs chmod directly, at about half the cost per process
+# (bench/bench_chmod.py measures both in one run).
 NODEMANAGER_LAUNCH = "-Djdk.lang.Process.launchMechanism=VFORK"
+NIO_LOCAL_FS = "aibatch.hadoop.NioLocalFs"
+NIO_SOURCE = Path(__file__).resolve().parent / "java" / "aibatch" / "hadoop" / "NioLocalFs.java"
+JAVA_BUILD = REPO_ROOT / "var" / "build" / "java"
+
+
+def nio_local_fs_classes(hadoop_home: Path, java: str) -> Path | None:
+    """The compiled NioLocalFs (var/build/java/<hash of source and Hadoop
+    jars>), compiled here the first time; None, with a warning, where it
+    cannot be (a JRE without javac)."""
+    jars = hadoop_home / "share" / "hadoop" / "common" / "lib"
+    key = hashlib.sha256(NIO_SOURCE.read_bytes())
+    key.update("\n".join(sorted(p.name for p in jars.glob("hadoop-*.jar"))).encode())
+    out = JAVA_BUILD / f"nio-local-fs-{key.hexdigest()[:12]}"
+    if out.is_dir():
+        return out
+    javac = Path(java_home(java)) / "bin" / "javac"
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        proc = subprocess.run(
+            [str(javac), "-nowarn", "-cp", f"{jars}/*", "-d", str(tmp), str(NIO_SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = subprocess.CompletedProcess([], 1, "", str(exc))
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning(
+            "could not compile %s (%s); the NodeManager will start a chmod process per localised file",
+            NIO_SOURCE.name,
+            (proc.stderr or proc.stdout).strip()[-500:],
+        )
+        return None
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process compiled it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
 
 PORT_NAMES = {
     "rm_port": "ResourceManager client RPC",
@@ -66,6 +114,7 @@ class LocalYARN:
         self.hadoop_home = Path(self.hadoop_home).resolve()
         self.base = Path(self.settings.yarn_dir).resolve()
         self.conf_dir = self.base / "conf"
+        self.nm_conf_dir = self.base / "nodemanager-conf"
         self.daemons = DaemonSet(self.base)
         self.hdfs = LocalHDFS(self.hdfs_settings, hadoop_home=self.hadoop_home)
 
@@ -100,6 +149,21 @@ class LocalYARN:
             (self.conf_dir / template.name.removesuffix(".yarn")).write_text(text)
         return self.conf_dir
 
+    def render_nodemanager_conf(self, local_fs_classes: Path | None) -> Path:
+        """The NodeManager's own conf dir: the client conf dir's files, its
+        yarn-site.xml naming NioLocalFs as the local file system where it
+        was compiled. Containers get the client conf dir (the admin env)."""
+        shutil.rmtree(self.nm_conf_dir, ignore_errors=True)
+        shutil.copytree(self.conf_dir, self.nm_conf_dir)
+        if local_fs_classes is not None:
+            site = self.nm_conf_dir / "yarn-site.xml"
+            prop = (
+                "  <property><name>fs.AbstractFileSystem.file.impl</name>"
+                f"<value>{NIO_LOCAL_FS}</value></property>\n</configuration>"
+            )
+            site.write_text(site.read_text().replace("</configuration>", prop))
+        return self.nm_conf_dir
+
     def running(self) -> dict[str, int | None]:
         return {d: self.daemons.pid(d) for d in DAEMONS}
 
@@ -131,6 +195,8 @@ class LocalYARN:
         for d in ("local", "container-logs"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
         self.render_conf()
+        classes = nio_local_fs_classes(self.hadoop_home, java)
+        self.render_nodemanager_conf(classes)
         for daemon in DAEMONS:
             env = self.env()
             env["JAVA_HOME"] = java_home(java)
@@ -138,7 +204,10 @@ class LocalYARN:
             env["HADOOP_LOG_DIR"] = str(self.daemons.log_dir)
             env["HADOOP_OPTS"] = f"-Dhadoop.root.logger=INFO,RFA -Dhadoop.log.file={daemon}.log {self.daemons.marker}"
             if daemon == "nodemanager":
+                env["HADOOP_CONF_DIR"] = str(self.nm_conf_dir)
                 env["HADOOP_OPTS"] += f" {NODEMANAGER_LAUNCH}"
+                if classes is not None:
+                    env["HADOOP_CLASSPATH"] = os.pathsep.join(filter(None, [env.get("HADOOP_CLASSPATH"), str(classes)]))
             self._truncate_log(daemon)
             self.daemons.spawn(daemon, [str(self.hdfs.hadoop_bin), daemon], env)
         try:

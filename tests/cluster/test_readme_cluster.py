@@ -9,7 +9,10 @@ command runs in test_standalone.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +83,33 @@ def test_yarn_executors_ran_the_packed_env(readme_run, yarn):
         assert w["cwd"].startswith(str(yarn.base / "local")), w
         # the archive itself sits once in the NodeManager's public cache
         assert w["prefix_realpath"].startswith(str(yarn.base / "local" / "filecache")), w
+
+
+def test_nodemanager_set_the_public_cache_permissions_through_nio(readme_run, yarn):
+    """The NodeManager's own conf names NioLocalFs (the clients' does not):
+    the localised environment has the public cache's modes, r-xr-xr-x for
+    files and rwxr-xr-x for directories, set without a process per file
+    (tests/test_nio_local_fs.py)."""
+    from infra.yarn import NIO_LOCAL_FS
+
+    assert NIO_LOCAL_FS in (yarn.nm_conf_dir / "yarn-site.xml").read_text()
+    assert NIO_LOCAL_FS not in (yarn.conf_dir / "yarn-site.xml").read_text()
+    out = next(p.stdout for line, p in readme_run.items() if "env-check" in line)
+    worker = next(json.loads(x.split(": ", 1)[1]) for x in out.splitlines() if x.startswith("env-check worker: "))
+    cache = yarn.base / "local" / "filecache"
+    rel = Path(worker["prefix_realpath"]).relative_to(cache)
+    root = cache / rel.parts[0] / rel.parts[1]  # filecache/<n>/<archive name>/
+    modes: dict[str, set[int]] = {"file": set(), "dir": set()}
+    files = 0
+    for base, _dirs, names in os.walk(root):
+        modes["dir"].add(stat.S_IMODE(os.lstat(base).st_mode))
+        for name in names:
+            st = os.lstat(os.path.join(base, name))
+            if stat.S_ISREG(st.st_mode):
+                modes["file"].add(stat.S_IMODE(st.st_mode))
+                files += 1
+    assert files > 10_000, (root, files)
+    assert modes == {"file": {0o555}, "dir": {0o755}}, (root, modes)
 
 
 def test_mrjob_chain_on_yarn_equals_local_mode(readme_run, webhdfs, hdfs_raw, local_chain, yarn):
