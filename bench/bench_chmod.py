@@ -22,6 +22,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,41 +34,42 @@ MECHANISMS = ("POSIX_SPAWN", "VFORK")
 HADOOP_IMPLS = {"LocalFs (VFORK)": "-", "NioLocalFs": "aibatch.hadoop.NioLocalFs"}
 
 
-def cost_ms(mechanism: str, n: int) -> float:
-    java = shutil.which("java") or "java"
-    out = subprocess.run(
-        [java, f"-Djdk.lang.Process.launchMechanism={mechanism}", str(BENCH), str(n)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def ms_each(cmd: list[str], source: Path) -> float:
+    """Runs one of the bench's Java files; the cost per file it prints."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     found = re.search(r"([\d.]+) ms each", out)
     if not found:
-        raise SystemExit(f"unexpected output from {BENCH.name}: {out!r}")
+        raise SystemExit(f"unexpected output from {source.name}: {out!r}")
     return float(found.group(1))
 
 
-def set_permission_ms(impl: str, n: int) -> float:
+def cost_ms(mechanism: str, n: int) -> float:
+    java = shutil.which("java") or "java"
+    return ms_each([java, f"-Djdk.lang.Process.launchMechanism={mechanism}", str(BENCH), str(n)], BENCH)
+
+
+def set_permission_cost(n: int) -> dict[str, Callable[[], float]]:
+    """Hadoop's setPermission, each of HADOOP_IMPLS: what measures it."""
     from infra.hdfs import check_java
     from infra.settings import DEFAULT_HADOOP_HOME
-    from infra.yarn import nio_local_fs_classes
+    from infra.yarn import hadoop_jars, nio_local_fs_classes
 
     java = check_java()
     classes = nio_local_fs_classes(DEFAULT_HADOOP_HOME, java)
     if classes is None:
         raise SystemExit("infra/java's NioLocalFs could not be compiled (no javac?)")
-    jars = DEFAULT_HADOOP_HOME / "share" / "hadoop" / "common" / "lib"
-    out = subprocess.run(
-        [java, "-Djdk.lang.Process.launchMechanism=VFORK", "-cp", f"{classes}:{jars}/*"]
-        + [str(SET_PERMISSION), impl, str(n)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    found = re.search(r"([\d.]+) ms each", out)
-    if not found:
-        raise SystemExit(f"unexpected output from {SET_PERMISSION.name}: {out!r}")
-    return float(found.group(1))
+    cp = f"{classes}:{hadoop_jars(DEFAULT_HADOOP_HOME)}/*"
+    base = [java, "-Djdk.lang.Process.launchMechanism=VFORK", "-cp", cp, str(SET_PERMISSION)]
+    return {name: partial(ms_each, [*base, impl, str(n)], SET_PERMISSION) for name, impl in HADOOP_IMPLS.items()}
+
+
+def best_of(rounds: int, cases: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each case measured rounds times, alternating; the best of each."""
+    seen: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, measure in cases.items():
+            seen[name].append(measure())
+    return {name: min(v) for name, v in seen.items()}
 
 
 def main() -> int:
@@ -75,22 +78,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating measurements of each mechanism")
     parser.add_argument("--files", type=int, default=42_000, help="files of the archive, for the total")
     args = parser.parse_args()
-    seen: dict[str, list[float]] = {m: [] for m in MECHANISMS}
-    for _ in range(args.rounds):
-        for mechanism in MECHANISMS:
-            seen[mechanism].append(cost_ms(mechanism, args.n))
-    best = {m: min(v) for m, v in seen.items()}
+    best = best_of(args.rounds, {m: partial(cost_ms, m, args.n) for m in MECHANISMS})
     for mechanism in MECHANISMS:
         print(
             f"{mechanism:12s} {best[mechanism]:6.2f} ms a chmod process (best of {args.rounds}); "
             f"{args.files:,} files: {best[mechanism] * args.files / 1000:.0f} s"
         )
     print(f"VFORK / POSIX_SPAWN: {best['VFORK'] / best['POSIX_SPAWN']:.2f}")
-    hadoop: dict[str, list[float]] = {name: [] for name in HADOOP_IMPLS}
-    for _ in range(args.rounds):
-        for name, impl in HADOOP_IMPLS.items():
-            hadoop[name].append(set_permission_ms(impl, args.n))
-    fast = {name: min(v) for name, v in hadoop.items()}
+    fast = best_of(args.rounds, set_permission_cost(args.n))
     for name in HADOOP_IMPLS:
         print(
             f"{name:16s} {fast[name]:7.3f} ms a file in Hadoop's setPermission (best of {args.rounds}); "

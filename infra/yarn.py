@@ -54,11 +54,16 @@ NIO_SOURCE = Path(__file__).resolve().parent / "java" / "aibatch" / "hadoop" / "
 JAVA_BUILD = REPO_ROOT / "var" / "build" / "java"
 
 
+def hadoop_jars(hadoop_home: Path) -> Path:
+    """Where the Hadoop home's jars lie (flat: hadoop/pom.xml)."""
+    return hadoop_home / "share" / "hadoop" / "common" / "lib"
+
+
 def nio_local_fs_classes(hadoop_home: Path, java: str) -> Path | None:
     """The compiled NioLocalFs (var/build/java/<hash of source and Hadoop
     jars>), compiled here the first time; None, with a warning, where it
     cannot be (a JRE without javac)."""
-    jars = hadoop_home / "share" / "hadoop" / "common" / "lib"
+    jars = hadoop_jars(hadoop_home)
     key = hashlib.sha256(NIO_SOURCE.read_bytes())
     key.update("\n".join(sorted(p.name for p in jars.glob("hadoop-*.jar"))).encode())
     out = JAVA_BUILD / f"nio-local-fs-{key.hexdigest()[:12]}"

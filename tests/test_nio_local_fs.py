@@ -13,9 +13,9 @@ import pytest
 
 from infra.hdfs import check_java
 from infra.settings import DEFAULT_HADOOP_HOME
-from infra.yarn import NIO_LOCAL_FS, nio_local_fs_classes
+from infra.yarn import NIO_LOCAL_FS, hadoop_jars, nio_local_fs_classes
 
-JARS = DEFAULT_HADOOP_HOME / "share" / "hadoop" / "common" / "lib"
+JARS = hadoop_jars(DEFAULT_HADOOP_HOME)
 
 
 @pytest.fixture(scope="module")

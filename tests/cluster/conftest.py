@@ -27,14 +27,13 @@ BAD_ROWS = [b'{"text": "unterminated', b'{"sentiment": 2.0}', b'{"text": " \\t "
 
 
 def cluster_settings(base: Path) -> ClusterSettings:
-    """Settings of a private YARN and standalone cluster on free ports under base."""
+    """Settings of a private YARN on free ports and a standalone cluster
+    under base (the standalone fixture chooses its ports when it starts)."""
     values = dict(zip(ClusterSettings.YARN_PORT_KEYS, free_ports(len(ClusterSettings.YARN_PORT_KEYS)), strict=True))
     # MapReduce's task and application master JVMs compile with C1 only, as
     # the suite's other short-lived JVMs do (tests/conftest.py).
-    return with_spark_ports(
-        ClusterSettings().with_overrides(
-            **values, yarn_dir=base / "yarn", spark_dir=base / "spark", task_java_opts="-XX:TieredStopAtLevel=1"
-        )
+    return ClusterSettings().with_overrides(
+        **values, yarn_dir=base / "yarn", spark_dir=base / "spark", task_java_opts="-XX:TieredStopAtLevel=1"
     )
 
 
