@@ -2,7 +2,8 @@
 `./submit.sh mr` launches them (jobs/mapreduce/launch.py: a fresh Python
 that imports only the shipped zip). `-r hadoop` runs the real Hadoop
 Streaming jar in Hadoop's LocalJobRunner, reading and writing the test
-run's HDFS. One good and one bad case per job and runner."""
+run's HDFS. One good and one bad case per job and runner; the good score
+case is a single skewed file, which must run as balanced map tasks."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_mrjob_fs_round_trip
+from tests.test_score_partitions import MAX_SHARE, costs_of, skewed_rows
 from udfs import records as R
-from udfs.config import EncoderConfig
+from udfs.config import EncoderConfig, load_config
 from udfs.ingest_rows import split_rows
 
 from .test_mr_inline import GOOD_AND_BAD, SCORED
@@ -101,24 +103,56 @@ def test_ingest_good_and_bad_rows(runner):
     assert b"good=3" in proc.stderr and b"rejected=8" in proc.stderr
 
 
-def test_score_good_rows(runner, tiny_registry, movie_lines):
+def part_rows(runner: Runner, out: str) -> list[list[dict]]:
+    """The rows of each part file of out, one list per file (per map task)."""
+    if runner.name == "hadoop":
+        path = out[len(runner.hdfs.hdfs_url) :]
+        parts = []
+        for name in sorted(p for p in runner.webhdfs.list(path) if p.startswith("part-")):
+            with runner.webhdfs.read(f"{path}/{name}") as reader:
+                parts.append(reader.read())
+    else:
+        parts = [p.read_bytes() for p in sorted(Path(out).glob("part-*"))]
+    return [lines_of(data) for data in parts]
+
+
+def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry):
+    """The score twin's map tasks follow the map slots, not the input's HDFS
+    blocks: a single file (one block) whose long texts all sit in its last
+    15% of lines runs as several scoring map tasks of about equal estimated
+    cost. Each scoring map task writes one part file (the step is map-only),
+    so the part files count the tasks and carry each task's rows. Every row's
+    label and probability are the model's, called directly."""
     from udfs.predict import ScoreSettings, score_texts
 
-    spec = R.SourceSpec(source="movies", format="tsv", rating_field="sentiment", rating_labels=("negative", "positive"))
-    header = R.parse_header("tsv", movie_lines[0])
-    rows = [R.parse_record(spec, raw, header)[1] for raw in movie_lines[1:31]]
+    rows = skewed_rows(load_config(ROOT / "conf" / "pipeline.toml"))
     src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     out = runner.out("scored")
     proc = runner.run(
-        "score", "--set", f"registry_dir={tiny_registry.root}", "--model", "sentiment@1", src, "--output-dir", out
+        "score",
+        "--set",
+        f"registry_dir={tiny_registry.root}",
+        "--model",
+        "sentiment@1",
+        "--map-slots",
+        "2",
+        src,
+        "--output-dir",
+        out,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    scored = {r["id"]: r for r in lines_of(runner.read(out))}
+    per_task = part_rows(runner, out)
+    assert len(per_task) >= 2
+    total = costs_of(rows).sum()
+    shares = [costs_of(task).sum() / total if task else 0.0 for task in per_task]
+    assert abs(sum(shares) - 1) < 1e-9 and max(shares) <= MAX_SHARE, shares
+    assert sorted(r["id"] for task in per_task for r in task) == sorted(r["id"] for r in rows)
+
+    scored = {r["id"]: r for task in per_task for r in task}
     head = tiny_registry.load("sentiment@1")
     direct = score_texts(
         [r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
     )
-    assert set(scored) == {r["id"] for r in rows}
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         assert scored[row["id"]]["predicted"] == predicted
         assert abs(scored[row["id"]]["probability"] - probability) < 1e-5

@@ -1,7 +1,7 @@
 """Two engines, one answer: the whole chain (ingest, score, stats) on Spark
 (./submit.sh pipeline) and on the mrjob twins (through ./submit.sh mr) on
 each of mrjob's runners, over the same file of 520 real rows of the default
-data plus one row of every bad kind; outputs read back from HDFS (Spark,
+data (10 of them long: six snippets joined) plus one row of every bad kind; outputs read back from HDFS (Spark,
 -r hadoop) or the local disk (-r inline, -r local), compared stage by stage
 joined on id.
 
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow
 
 DIFFER_BY_NATURE = ("run_id", "scored_at")
+LONG_ROWS = 10
 BAD_ROWS = [
     b'{"text": "unterminated',  # malformed_json
     b'["a", "list"]',  # not_a_json_object
@@ -45,17 +46,20 @@ BAD_ROWS = [
 @pytest.fixture(scope="module")
 def raw_jsonl(movie_lines) -> bytes:
     """520 real rows (VADER movie-review snippets and their ratings, as JSON
-    Lines), one duplicate, and one row of every bad kind."""
+    Lines), the last LONG_ROWS of them six snippets joined (100 to 200
+    tokens, among the short ones), one duplicate, and one row of every bad
+    kind."""
     from scripts.datasets import package_file
 
     from .conftest import MOVIE_TSV
 
-    lines = []
     with open(package_file(MOVIE_TSV), "rb") as fh:
         next(fh)
-        for _, raw in zip(range(520), fh, strict=False):
-            _, rating, text = raw.rstrip(b"\r\n").decode("utf-8").split("\t", 2)
-            lines.append(json.dumps({"text": text, "sentiment": float(rating)}).encode())
+        rows = [raw.rstrip(b"\r\n").decode("utf-8").split("\t", 2)[1:] for _, raw in zip(range(580), fh, strict=False)]
+    short = [{"text": text, "sentiment": float(rating)} for rating, text in rows[: 520 - LONG_ROWS]]
+    chunks = [rows[520 - LONG_ROWS + 6 * i : 526 - LONG_ROWS + 6 * i] for i in range(LONG_ROWS)]
+    long = [{"text": " ".join(t for _, t in c), "sentiment": float(c[0][0])} for c in chunks]
+    lines = [json.dumps(r).encode() for r in short + long]
     lines.append(lines[3])  # duplicate_record
     lines[100:100] = BAD_ROWS
     return b"\n".join(lines) + b"\n"

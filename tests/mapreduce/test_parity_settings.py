@@ -1,9 +1,12 @@
 """Non-default settings reach both engines: the same chain (ingest, score)
 with encoder.max_length=64, encoder.batch_size=16 and label thresholds
 0.9/-0.9, on Spark (the jobs' functions in the test session) and on the
-mrjob twins (-r local, through the launcher that submit.sh uses). Each
-engine's output must equal the other's, and differ from its own run at the
-default settings, so a test where both engines ignored the settings fails."""
+mrjob twins (-r local, through the launcher that submit.sh uses). The
+twin's output must equal Spark's, and Spark's must differ from its own run
+at the default settings, so a test where both engines ignored the settings
+fails, and so does one where either did (the twin then equals Spark's
+default output, which differs from Spark's). The engines' agreement at the
+default settings, long texts included, is test_parity.py's."""
 
 from __future__ import annotations
 
@@ -107,19 +110,17 @@ def test_non_default_settings_reach_both_engines(spark, tiny_registry, raw_file,
     registry = [f"registry_dir={tiny_registry.root}"]
     spark_default = spark_chain(spark, raw_file, tmp_path / "spark_default", registry)
     spark_custom = spark_chain(spark, raw_file, tmp_path / "spark_custom", registry + NON_DEFAULT)
-    mr_default = mr_chain(raw_file, tmp_path / "mr_default", registry)
     mr_custom = mr_chain(raw_file, tmp_path / "mr_custom", registry + NON_DEFAULT)
 
-    # the two engines agree at each setting
+    # the two engines agree at the non-default settings
     assert labels(mr_custom["records"]) == labels(spark_custom["records"])
-    assert labels(mr_default["records"]) == labels(spark_default["records"])
     assert_same_scores(probabilities(mr_custom["scored"]), probabilities(spark_custom["scored"]))
-    assert_same_scores(probabilities(mr_default["scored"]), probabilities(spark_default["scored"]))
-    # and each engine's answer moved with the settings
+    # and Spark's answer moved with the settings, so the twin's did too
+    # (it equals Spark's to 1e-5; the two Spark runs differ by more than 1e-4)
     assert labels(spark_custom["records"]) != labels(spark_default["records"])
-    assert labels(mr_custom["records"]) != labels(mr_default["records"])
     assert differs(probabilities(spark_custom["scored"]), probabilities(spark_default["scored"]))
-    assert differs(probabilities(mr_custom["scored"]), probabilities(mr_default["scored"]))
+    assert labels(mr_custom["records"]) != labels(spark_default["records"])
+    assert differs(probabilities(mr_custom["scored"]), probabilities(spark_default["scored"]))
 
 
 def test_label_map_on_both_engines(spark, tmp_path):
