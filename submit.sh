@@ -90,6 +90,10 @@ cds_archive="$root/var/cds/spark-driver.jsa"
 if [[ -f "$cds_archive" && "${SPARK_SUBMIT_OPTS:-}" != *SharedArchiveFile* && "${SPARK_SUBMIT_OPTS:-}" != *ArchiveClassesAtExit* && "${SPARK_SUBMIT_OPTS:-}" != *-Xshare* ]]; then
   export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:SharedArchiveFile=$cds_archive -Xlog:cds=off -Xlog:cds+dynamic=off"
 fi
+# Hadoop's FileUtil.unTar, which the client-mode driver uses to unpack
+# spark.archives (the packed environment on a standalone cluster), runs
+# `gzip -dc`: infra/bin/gzip does that with igzip where installed (infra/daemons.py).
+export PATH="$root/infra/bin:$PATH"
 # Offline model loading, no progress bars on stderr (see udfs/model.py).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
 # spark-submit pipes the Python driver's output: tell it whether a person is

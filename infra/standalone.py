@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemons import DaemonSet, check_ports, get_json, java_home, java_or_error, status_of
+from .daemons import DaemonSet, check_ports, get_json, java_home, java_or_error, status_of, with_fast_gunzip
 from .settings import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class SparkStandalone:
             SPARK_DAEMON_JAVA_OPTS=f"{self.daemons.marker} {daemon_opts}".strip(),
             SPARK_LOG_DIR=str(self.daemons.log_dir),
         )
-        return env
+        # executors, started by the workers, unpack spark.archives with it
+        return with_fast_gunzip(env)
 
     def _write_conf(self) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)

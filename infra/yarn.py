@@ -21,7 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemons import ClusterError, DaemonSet, check_ports, get_json, java_home, java_or_error, status_of
+from .daemons import (
+    ClusterError,
+    DaemonSet,
+    check_ports,
+    get_json,
+    java_home,
+    java_or_error,
+    status_of,
+    with_fast_gunzip,
+)
 from .hadoop_home import TEMPLATE_DIR, render_conf_dir
 from .hdfs import LocalHDFS
 from .settings import (
@@ -214,7 +223,7 @@ class LocalYARN:
                 if classes is not None:
                     env["HADOOP_CLASSPATH"] = os.pathsep.join(filter(None, [env.get("HADOOP_CLASSPATH"), str(classes)]))
             self._truncate_log(daemon)
-            self.daemons.spawn(daemon, [str(self.hdfs.hadoop_bin), daemon], env)
+            self.daemons.spawn(daemon, [str(self.hdfs.hadoop_bin), daemon], with_fast_gunzip(env))
         try:
             self.daemons.wait(list(DAEMONS), self.is_ready, "YARN (a RUNNING NodeManager)", timeout)
         except BaseException:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   1. checks Python 3.11; installs Java 17, Maven, redis-server, docker-compose, mosquitto and chromium
+#   1. checks Python 3.11; installs Java 17, Maven, redis-server, docker-compose, mosquitto, isal (igzip) and chromium
 #      (Debian packages) where they are missing and it can;
 #   2. the virtual environment .venv from the pinned lock files;
 #   3. the Hadoop home var/hadoop-3.5.0 from Maven Central (hadoop/pom.xml);
@@ -38,6 +38,8 @@ command -v redis-server >/dev/null || debs+=(redis-server)
 command -v docker-compose >/dev/null || debs+=(docker-compose)
 # mosquitto: the MQTT broker of the device bridge (docs/streams.md) and its tests.
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || debs+=(mosquitto)
+# isal (igzip): the local clusters unpack the packed environment with it (infra/bin/gzip).
+command -v igzip >/dev/null || debs+=(isal)
 # chromium: the headless browser the run report's tests draw pages in (docs/service.md).
 command -v chromium >/dev/null || debs+=(chromium)
 if [[ ${#debs[@]} -gt 0 ]]; then
@@ -47,7 +49,8 @@ if [[ ${#debs[@]} -gt 0 ]]; then
       || die "apt-get could not install ${debs[*]}"
   else
     # Java and Maven are checked below (setup needs them); redis-server,
-    # docker-compose, mosquitto and chromium only some tests: those then fail naming the command.
+    # docker-compose, mosquitto and chromium only some tests: those then fail naming the command;
+    # without isal the clusters unpack with the system gzip.
     say "warning: missing Debian packages ${debs[*]} (not root, or no apt-get): sudo apt-get install ${debs[*]}"
   fi
 fi

@@ -292,6 +292,13 @@ def _address(hex_ip: str) -> str:
     return str(addr)
 
 
+def daemon_path(pid: int) -> list[str]:
+    """The PATH a running process was started with, split."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    path = next(v for v in environ if v.startswith(b"PATH="))
+    return path[5:].decode().split(os.pathsep)
+
+
 def process_tree(pid: int) -> list[int]:
     """pid and all its descendants."""
     children: dict[int, list[int]] = {}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import pytest
 
+from infra.daemons import GZIP_DIR
 from udfs.worker_env import read_log_lines
 
 from .conftest import (
     ROOT,
     assert_packed_env,
     assert_same_chain,
+    daemon_path,
     listening_sockets,
     process_tree,
     read_parquet_chain,
@@ -37,6 +39,9 @@ def test_daemons_listen_on_loopback_only(standalone):
         sockets = {s for p in process_tree(pid) for s in listening_sockets(p)}
         assert sockets, pid
         assert {addr for addr, _ in sockets} == {"127.0.0.1"}, (pid, sockets)
+    # executors, which the workers start, unpack the archive with infra/bin/gzip (igzip)
+    for worker in standalone.worker_names():
+        assert daemon_path(standalone.running()[worker])[0] == str(GZIP_DIR)
     master = set(listening_sockets(standalone.running()["master"]))
     s = standalone.settings
     assert {("127.0.0.1", s.spark_master_port), ("127.0.0.1", s.spark_master_http_port)} <= master

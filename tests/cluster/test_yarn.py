@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.daemons import ClusterError
+from infra.daemons import GZIP_DIR, ClusterError
 from infra.yarn import NODEMANAGER_LAUNCH, LocalYARN, framework_of
 
-from .conftest import ROOT, listening_sockets, process_tree, submit
+from .conftest import ROOT, daemon_path, listening_sockets, process_tree, submit
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +45,8 @@ def test_daemons_listen_on_loopback_but_the_shuffle(yarn):
 
     assert NODEMANAGER_LAUNCH.encode() in jvm_args(pids["nodemanager"])
     assert NODEMANAGER_LAUNCH.encode() not in jvm_args(pids["resourcemanager"])
+    # and localises archives with infra/bin/gzip first on its PATH (igzip)
+    assert daemon_path(pids["nodemanager"])[0] == str(GZIP_DIR)
 
 
 def test_start_names_the_taken_port(yarn, hdfs, tmp_path):
