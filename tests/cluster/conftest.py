@@ -94,11 +94,33 @@ def env_archive(hdfs) -> dict:
     return {"url": url, "jars": jars, "path": path}
 
 
+def delete_in_background(dirs: list[Path]) -> None:
+    """Move dirs aside at once (a rename each) and delete them in an `rm -rf`
+    of their own, which goes on while the tests do (the unpacked environment
+    is tens of thousands of files)."""
+    dirs = [d for d in dirs if d.exists()]
+    if not dirs:
+        return
+    trash = dirs[0].parent / f"deleting-{uuid.uuid4().hex[:8]}"
+    trash.mkdir()
+    for i, d in enumerate(dirs):
+        os.replace(d, trash / f"{i}-{d.name}")
+    subprocess.Popen(
+        ["rm", "-rf", str(trash)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def standalone(cluster_conf):
     """Spark's Master and two Workers, for one test module: stopped after it,
     with the workers' dirs (each executor unpacks the 5 GB environment into
-    its own) deleted, so the disk is free for the next cluster."""
+    its own) deleted, so the disk is free for the next cluster: moved aside
+    at once and deleted by an `rm -rf` of their own while the tests go on
+    (about 80,000 files)."""
     from infra.standalone import SparkStandalone
 
     # Its ports are chosen when it starts, not with the session's settings.
@@ -108,8 +130,7 @@ def standalone(cluster_conf):
         yield cluster
     finally:
         cluster.stop()
-        for worker in cluster.worker_names():
-            shutil.rmtree(cluster.work_dir(worker), ignore_errors=True)
+        delete_in_background([cluster.work_dir(w) for w in cluster.worker_names()])
 
 
 @pytest.fixture(scope="session")
@@ -324,7 +345,7 @@ def yarn(hdfs, cluster_conf):
     free loopback ports, on top of the session's HDFS, shared by the test
     modules (one start instead of one per module): stopped at the end of the
     session, with the NodeManager's local dirs (the localised 5 GB
-    environment) deleted."""
+    environment) deleted in the background."""
     from infra.yarn import LocalYARN
 
     node = LocalYARN(cluster_conf, hdfs.settings, hadoop_home=hdfs.hadoop_home)
@@ -333,7 +354,7 @@ def yarn(hdfs, cluster_conf):
         yield node
     finally:
         node.stop()
-        shutil.rmtree(node.base / "local", ignore_errors=True)
+        delete_in_background([node.base / "local"])
 
 
 def read_parquet_dir(spark, url: str) -> list[dict]:
