@@ -1,6 +1,7 @@
 """What unpacking the packed environment costs in decompression, in one run:
 GNU gzip against igzip (Intel ISA-L, Debian's isal), each as Hadoop's
-FileUtil.unTar runs it (`gzip -dc ARCHIVE`), output thrown away. YARN's
+FileUtil.unTar runs it (`gzip -dc ARCHIVE`), its output read from a pipe
+and counted (both must give the same number of bytes). YARN's
 localiser, each standalone executor and a client-mode driver run that on the
 archive of ./submit.sh pack; infra/bin/gzip, first on their PATH, picks
 igzip where installed (infra/daemons.py).
@@ -52,14 +53,22 @@ def sample(src: Path, mb: int, out: Path) -> Path:
     return out
 
 
-def cpu_seconds(tool: str, path: Path) -> tuple[float, float]:
-    """(CPU s, wall s) of `tool -dc path > /dev/null`."""
+def cpu_seconds(tool: str, path: Path) -> tuple[float, float, int]:
+    """(CPU s, wall s, bytes out) of `tool -dc path` into a pipe, as
+    FileUtil.unTar pipes it into tar; the bytes are counted here."""
     before = os.times()
     started = time.monotonic()
-    subprocess.run([tool, "-dc", str(path)], stdout=subprocess.DEVNULL, check=True)
+    out_bytes = 0
+    with subprocess.Popen([tool, "-dc", str(path)], stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 22):
+            out_bytes += len(chunk)
+    if proc.returncode:
+        raise SystemExit(f"{tool} -dc {path} failed with exit code {proc.returncode}")
     wall = time.monotonic() - started
     after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system), wall
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return cpu, wall, out_bytes
 
 
 def main() -> None:
@@ -73,16 +82,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gunzip-") as tmp:
         path = archive() if args.mb is None else sample(archive(), args.mb, Path(tmp) / "sample.tar.gz")
         size = path.stat().st_size
-        out_bytes = 0
-        with subprocess.Popen(["gzip", "-dc", str(path)], stdout=subprocess.PIPE) as proc:
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read(1 << 22):
-                out_bytes += len(chunk)
         best: dict[str, tuple[float, float]] = {}
+        outputs = set()
         for _ in range(args.rounds):
             for tool in TOOLS:
-                got = cpu_seconds(tool, path)
-                best[tool] = min(best.get(tool, got), got)
+                cpu, wall, out_bytes = cpu_seconds(tool, path)
+                outputs.add(out_bytes)
+                best[tool] = min(best.get(tool, (cpu, wall)), (cpu, wall))
+    if len(outputs) != 1:
+        raise SystemExit(f"the decompressors gave different sizes: {sorted(outputs)} bytes")
+    (out_bytes,) = outputs
     print(
         f"{path.name}: {size / 1e9:.2f} GB gzip, {out_bytes / 1e9:.2f} GB of tar; decompressing it (best of {args.rounds}):"
     )

@@ -53,7 +53,7 @@ def java_home(java: str) -> str:
 # the PATH of the process that unpacks: YARN's NodeManager localising the
 # packed environment, each standalone executor and the client-mode driver
 # unpacking spark.archives. GNU gzip spends about 30 s of CPU on the 3.2 GB
-# archive, igzip about a quarter of that (bench/bench_gunzip.py).
+# archive, igzip under a third of that (bench/bench_gunzip.py).
 GZIP_DIR = Path(__file__).resolve().parent / "bin"
 
 

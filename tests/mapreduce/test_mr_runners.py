@@ -49,15 +49,19 @@ class Runner:
             return f"{self.hdfs.hdfs_url}{self.base}/{name}"
         return str(self.tmp / name)
 
-    def read(self, out: str) -> bytes:
+    def parts(self, out: str) -> list[bytes]:
+        """Each part file of out, in order (one per task of the last step)."""
         if self.name == "hadoop":
             path = out[len(self.hdfs.hdfs_url) :]
-            data = b""
+            parts = []
             for part in sorted(p for p in self.webhdfs.list(path) if p.startswith("part-")):
                 with self.webhdfs.read(f"{path}/{part}") as reader:
-                    data += reader.read()
-            return data
-        return b"".join(p.read_bytes() for p in sorted(Path(out).glob("part-*")))
+                    parts.append(reader.read())
+            return parts
+        return [p.read_bytes() for p in sorted(Path(out).glob("part-*"))]
+
+    def read(self, out: str) -> bytes:
+        return b"".join(self.parts(out))
 
     def run(self, job: str, *args: str) -> subprocess.CompletedProcess:
         env = self.hdfs.env()
@@ -103,19 +107,6 @@ def test_ingest_good_and_bad_rows(runner):
     assert b"good=3" in proc.stderr and b"rejected=8" in proc.stderr
 
 
-def part_rows(runner: Runner, out: str) -> list[list[dict]]:
-    """The rows of each part file of out, one list per file (per map task)."""
-    if runner.name == "hadoop":
-        path = out[len(runner.hdfs.hdfs_url) :]
-        parts = []
-        for name in sorted(p for p in runner.webhdfs.list(path) if p.startswith("part-")):
-            with runner.webhdfs.read(f"{path}/{name}") as reader:
-                parts.append(reader.read())
-    else:
-        parts = [p.read_bytes() for p in sorted(Path(out).glob("part-*"))]
-    return [lines_of(data) for data in parts]
-
-
 def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry):
     """The score twin's map tasks follow the map slots, not the input's HDFS
     blocks: a single file (one block) whose long texts all sit in its last
@@ -141,7 +132,7 @@ def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry):
         out,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    per_task = part_rows(runner, out)
+    per_task = [lines_of(data) for data in runner.parts(out)]
     assert len(per_task) >= 2
     total = costs_of(rows).sum()
     shares = [costs_of(task).sum() / total if task else 0.0 for task in per_task]

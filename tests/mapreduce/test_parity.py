@@ -1,9 +1,9 @@
 """Two engines, one answer: the whole chain (ingest, score, stats) on Spark
 (./submit.sh pipeline) and on the mrjob twins (through ./submit.sh mr) on
 each of mrjob's runners, over the same file of 520 real rows of the default
-data (10 of them long: six snippets joined) plus one row of every bad kind; outputs read back from HDFS (Spark,
--r hadoop) or the local disk (-r inline, -r local), compared stage by stage
-joined on id.
+data (10 of them long: six snippets joined) plus one row of every bad kind;
+outputs read back from HDFS (Spark, -r hadoop) or the local disk (-r inline,
+-r local), compared stage by stage joined on id.
 
 Exact: records, rejects and their reasons, counts, term frequencies, top
 terms, labels (rows whose probability lies within 1e-4 of the decision
