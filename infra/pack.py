@@ -1,5 +1,6 @@
 """The packed executor environment: the project's virtual environment as one
-tar.gz at gzip level 1 (venv-pack), cached by the lock files' hash, uploaded once
+tar.gz at level 1 (venv-pack's file list, compressed by igzip where
+installed, else zlib), cached by the lock files' hash, uploaded once
 to HDFS, where Spark (--archives URL#environment) and mrjob on YARN
 (--archives) pick it up, so workers need nothing installed beyond Java and
 the same Python 3.11.
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +61,11 @@ PACK_FORMAT = 6
 # lock files; unpacking takes the same time as a stored archive (measured:
 # 33 s against 30 s), since tar reads it through gzip either way.
 COMPRESS_LEVEL = 1
+# The same gzip format, compressed by igzip (Intel's ISA-L, Debian's `isal`,
+# which scripts/setup.sh installs) at its level 1 where it is on PATH: venv-pack
+# writes the tar stream into it, instead of compressing in its own process
+# with zlib (bench/bench_pack.py measures both). Without igzip, zlib as before.
+IGZIP = "igzip"
 ARCHIVE_NAME = "aibatch-env-{key}.tar.gz"
 # Beside each archive: {"unpacked_bytes": ..., "archive_bytes": ...}, what a
 # copy costs on disk where a cluster fetches and unpacks it.
@@ -194,11 +201,15 @@ class Packer:
         env.files = [File(os.path.realpath(f.source), f.target) if _links_outside(f.source) else f for f in env.files]
         unpacked = sum(os.path.getsize(f.source) for f in env.files if not os.path.islink(f.source))
         started = time.monotonic()
+        igzip = shutil.which(IGZIP)
         try:
             # A .tar.gz: Spark unpacks a .tar.gz with the system's tar, but a
             # plain .tar with its own Java code, which drops the executable
             # bits and misplaces relative symlinks (SPARK-38632).
-            env.pack(output=str(tmp), format="tar.gz", compress_level=COMPRESS_LEVEL, verbose=False, force=True)
+            if igzip:
+                _pack_through(env, igzip, tmp)
+            else:
+                env.pack(output=str(tmp), format="tar.gz", compress_level=COMPRESS_LEVEL, verbose=False, force=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -206,7 +217,11 @@ class Packer:
         for old in target.parent.glob("aibatch-env-*"):
             if not old.name.endswith(".tmp"):
                 old.unlink()  # an archive of older lock files (or a half-made one's sizes)
-        sizes = {"unpacked_bytes": unpacked, "archive_bytes": tmp.stat().st_size}
+        sizes = {
+            "unpacked_bytes": unpacked,
+            "archive_bytes": tmp.stat().st_size,
+            "compressor": f"igzip -{COMPRESS_LEVEL}" if igzip else f"zlib level {COMPRESS_LEVEL}",
+        }
         sizes_path(target).write_text(json.dumps(sizes) + "\n")
         os.replace(tmp, target)
         log.debug("packed %s in %.0f s", target, time.monotonic() - started)
@@ -262,6 +277,46 @@ class Packer:
         return url
 
 
+def _pack_through(env, igzip: str, out: Path) -> None:
+    """venv-pack's archive of env (its files, rewritten scripts and activate
+    scripts, as Env.pack writes them) as a tar stream into `igzip -1 -c > out`,
+    which compresses it in a process of its own."""
+    import tarfile
+
+    from venv_pack.core import Packer as VenvPacker
+    from venv_pack.formats import TarArchive
+
+    class StreamTar(TarArchive):
+        def __enter__(self):  # "w|": a stream, since a pipe cannot seek
+            self.archive = tarfile.open(fileobj=self.fileobj, mode="w|")
+            return self
+
+    with open(out, "wb") as sink:
+        gz = subprocess.Popen([igzip, f"-{COMPRESS_LEVEL}", "-c"], stdin=subprocess.PIPE, stdout=sink)
+        assert gz.stdin is not None
+        try:
+            with StreamTar(gz.stdin, "w|", COMPRESS_LEVEL) as arc:
+                packer = VenvPacker(env._context, arc, None)
+                for f in env.files:
+                    packer.add(f)
+                packer.finish()
+            gz.stdin.close()
+        except BrokenPipeError:
+            pass  # igzip stopped reading: its exit code below says so
+        finally:
+            code = gz.wait()
+    if code != 0:
+        raise PackError(f"{igzip} -{COMPRESS_LEVEL} -c exited with {code} while packing {out.name}")
+
+
+def compressor(archive: Path) -> str:
+    """What compressed the archive, as recorded beside it."""
+    try:
+        return str(json.loads(sizes_path(archive).read_text()).get("compressor", f"zlib level {COMPRESS_LEVEL}"))
+    except (FileNotFoundError, ValueError):
+        return "unknown"
+
+
 def sizes_path(archive: Path) -> Path:
     return archive.with_name(archive.name + SIZES_SUFFIX)
 
@@ -313,7 +368,7 @@ def main(args, say) -> int:
     path, packed = packer.pack(force=args.force)
     state = f"packed in {time.monotonic() - started:.0f} s" if packed else "cached"
     say(
-        f"environment archive: {path} ({path.stat().st_size / 1e9:.2f} GB, tar.gz at gzip level {COMPRESS_LEVEL}, "
+        f"environment archive: {path} ({path.stat().st_size / 1e9:.2f} GB, tar.gz by {compressor(path)}, "
         f"{unpacked_bytes(path) / 1e9:.2f} GB unpacked, {state})"
     )
     if args.upload is not None:

@@ -2,15 +2,18 @@
 gzip-compressed tar that unpacks to the venv (the interpreter as a file, not
 a link outside it), its unpacked size is recorded beside it, it is reused
 while the lock files are unchanged, and packed again when its sizes are
-missing."""
+missing; igzip, where installed, compresses the same tar stream that zlib
+does without it, and its failure is named."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 
 import pytest
 
@@ -29,8 +32,19 @@ def small_env(tmp_path_factory):
     return root, venv
 
 
-def test_pack_records_sizes_and_reuses(small_env, tmp_path):
+def tar_stream(path) -> bytes:
+    """The archive's decompressed bytes (the tar stream)."""
+    with open(path, "rb") as fh:
+        return zlib.decompress(fh.read(), wbits=31)
+
+
+@pytest.mark.parametrize("igzip", ["igzip", None])
+def test_pack_records_sizes_and_reuses(small_env, tmp_path, monkeypatch, igzip):
     root, venv = small_env
+    if igzip is None:
+        monkeypatch.setattr(pack, "IGZIP", "no-such-igzip")
+    else:
+        assert shutil.which(igzip), "scripts/setup.sh installs igzip (Debian's isal)"
     packer = pack.Packer(venv=venv, cache_dir=tmp_path / "cache", root=root)
     path, packed = packer.pack()
     assert packed and path.name.startswith("aibatch-env-") and path.name.endswith(".tar.gz")
@@ -38,6 +52,7 @@ def test_pack_records_sizes_and_reuses(small_env, tmp_path):
         assert fh.read(2) == b"\x1f\x8b"  # gzip
     sizes = json.loads(pack.sizes_path(path).read_text())
     assert sizes["archive_bytes"] == path.stat().st_size
+    assert sizes["compressor"] == ("igzip -1" if igzip else "zlib level 1") == pack.compressor(path)
     with tarfile.open(path, "r:gz") as tar:
         members = tar.getmembers()
     # From the files packed; venv-pack writes its own bin/activate (1 kB more).
@@ -57,3 +72,21 @@ def test_pack_records_sizes_and_reuses(small_env, tmp_path):
     third, packed_third = packer.pack()
     assert third == path and packed_third and pack.unpacked_bytes(path) == sizes["unpacked_bytes"]
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name, pack.sizes_path(path).name]
+
+
+def test_igzip_and_zlib_compress_the_same_tar(small_env, tmp_path, monkeypatch):
+    root, venv = small_env
+    by_igzip, _ = pack.Packer(venv=venv, cache_dir=tmp_path / "igzip", root=root).pack()
+    monkeypatch.setattr(pack, "IGZIP", "no-such-igzip")
+    by_zlib, _ = pack.Packer(venv=venv, cache_dir=tmp_path / "zlib", root=root).pack()
+    assert (pack.compressor(by_igzip), pack.compressor(by_zlib)) == ("igzip -1", "zlib level 1")
+    assert tar_stream(by_igzip) == tar_stream(by_zlib)
+
+
+def test_a_failing_igzip_is_named_and_leaves_no_archive(small_env, tmp_path, monkeypatch):
+    root, venv = small_env
+    monkeypatch.setattr(pack, "IGZIP", "false")  # exits 1 at once, reading nothing
+    packer = pack.Packer(venv=venv, cache_dir=tmp_path / "cache", root=root)
+    with pytest.raises(pack.PackError, match=r"false -1 -c exited with 1 while packing aibatch-env-"):
+        packer.pack()
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -64,7 +64,7 @@ def test_readme_block_is_what_runs():
 def test_pack_reports_the_archive(readme_run, env_archive):
     out = next(p.stdout for line, p in readme_run.items() if line.startswith("./submit.sh pack"))
     assert f"environment archive: {env_archive['path']}" in out
-    assert re.search(r"\(\d+\.\d\d GB, tar.gz at gzip level 1, \d+\.\d\d GB unpacked, cached\)", out), out
+    assert re.search(r"\(\d+\.\d\d GB, tar.gz by (igzip -1|zlib level 1), \d+\.\d\d GB unpacked, cached\)", out), out
     assert f"uploaded: {env_archive['url']}" in out
 
 
