@@ -63,6 +63,17 @@ SKIP_REASONS = (BLANK_LINE, HEADER_LINE)
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
 
 
+def strip_boms(raw: bytes) -> bytes:
+    """raw without the UTF-8 byte-order marks it starts with, however many.
+    All of them, not one: Hadoop's LineRecordReader (Spark's text reader, and
+    Hadoop Streaming's) already drops one at a file's start and a twin's
+    inline or local runner does not, so removing one more would leave the
+    engines different lines."""
+    while raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    return raw
+
+
 def wrong_type(field: str) -> str:
     return f"wrong_type:{field}"
 
@@ -401,10 +412,9 @@ def parse_line(spec: SourceSpec, raw: bytes, header: list[str] | None = None) ->
     """(kind, row, raw) for one raw record of a line-based file: kind SKIP
     (row {"reason": BLANK_LINE or HEADER_LINE}) for a blank line or a line
     equal to the file's header (anywhere in it: Hadoop splits a file without
-    knowing where it began), else parse_record's. A leading UTF-8 byte-order
-    mark is removed first (raw is returned without it)."""
-    if raw.startswith(BOM):
-        raw = raw[len(BOM) :]
+    knowing where it began), else parse_record's. Leading UTF-8 byte-order
+    marks are removed first (strip_boms; raw is returned without them)."""
+    raw = strip_boms(raw)
     if not raw.strip():
         return SKIP, {"reason": BLANK_LINE}, raw
     if header is not None and _is_header(spec.format, raw, header):
@@ -419,8 +429,8 @@ def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, 
     lines = list(split_lines(decompress(name, data)))
     header = None
     if spec.format in ("csv", "tsv"):
-        first = next((line for line in lines if line.removeprefix(BOM).strip()), None)
-        header = [] if first is None else file_header(spec, name, first.removeprefix(BOM))
+        first = next((line for line in lines if strip_boms(line).strip()), None)
+        header = [] if first is None else file_header(spec, name, strip_boms(first))
     for raw in raw_records(spec.format, lines, len(header) if header else None):
         yield parse_line(spec, raw, header)
 

@@ -153,7 +153,7 @@ def read_header(spark: SparkSession, path: str, spec: R.SourceSpec) -> tuple[str
     if not first:
         return None
     raw = bytes(first[0]["raw"])
-    return first[0]["file"], R.file_header(spec, first[0]["file"], raw.removeprefix(R.BOM))
+    return first[0]["file"], R.file_header(spec, first[0]["file"], R.strip_boms(raw))
 
 
 def parse_lines(lines: DataFrame, spec: R.SourceSpec, headers: dict[str, list[str]] | None = None) -> DataFrame:
