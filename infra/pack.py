@@ -300,10 +300,13 @@ def _pack_through(env, igzip: str, out: Path) -> None:
                 for f in env.files:
                     packer.add(f)
                 packer.finish()
-            gz.stdin.close()
         except BrokenPipeError:
             pass  # igzip stopped reading: its exit code below says so
         finally:
+            try:
+                gz.stdin.close()  # EOF, also when packing failed (else igzip waits for more)
+            except BrokenPipeError:
+                pass
             code = gz.wait()
     if code != 0:
         raise PackError(f"{igzip} -{COMPRESS_LEVEL} -c exited with {code} while packing {out.name}")

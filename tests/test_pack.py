@@ -90,3 +90,21 @@ def test_a_failing_igzip_is_named_and_leaves_no_archive(small_env, tmp_path, mon
     with pytest.raises(pack.PackError, match=r"false -1 -c exited with 1 while packing aibatch-env-"):
         packer.pack()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_file_that_cannot_be_read_stops_igzip_too(small_env, tmp_path, monkeypatch):
+    """A failure while writing the tar stream ends igzip's input, so the pack
+    fails at once instead of waiting on igzip, and leaves no archive."""
+    root, venv = small_env
+    packer = pack.Packer(venv=venv, cache_dir=tmp_path / "cache", root=root)
+    real_open = tarfile.bltn_open  # what TarFile.add opens files with
+
+    def failing_open(path, *args, **kwargs):
+        if str(path).endswith("big.bin"):
+            raise PermissionError(f"cannot read {path}")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "bltn_open", failing_open)
+    with pytest.raises(PermissionError, match="big.bin"):
+        packer.pack()
+    assert list((tmp_path / "cache").iterdir()) == []
