@@ -66,6 +66,8 @@ COMPRESS_LEVEL = 1
 # writes the tar stream into it, instead of compressing in its own process
 # with zlib (bench/bench_pack.py measures both). Without igzip, zlib as before.
 IGZIP = "igzip"
+# What compressed an archive, as recorded beside it and printed.
+BY_IGZIP, BY_ZLIB = f"igzip -{COMPRESS_LEVEL}", f"zlib level {COMPRESS_LEVEL}"
 ARCHIVE_NAME = "aibatch-env-{key}.tar.gz"
 # Beside each archive: {"unpacked_bytes": ..., "archive_bytes": ...}, what a
 # copy costs on disk where a cluster fetches and unpacks it.
@@ -220,7 +222,7 @@ class Packer:
         sizes = {
             "unpacked_bytes": unpacked,
             "archive_bytes": tmp.stat().st_size,
-            "compressor": f"igzip -{COMPRESS_LEVEL}" if igzip else f"zlib level {COMPRESS_LEVEL}",
+            "compressor": BY_IGZIP if igzip else BY_ZLIB,
         }
         sizes_path(target).write_text(json.dumps(sizes) + "\n")
         os.replace(tmp, target)
@@ -315,7 +317,7 @@ def _pack_through(env, igzip: str, out: Path) -> None:
 def compressor(archive: Path) -> str:
     """What compressed the archive, as recorded beside it."""
     try:
-        return str(json.loads(sizes_path(archive).read_text()).get("compressor", f"zlib level {COMPRESS_LEVEL}"))
+        return str(json.loads(sizes_path(archive).read_text()).get("compressor", BY_ZLIB))
     except (FileNotFoundError, ValueError):
         return "unknown"
 

@@ -414,7 +414,8 @@ def parse_line(spec: SourceSpec, raw: bytes, header: list[str] | None = None) ->
     equal to the file's header (anywhere in it: Hadoop splits a file without
     knowing where it began), else parse_record's. Leading UTF-8 byte-order
     marks are removed first (strip_boms; raw is returned without them)."""
-    raw = strip_boms(raw)
+    if raw.startswith(BOM):  # one check per line where there is none (the hot path)
+        raw = strip_boms(raw)
     if not raw.strip():
         return SKIP, {"reason": BLANK_LINE}, raw
     if header is not None and _is_header(spec.format, raw, header):
