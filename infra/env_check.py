@@ -1,7 +1,8 @@
 """Where a cluster's executors run Python from: a Spark application that runs
 small tasks on every executor and reports, per Python worker, its process,
-its executor JVM, its working dir, sys.prefix, torch.__file__ and the
-encoder's directory; it fails unless each of them lies inside the worker's
+its executor JVM, its working dir, sys.prefix, torch.__file__, the
+encoder's directory and the providers' SDKs (the enrich tasks' clients);
+it fails unless each of them lies inside the worker's
 own work (standalone) or container (YARN) directory, in the packed
 environment, and not in the driver's environment.
 
@@ -29,6 +30,9 @@ def problems(report: dict, driver_prefix: str) -> list[str]:
     for key in ("prefix", "torch", "encoder_dir"):
         if not report[key].startswith(cwd):
             found.append(f"{key} {report[key]} is not inside the worker's dir {cwd}")
+    for name, where in report["sdks"].items():  # the enrich clients' SDKs
+        if not where.startswith(cwd):
+            found.append(f"SDK {name} {where} is not inside the worker's dir {cwd}")
     if os.path.realpath(report["prefix"]) == os.path.realpath(driver_prefix):
         found.append(f"sys.prefix {report['prefix']} is the driver's environment")
     if report["pid"] == os.getpid() or report["executor_jvm_pid"] is None:

@@ -108,3 +108,51 @@ def test_a_file_that_cannot_be_read_stops_igzip_too(small_env, tmp_path, monkeyp
     with pytest.raises(PermissionError, match="big.bin"):
         packer.pack()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# Modules the tasks' code may import although the archive leaves them out:
+# (module, the only file that imports it, why no task does).
+DRIVER_ONLY = {("plotly", "jobs/report.py")}  # the run report, drawn by the driver on the submitting machine
+
+
+def third_party_imports(root) -> dict[str, set[str]]:
+    """Top-level modules imported anywhere (functions included) in the .py
+    files under root's udfs/ and jobs/, each with the files importing it."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in [*sorted((root / "udfs").rglob("*.py")), *sorted((root / "jobs").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(root)))
+    return found
+
+
+def test_the_archive_keeps_every_package_the_tasks_import():
+    """Executors and MapReduce tasks run udfs/ and jobs/ from the packed
+    environment: no package they import may match a pattern the archive
+    leaves out (the enrich dialects' openai and anthropic once did)."""
+    import fnmatch
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(pack.__file__).resolve().parent.parent
+    site = Path(sys.prefix) / pack.SITE
+    imports = third_party_imports(root)
+    assert {"torch", "openai", "anthropic", "pyspark", "mrjob"} <= set(imports)  # the scan sees them
+    left_out = []
+    for module, files in sorted(imports.items()):
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.startswith(str(site)):
+            continue  # the project's own code or the standard library
+        rel = str(Path(spec.origin).relative_to(sys.prefix))
+        if any(fnmatch.fnmatch(rel, pattern) for pattern in pack.EXCLUDE):
+            if not all((module, f) in DRIVER_ONLY for f in files):
+                left_out.append(f"{module} ({rel}), imported by {sorted(files)}")
+    assert not left_out, f"packages the tasks import but the archive leaves out: {left_out}"

@@ -1,6 +1,6 @@
 """Which Python a Spark executor's Python worker runs: its process, its
-executor JVM, its working dir, sys.prefix, torch's location and the
-encoder's directory. `./submit.sh --master URL env-check` collects these
+executor JVM, its working dir, sys.prefix, torch's location, the
+encoder's directory and where the providers' SDKs are. `./submit.sh --master URL env-check` collects these
 from every executor (infra/env_check.py); on a cluster, submit.sh also sets
 AIBATCH_WORKER_PROBE=1 in the executors' environment, and then each Python
 worker that scores writes its report once, as one line, to its executor's
@@ -9,6 +9,7 @@ executors ran the packed environment inside their own dirs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -17,6 +18,9 @@ from typing import Any
 
 PROBE_ENV = "AIBATCH_WORKER_PROBE"
 LOG_PREFIX = "aibatch worker python: "
+# The official SDKs udfs/enrich/dialects.py opens its clients with, in the
+# tasks that call the provider: the packed environment must hold them.
+PROVIDER_SDKS = ("openai", "anthropic")
 _logged = False
 
 
@@ -35,6 +39,16 @@ def executor_jvm(pid: int) -> tuple[int | None, str]:
             return ppid, main
         pid = ppid
     return None, ""
+
+
+def module_file(name: str) -> str:
+    """Where module `name` would be imported from (found without importing
+    it), or why it cannot be."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError) as exc:
+        return f"missing: {exc}"
+    return spec.origin if spec is not None and spec.origin else f"missing: no module named {name!r}"
 
 
 def probe(_index: int = 0) -> dict[str, Any]:
@@ -56,6 +70,7 @@ def probe(_index: int = 0) -> dict[str, Any]:
         "torch": torch.__file__,
         "torch_version": torch.__version__,
         "encoder_dir": str(M.default_model_dir()),
+        "sdks": {name: module_file(name) for name in PROVIDER_SDKS},
         "env_vars": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TQDM_DISABLE")},
     }
 

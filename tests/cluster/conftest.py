@@ -20,6 +20,7 @@ from infra.hdfs import free_ports
 from infra.settings import ClusterSettings
 from tests.conftest import private_config
 from tests.mapreduce.conftest import MOVIE_TSV, movie_lines, tiny_registry  # noqa: F401 (fixtures)
+from udfs.worker_env import PROVIDER_SDKS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ROWS = 400
@@ -247,6 +248,14 @@ def assert_same_chain(got: dict, want: dict) -> None:
     assert got["stats"] == want["stats"]
 
 
+def assert_packed_sdks(sdks: dict, cwd: str) -> None:
+    """The providers' SDKs the enrich tasks open their clients with come
+    from the packed environment in the task's own dir."""
+    assert set(sdks) == set(PROVIDER_SDKS), sdks
+    for name, where in sdks.items():
+        assert where and where.startswith(f"{cwd.rstrip('/')}/environment/lib/python3.11/site-packages/{name}/"), sdks
+
+
 def assert_packed_env(reports: list[dict], driver_prefix: str, expect_executors: int, container_word: str) -> None:
     """Every Python worker ran the packed environment inside its own work or
     container dir, in a process apart from the driver, under
@@ -258,6 +267,7 @@ def assert_packed_env(reports: list[dict], driver_prefix: str, expect_executors:
         assert r["prefix"] == cwd + "environment", r
         assert r["torch"].startswith(cwd + "environment/lib/python3.11/site-packages/torch/"), r
         assert r["encoder_dir"].startswith(cwd + "environment/"), r
+        assert_packed_sdks(r["sdks"], cwd)
         assert os.path.realpath(r["prefix"]) != os.path.realpath(driver_prefix), r
         assert not r["prefix"].startswith(str(ROOT)), r
         assert r["executor_jvm_pid"] and "Executor" in r["executor_jvm_main"], r

@@ -21,6 +21,7 @@ from udfs.ingest_rows import split_rows
 from .conftest import (
     ROOT,
     assert_packed_env,
+    assert_packed_sdks,
     assert_same_chain,
     jsonl,
     read_hdfs_dir,
@@ -132,4 +133,5 @@ def test_mrjob_chain_on_yarn_equals_local_mode(readme_run, webhdfs, hdfs_raw, lo
         assert p["cwd"].endswith("/" + p["container"]), p
         assert p["prefix"] == p["cwd"] + "/environment", p
         assert p["torch"].startswith(p["cwd"] + "/environment/lib/python3.11/site-packages/torch/"), p
+        assert_packed_sdks(p["sdks"], p["cwd"])
         assert not p["prefix"].startswith(str(ROOT)), p
