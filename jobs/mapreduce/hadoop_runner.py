@@ -28,6 +28,7 @@ outputs) is unchanged."""
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -130,7 +131,7 @@ class WebHdfsFilesystem(Filesystem):
     def put(self, src, path):
         if path.endswith("/"):
             raise ValueError("put() destination may not be a directory")
-        self._client(path).upload(self._path(path), src)
+        self._client(path).upload(self._path(path), src, permission="600" if owner_only(src) else None)
 
     def rm(self, path_glob):
         self._client(path_glob).delete(self._path(path_glob), recursive=True)
@@ -139,6 +140,23 @@ class WebHdfsFilesystem(Filesystem):
         if self.du(path):
             raise OSError(f"Non-empty file {path!r} already exists!")
         self._client(path).write(self._path(path), data=b"", overwrite=True)
+
+
+def owner_only(src: str) -> bool:
+    """A local file no one but its owner may read (the enrich twin's API key
+    file): its HDFS copy is made 0600 too, so YARN localises it privately."""
+    return os.stat(src).st_mode & 0o077 == 0
+
+
+class PrivateAwareHadoopFilesystem(HadoopFilesystem):
+    """mrjob's `hadoop fs`, whose put creates an owner-only file's copy
+    owner-only from the start (umask 077) instead of the cluster's umask."""
+
+    def put(self, src, path):
+        if path.endswith("/"):
+            raise ValueError("put() destination may not be a directory")
+        umask = ["-D", "fs.permissions.umask-mode=077"] if owner_only(src) else []
+        self.invoke_hadoop(["fs", *umask, "-put", src, path])
 
 
 class LocalFirstFilesystem(CompositeFilesystem):
@@ -151,7 +169,7 @@ class LocalFirstFilesystem(CompositeFilesystem):
         super().__init__()
         self.add_fs("local", LocalFilesystem())
         self.add_fs("webhdfs", WebHdfsFilesystem(), disable_if=_unreachable)
-        self.add_fs("hadoop", HadoopFilesystem(hadoop_bin))
+        self.add_fs("hadoop", PrivateAwareHadoopFilesystem(hadoop_bin))
 
 
 def jar_version(hadoop_bin: list[str] | None) -> str | None:

@@ -104,6 +104,8 @@ def job_command(job: str, args: list[str], config_path: str | None = None) -> tu
     if not _has(args, "--python-bin"):
         extra += ["--python-bin", python]
     extra += ["--py-files", str(zip_path), *runner_args]
+    if job == "enrich" and runner_args:  # on YARN: containers do not inherit the API key's variable
+        extra += ["--ship-api-key"]
     if not given:
         extra += ["--config", str(config)]
     env = dict(os.environ)

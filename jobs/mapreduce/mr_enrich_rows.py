@@ -93,6 +93,11 @@ class MREnrichRows(ConfiguredJob):
         self.add_passthru_arg("--dead-letters-dir", default="", help=argparse.SUPPRESS)
         # Internal, set by the driver: --retry-dead-letters' ids (a file shipped to the tasks).
         self.add_file_arg("--retry-ids", help=argparse.SUPPRESS)
+        # Internal: the launcher sets --ship-api-key where the tasks run in YARN containers, which
+        # do not inherit the client's environment; the driver then writes the key to a private file
+        # (0600, in its 0700 temp dir) shipped as --api-key-file, uploaded owner-only (hadoop_runner).
+        self.add_passthru_arg("--ship-api-key", action="store_true", help=argparse.SUPPRESS)
+        self.add_file_arg("--api-key-file", help=argparse.SUPPRESS)
         # Internal (batch mode's first pass, set by the driver): the mappers emit request lines.
         self.add_passthru_arg("--batch-lines", action="store_true", help=argparse.SUPPRESS)
         add_progress_arg(self.arg_parser)
@@ -136,7 +141,7 @@ class MREnrichRows(ConfiguredJob):
         # --retry-dead-letters: only these rows are re-run, whatever the filter says (as on Spark)
         self.retry_ids = load_retry_ids(self.options.retry_ids) if self.options.retry_ids else None
         if not (self.options.dry_run or self.options.batch_lines):
-            self.api_key = read_api_key(self.ecfg.provider.api_key_env)
+            self.api_key = read_api_key(self.ecfg.provider.api_key_env, key_file=self.options.api_key_file)
 
     def mapper_buffer_rows(self, _, row):
         if not isinstance(row, dict) or "id" not in row:
@@ -266,6 +271,12 @@ def run_enrich(probe: MREnrichRows) -> tuple[dict, dict[str, int]] | None:
             ids_file = Path(tmp) / "retry_ids.jsonl"
             failed = write_retry_ids(dead_letters, ids_file)
             staged_argv += ["--retry-ids", str(ids_file)]
+        if opts.ship_api_key and not (opts.dry_run or opts.cancel):
+            key_file = Path(tmp) / "api_key"  # tmp is the driver's own (0700)
+            key_file.touch(mode=0o600)
+            key_file.write_text(read_api_key(ecfg.provider.api_key_env).get_secret_value())
+            # mrjob deletes its HDFS scratch (the key's copy among it) on failure too
+            staged_argv += ["--api-key-file", str(key_file), "--cleanup-on-failure", "HADOOP_TMP"]
         store = open_store(resolved, job_id)
         total = None
         if show:

@@ -135,5 +135,18 @@ def test_key_is_read_from_the_named_variable_and_never_shown():
         read_api_key("MY_KEY_VAR", {})
 
 
+def test_key_from_the_shipped_file_where_the_variable_is_unset(tmp_path):
+    """YARN tasks do not inherit the client's variables: they read the file
+    the twin's driver ships; the variable wins where both are there."""
+    shipped = tmp_path / "api_key"
+    shipped.write_text("sk-FAKE-from-file\n")
+    assert read_api_key("MY_KEY_VAR", {}, key_file=str(shipped)).get_secret_value() == "sk-FAKE-from-file"
+    both = read_api_key("MY_KEY_VAR", {"MY_KEY_VAR": "sk-FAKE-env"}, key_file=str(shipped))
+    assert both.get_secret_value() == "sk-FAKE-env"
+    shipped.write_text(" \n")
+    with pytest.raises(ApiKeyMissing, match="MY_KEY_VAR"):
+        read_api_key("MY_KEY_VAR", {}, key_file=str(shipped))
+
+
 def test_job_id_is_the_same_for_the_same_output():
     assert job_id_for("hdfs:///x/enriched") == job_id_for("hdfs:///x/enriched/") != job_id_for("hdfs:///x/other")

@@ -230,3 +230,31 @@ def test_hadoop_runner_reaches_hdfs_through_webhdfs(hdfs, tmp_path, monkeypatch)
     assert_mrjob_fs_round_trip(fs, f"{hdfs.hdfs_url}/user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}", tmp_path)
     monkeypatch.setenv("HADOOP_CONF_DIR", str(hdfs.conf_dir))
     assert_mrjob_fs_round_trip(fs, f"hdfs:///user/{hdfs.user}/wh-{uuid.uuid4().hex[:8]}", tmp_path)
+
+
+@pytest.mark.parametrize("through", ["webhdfs", "hadoop fs"])
+def test_an_owner_only_file_stays_owner_only_on_hdfs(through, hdfs, webhdfs, tmp_path, monkeypatch):
+    """The enrich twin ships the API key to YARN tasks as a 0600 file: its
+    HDFS copy is 0600 from the start (so other users cannot read it and YARN
+    localises it privately), through WebHDFS and through `hadoop fs`; other
+    files keep the cluster's umask."""
+    from infra.settings import DEFAULT_HADOOP_HOME
+    from jobs.mapreduce.hadoop_runner import LocalFirstFilesystem
+
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(hdfs.conf_dir))
+    hadoop = str(DEFAULT_HADOOP_HOME / "bin" / "hadoop")
+    fs = LocalFirstFilesystem([hadoop])
+    if through == "hadoop fs":
+        fs = fs.hadoop  # mrjob's fallback where WebHDFS is not known
+    key, plain = tmp_path / "api_key", tmp_path / "plain.txt"
+    key.touch(mode=0o600)
+    key.write_text("sk-not-a-real-key")
+    plain.write_text("shared")
+    plain.chmod(0o644)
+    base = f"/user/{hdfs.user}/private-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(f"{hdfs.hdfs_url}{base}")  # as mrjob does before its puts
+    for local in (key, plain):
+        fs.put(str(local), f"{hdfs.hdfs_url}{base}/{local.name}")
+    assert webhdfs.status(f"{base}/api_key")["permission"] == "600"
+    assert webhdfs.status(f"{base}/plain.txt")["permission"] == "644"
+    webhdfs.delete(base, recursive=True)

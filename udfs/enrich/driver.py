@@ -24,10 +24,14 @@ class ApiKeyMissing(RuntimeError):
     """The environment variable the config names holds no key."""
 
 
-def read_api_key(env_name: str, environ: Mapping[str, str] | None = None) -> SecretStr:
-    """The key from the variable the config names, wrapped so that repr(),
-    str() and pickled closures' reprs show '**********', never the key."""
+def read_api_key(env_name: str, environ: Mapping[str, str] | None = None, key_file: str | None = None) -> SecretStr:
+    """The key from the variable the config names, else (where given) from
+    key_file, the private file the twin's driver ships to tasks in YARN
+    containers, which do not inherit the client's environment; wrapped so
+    that repr(), str() and pickled closures' reprs show '**********', never the key."""
     value = (os.environ if environ is None else environ).get(env_name, "")
+    if not value.strip() and key_file:
+        value = Path(key_file).read_text()
     if not value.strip():
         raise ApiKeyMissing(f"no API key: the environment variable {env_name} (enrich.api_key_env) is unset or empty")
     return SecretStr(value.strip())
