@@ -27,12 +27,11 @@ def problems(report: dict, driver_prefix: str) -> list[str]:
     """Why one worker's report does not show the packed environment."""
     found = []
     cwd = report["cwd"].rstrip("/") + "/"
-    for key in ("prefix", "torch", "encoder_dir"):
-        if not report[key].startswith(cwd):
-            found.append(f"{key} {report[key]} is not inside the worker's dir {cwd}")
-    for name, where in report["sdks"].items():  # the enrich clients' SDKs
+    places = {key: report[key] for key in ("prefix", "torch", "encoder_dir")}
+    places |= {f"SDK {name}": where for name, where in report["sdks"].items()}  # the enrich clients'
+    for what, where in places.items():
         if not where.startswith(cwd):
-            found.append(f"SDK {name} {where} is not inside the worker's dir {cwd}")
+            found.append(f"{what} {where} is not inside the worker's dir {cwd}")
     if os.path.realpath(report["prefix"]) == os.path.realpath(driver_prefix):
         found.append(f"sys.prefix {report['prefix']} is the driver's environment")
     if report["pid"] == os.getpid() or report["executor_jvm_pid"] is None:
