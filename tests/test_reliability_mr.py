@@ -166,6 +166,47 @@ def test_killed_task_fails_cleanly_with_no_task_left_and_no_partial_output(tmp_p
     assert not list((ROOT / "var" / "mrjob" / "tmp").glob(f"*/{label}*"))
 
 
+def test_the_launcher_returns_only_when_no_process_of_the_job_is_left(tmp_path):
+    """_run_job kills the job's whole session and waits until each process
+    in it has exited: a task the kernel has not yet scheduled after SIGKILL
+    still shows in /proc (the killed-task test above saw one on a busy
+    machine). Here the job leaves four busy children, which on this 2-core
+    machine were still in /proc right after killpg in 20 runs of 20, and a
+    stopped one."""
+    from jobs.mapreduce.launch import _group_members, _run_job
+
+    pids = tmp_path / "pids"
+    busy = f"for k in 1 2 3 4; do (while :; do :; done) & echo $! >> {pids}; done"
+    script = f"{busy}; (kill -STOP $BASHPID; sleep 300) & echo $! >> {pids}; sleep 0.2; exit 3"
+    assert _run_job(["bash", "-c", script], dict(os.environ), tmp_path / "log") == 3
+    children = [int(x) for x in pids.read_text().split()]
+    assert len(children) == 5
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
+    assert left == []
+    assert _group_members(children[0]) == []
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(")") + 2]
+
+
+def test_group_members_names_the_live_processes_of_a_group():
+    from jobs.mapreduce.launch import _group_members
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert _group_members(proc.pid) == [proc.pid]
+        assert proc.pid not in _group_members(os.getpgrp())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _group_members(proc.pid) == []
+
+
 @pytest.mark.slow
 def test_scratch_and_lock_files_do_not_stay_in_tmp(tmp_path):
     src = jsonl(tmp_path / "in.jsonl", ["good one", "good two"])

@@ -234,6 +234,40 @@ def _run_job(cmd: list[str], env: dict, log_file: Path) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            _wait_until_gone(proc.pid)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group pgid, read
+    from /proc; empty where there is no /proc."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_until_gone(pgid: int, timeout: float = 30.0) -> None:
+    """SIGKILL is delivered, not yet acted on, when killpg returns: a task
+    the kernel has not scheduled since still exists (on a busy machine for a
+    second or more). Wait until no process of the job's group is left, so
+    that none outlives the launcher; after timeout, say which remain."""
+    deadline = time.monotonic() + timeout
+    while left := _group_members(pgid):
+        if time.monotonic() > deadline:
+            print(f"warning: processes {left} of the job's group were killed but have not exited", file=sys.stderr)
+            return
+        time.sleep(0.05)
 
 
 def _cause(log_file: Path) -> str:
