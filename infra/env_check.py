@@ -20,6 +20,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from jobs.spark import session
 from udfs.worker_env import probe
 
 
@@ -50,7 +51,7 @@ def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="env-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=8, help="tasks to spread over the executors (default 8)")
     args = parser.parse_args(argv)
-    spark = SparkSession.builder.appName("aibatch-env-check").getOrCreate()
+    spark = session.start("aibatch-env-check")
     spark.sparkContext.setLogLevel("WARN")
     try:
         reports = main(spark, args.tasks)

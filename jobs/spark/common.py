@@ -23,6 +23,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs import commit
+from jobs.spark import session
 from udfs.config import ConfigError, PipelineConfig, load_config
 from udfs.head import LabelSetError
 from udfs.models import ModelError
@@ -190,7 +191,7 @@ def run_cli(
     events = RunEvents(config.events, app, new_run_id(), os.environ.get(EVENTS_FILE_ENV))
     events.start()
     try:
-        spark = SparkSession.builder.appName(f"aibatch-{app}").getOrCreate()
+        spark = session.start(f"aibatch-{app}")
         spark.sparkContext.setLogLevel("WARN")
     except Exception as exc:
         events.close("failed", error=one_line(exc))

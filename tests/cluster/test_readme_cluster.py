@@ -49,7 +49,7 @@ def readme_run(yarn, env_archive, hdfs, hdfs_raw, cluster_config) -> dict:
         if "$SPARK_MASTER" in line:
             continue
         proc = run_readme_line(line, env)
-        assert proc.returncode == 0, f"{line}\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, f"{line}\nstdout: {proc.stdout[-4000:]}\nstderr: {proc.stderr[-4000:]}"
         results[line] = proc
     return results
 
@@ -57,7 +57,8 @@ def readme_run(yarn, env_archive, hdfs, hdfs_raw, cluster_config) -> dict:
 def test_readme_block_is_what_runs():
     commands = readme_commands()
     assert commands[0].startswith("./submit.sh pack --upload")
-    assert sum("--master yarn" in c for c in commands) == 4
+    assert sum("--master yarn" in c for c in commands) == 2
+    assert sum("--master yarn pipeline " in c for c in commands) == 1
     assert sum(" mr " in c and "-r hadoop" in c for c in commands) == 3
     assert sum("--master $SPARK_MASTER" in c for c in commands) == 1
 

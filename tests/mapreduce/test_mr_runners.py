@@ -107,16 +107,28 @@ def test_ingest_good_and_bad_rows(runner):
     assert b"good=3" in proc.stderr and b"rejected=8" in proc.stderr
 
 
-def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry):
+@pytest.fixture(scope="module")
+def skewed(tiny_registry) -> tuple[list[dict], dict]:
+    """The skewed rows and what the model, called directly, gives for them
+    (computed once for both runners)."""
+    from udfs.predict import ScoreSettings, score_texts
+
+    rows = skewed_rows(load_config(ROOT / "conf" / "pipeline.toml"))
+    head = tiny_registry.load("sentiment@1")
+    direct = score_texts(
+        [r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
+    )
+    return rows, direct
+
+
+def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry, skewed):
     """The score twin's map tasks follow the map slots, not the input's HDFS
     blocks: a single file (one block) whose long texts all sit in its last
     15% of lines runs as several scoring map tasks of about equal estimated
     cost. Each scoring map task writes one part file (the step is map-only),
     so the part files count the tasks and carry each task's rows. Every row's
     label and probability are the model's, called directly."""
-    from udfs.predict import ScoreSettings, score_texts
-
-    rows = skewed_rows(load_config(ROOT / "conf" / "pipeline.toml"))
+    rows, direct = skewed
     src = runner.put("records.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     out = runner.out("scored")
     proc = runner.run(
@@ -140,10 +152,6 @@ def test_score_a_skewed_file_in_balanced_map_tasks(runner, tiny_registry):
     assert sorted(r["id"] for task in per_task for r in task) == sorted(r["id"] for r in rows)
 
     scored = {r["id"]: r for task in per_task for r in task}
-    head = tiny_registry.load("sentiment@1")
-    direct = score_texts(
-        [r["text"] for r in rows], ScoreSettings.from_config(EncoderConfig(), dict(head.arrays), head.labels)
-    )
     for row, predicted, probability in zip(rows, direct["predicted"], direct["probability"], strict=True):
         assert scored[row["id"]]["predicted"] == predicted
         assert abs(scored[row["id"]]["probability"] - probability) < 1e-5
