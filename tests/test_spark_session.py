@@ -6,10 +6,16 @@ local YARN's driver logged.)"""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from jobs.spark import session
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # From var/log/env-check-*.log of the failing run (Spark 4.2.0 on the local YARN).
 RACE = """An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext.
@@ -74,3 +80,51 @@ def test_any_other_failure_is_raised_at_once(builder, error):
     with pytest.raises(RuntimeError) as raised:
         session.start("aibatch-x")
     assert raised.value is error and len(fake.names) == 1
+
+
+SCENARIO = """
+import logging, os, socket, sys
+from pyspark.sql import SparkSession
+from jobs.spark import session
+
+session.UI_FILTER_RACE = ("java.net.BindException", "sparkDriver")
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+
+
+class FreeThePort(logging.Handler):
+    def emit(self, record):
+        print("retry logged:", record.getMessage()[:60], flush=True)
+        taken.close()
+
+
+logging.getLogger("jobs.spark.session").addHandler(FreeThePort(level=logging.WARNING))
+# the gateway JVM's own settings (every SparkConf in it reads them), as spark-submit passes a job's
+conf = {"spark.driver.port": taken.getsockname()[1], "spark.port.maxRetries": 0,
+        "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false"}
+os.environ["PYSPARK_SUBMIT_ARGS"] = " ".join(f"--conf {k}={v}" for k, v in conf.items()) + " --master local[1] pyspark-shell"
+spark = session.start("aibatch-session-test")
+print("rows:", spark.range(3).count(), flush=True)
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_a_session_starts_again_in_the_same_process_after_a_failed_start():
+    """What the retry relies on: after SparkContext's start failed inside
+    the JVM (here: its driver port taken, no port retries), the same Python
+    process and JVM start a session. In a process of its own; the failure is
+    made to count as the race, and the port is freed when the retry is logged."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SCENARIO],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "retry logged: Spark's start lost the YARN UI filter race" in proc.stdout
+    assert "rows: 3" in proc.stdout
+    assert "java.net.BindException" in proc.stderr  # the first start did fail in the JVM
