@@ -175,23 +175,13 @@ def test_the_launcher_returns_only_when_no_process_of_the_job_is_left(tmp_path):
     stopped one."""
     from jobs.mapreduce.launch import _group_members, _run_job
 
-    pids = tmp_path / "pids"
+    pids = tmp_path / "pids"  # the job's shell first: its pid is the group's id
     busy = f"for k in 1 2 3 4; do (while :; do :; done) & echo $! >> {pids}; done"
-    script = f"{busy}; (kill -STOP $BASHPID; sleep 300) & echo $! >> {pids}; sleep 0.2; exit 3"
+    script = f"echo $$ > {pids}; {busy}; (kill -STOP $BASHPID; sleep 300) & echo $! >> {pids}; sleep 0.2; exit 3"
     assert _run_job(["bash", "-c", script], dict(os.environ), tmp_path / "log") == 3
-    children = [int(x) for x in pids.read_text().split()]
+    group, *children = [int(x) for x in pids.read_text().split()]
     assert len(children) == 5
-    left = [pid for pid in children if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
-    assert left == []
-    assert _group_members(children[0]) == []
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return stat[stat.rfind(")") + 2]
+    assert _group_members(group) == []
 
 
 def test_group_members_names_the_live_processes_of_a_group():
