@@ -18,6 +18,7 @@ import base64
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -54,10 +55,15 @@ class KafkaError(ClusterError):
     """The broker could not be started or reached; the message says why."""
 
 
-def cluster_id() -> str:
+def cluster_id(new: Callable[[], uuid.UUID] | None = None) -> str:
     """A Kafka cluster id: 16 random bytes, base64url without padding (what
-    `kafka-storage.sh random-uuid` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    `kafka-storage.sh random-uuid` prints). Like Kafka's `Uuid.randomUuid`,
+    it draws again while the text starts with '-' (one id in 64 would), which
+    command lines would read as an option."""
+    while True:
+        text = base64.urlsafe_b64encode((new or uuid.uuid4)().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 @dataclass
@@ -137,9 +143,9 @@ class LocalKafka:
             *main,
         ]
 
-    def format_storage(self) -> bool:
-        """Format the log dir once (its meta.properties marks it); False when
-        it already was."""
+    def format_storage(self, cid: str | None = None) -> bool:
+        """Format the log dir once (its meta.properties marks it) with cluster
+        id cid (a new one by default); False when it already was."""
         if (self.log_dirs / "meta.properties").exists():
             return False
         import subprocess
@@ -148,8 +154,7 @@ class LocalKafka:
             [
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id(),
+                f"--cluster-id={cid or cluster_id()}",
                 "-c",
                 str(self.properties_file),
                 "--ignore-formatted",
