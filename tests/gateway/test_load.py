@@ -1,17 +1,28 @@
 """Offered load of 1.5x the limit on loopback, bounded in count and time: the
-server's own per-window counts never exceed the limit, reach at least limit - 1
-in every full window, and the server keeps answering. (Rates and latencies are
+server's own per-window counts never exceed the limit, reach a lower bound in
+every full window, and the server keeps answering. (Rates and latencies are
 measured by bench/bench_gateway.py, not asserted here.)
+
+The lower bounds: a fixed window aligned to the ledger's windows is offered
+15 requests in each full one and fills it (at least limit - 1 is asserted,
+as before). A sliding log
+admits at least limit - 2, and not always limit - 1 even when every request
+arrives on schedule: a freed slot goes to the next arrival, up to one spacing
+after it frees, so a slot taken just before an aligned window starts can next
+be taken just after it ends, and two such slots can fall in one window's
+lead-in (a fresh-clone run saw [9, 10, 8] with no answer late; test_limiter.py shows
+it on the limiter with a fake clock, as often as 6 % of windows at 0.1 s of
+lateness).
 
 The lower bound holds only while the load is offered as planned: a stall of
 the process (client and in-thread server alike) delays the requests that
 would have refilled a window's freed slots past the window's end, and the
-window counts fewer through no fault of the limiter (CI saw [9, 9, 8] beside a
-busy Spark worker). So each run also measures how late every answer came
-after its planned send time; the lower bound is asserted on a run where none
-came more than LATE seconds late, and the run is repeated (at most RUNS times)
-when the machine stalled it. The upper bounds and the ledger's sums hold
-whatever the timing and are asserted on every run."""
+window counts fewer through no fault of the limiter. So each run also
+measures how late every answer came after its planned send time; the lower
+bound is asserted on a run where none came more than LATE seconds late, and
+the run is repeated (at most RUNS times) when the machine stalled it. The
+upper bounds and the ledger's sums hold whatever the timing and are asserted
+on every run."""
 
 from __future__ import annotations
 
@@ -128,6 +139,7 @@ def test_per_window_counts_under_one_and_a_half_times_the_limit():
             w for w in windows[name] if w["start_unix"] >= offered.first and w["start_unix"] + WINDOW <= offered.last
         ]
         assert len(full) >= 3
-        assert all(w["requests"] >= LIMIT - 1 for w in full), (
+        floor = LIMIT - 2 if name == "sliding_window" else LIMIT - 1
+        assert all(w["requests"] >= floor for w in full), (
             f"{name}: {[w['requests'] for w in full]} (runs stalled before this one: {stalls})"
         )
