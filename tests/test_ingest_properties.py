@@ -48,6 +48,8 @@ def jsonl_files(draw) -> bytes:
 # (Spark's reader drops the first; the inline twin reads both).
 @example(data=R.BOM + R.BOM + b"\n")
 @example(data=R.BOM + R.BOM + b'{"text": "two marks", "rating": 1.0}\n' + R.BOM + R.BOM + b"[1]\n")
+# And a file of only a BOM, which Hadoop's reader reads as no line at all.
+@example(data=R.BOM)
 def test_every_line_is_accounted_for_and_the_engines_agree(spark, tmp_path_factory, data):
     path = tmp_path_factory.mktemp("prop") / "in.jsonl"
     path.write_bytes(data)

@@ -199,3 +199,14 @@ def test_packed_rows_resolve_like_the_id_group_rule():
     assert [json.loads(line) for _, line in got] == [row for _, row in expected]
     assert [reason for reason, _ in got] == ["", R.DUPLICATE, R.WRONG_FIELD_COUNT, R.WRONG_FIELD_COUNT]
     assert all(line == json.dumps(row).encode() for (_, line), (_, row) in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("spec,name", [(JSONL, "x.jsonl"), (RATED_CSV, "x.csv")])
+def test_a_file_of_only_a_bom_has_no_line(spec, name):
+    """As Hadoop's LineRecordReader reads it (Spark's and Hadoop Streaming's
+    reader): the BOM at the file's start is dropped, and then there is no
+    line; with a line ending after it, or further on, there is a blank one."""
+    assert list(R.parse_file(spec, name, R.BOM)) == []
+    assert list(R.parse_file(spec, name + ".gz", gzip.compress(R.BOM))) == []
+    assert [k for k, _, _ in R.parse_file(spec, name, R.BOM + b"\n")] == [R.SKIP]
+    assert [k for k, _, _ in R.parse_file(spec, name, R.BOM + R.BOM)] == [R.SKIP]

@@ -427,7 +427,10 @@ def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, 
     """(kind, row, raw) for every raw record of one CSV/TSV/JSON Lines file's
     bytes (parse_line: kind 'record', 'reject' or 'skip'), in plain Python:
     the rules the engines apply to files they read in pieces."""
-    lines = list(split_lines(decompress(name, data)))
+    data = decompress(name, data)
+    # Hadoop's LineRecordReader (Spark's and Hadoop Streaming's reader) drops
+    # a BOM at a file's start, and a file of nothing else has no line at all.
+    lines = [] if data == BOM else list(split_lines(data))
     header = None
     if spec.format in ("csv", "tsv"):
         first = next((line for line in lines if strip_boms(line).strip()), None)

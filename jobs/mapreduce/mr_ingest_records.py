@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from mrjob.compat import jobconf_from_env
 from mrjob.protocol import BytesProtocol, BytesValueProtocol
 from mrjob.step import MRStep
 
@@ -129,7 +130,17 @@ class MRIngestRecords(ConfiguredJob):
             return read_lines, write_line
 
         def read_lf_pieces():
+            # Hadoop's LineRecordReader drops a UTF-8 BOM at a file's start
+            # and reads a file that holds nothing else as no line at all;
+            # mrjob's readers give that file one line, the bare BOM (a
+            # split that starts at 0 is a file's start). Hadoop Streaming
+            # ends every line it hands over with LF, so there this never
+            # matches.
+            at_file_start = jobconf_from_env("mapreduce.map.input.start", "0") == "0"
             for line in self._read_input():
+                if at_file_start and line == R.BOM:
+                    continue
+                at_file_start = False
                 yield None, line[:-1] if line.endswith(b"\n") else line
 
         return read_lf_pieces, write_line
