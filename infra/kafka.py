@@ -55,13 +55,13 @@ class KafkaError(ClusterError):
     """The broker could not be started or reached; the message says why."""
 
 
-def cluster_id(new: Callable[[], uuid.UUID] | None = None) -> str:
+def cluster_id(new: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
     """A Kafka cluster id: 16 random bytes, base64url without padding (what
     `kafka-storage.sh random-uuid` prints). Like Kafka's `Uuid.randomUuid`,
     it draws again while the text starts with '-' (one id in 64 would), which
     command lines would read as an option."""
     while True:
-        text = base64.urlsafe_b64encode((new or uuid.uuid4)().bytes).decode().rstrip("=")
+        text = base64.urlsafe_b64encode(new().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
 

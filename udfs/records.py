@@ -28,6 +28,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -171,11 +172,23 @@ def lf_piece_lines(piece: bytes) -> list[bytes]:
     return piece.split(b"\r")
 
 
+def file_pieces(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """The LF-ended pieces of a file read from its start, as Hadoop's
+    LineRecordReader (Spark's and Hadoop Streaming's reader) reads them: it
+    drops a UTF-8 BOM at a file's start, and a file that holds nothing else
+    has no line at all, so its one piece, the bare mark, is left out."""
+    pieces = iter(stream)
+    first = next(pieces, None)
+    if first is None or first == BOM:
+        return iter(())
+    return itertools.chain((first,), pieces)
+
+
 def iter_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
     """Lines (terminator removed) of a binary stream that yields LF-ended
-    pieces, like a file opened "rb": ended at LF, CR or CRLF, as Hadoop's
-    LineReader ends them; no empty line after a final terminator."""
-    for piece in stream:
+    pieces, like a file opened "rb" (file_pieces): ended at LF, CR or CRLF,
+    as Hadoop's LineReader ends them; no empty line after a final terminator."""
+    for piece in file_pieces(stream):
         yield from lf_piece_lines(piece[:-1] if piece.endswith(b"\n") else piece)
 
 
@@ -427,10 +440,7 @@ def parse_file(spec: SourceSpec, name: str, data: bytes) -> Iterator[tuple[str, 
     """(kind, row, raw) for every raw record of one CSV/TSV/JSON Lines file's
     bytes (parse_line: kind 'record', 'reject' or 'skip'), in plain Python:
     the rules the engines apply to files they read in pieces."""
-    data = decompress(name, data)
-    # Hadoop's LineRecordReader (Spark's and Hadoop Streaming's reader) drops
-    # a BOM at a file's start, and a file of nothing else has no line at all.
-    lines = [] if data == BOM else list(split_lines(data))
+    lines = list(split_lines(decompress(name, data)))
     header = None
     if spec.format in ("csv", "tsv"):
         first = next((line for line in lines if strip_boms(line).strip()), None)

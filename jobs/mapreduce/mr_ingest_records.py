@@ -130,17 +130,14 @@ class MRIngestRecords(ConfiguredJob):
             return read_lines, write_line
 
         def read_lf_pieces():
-            # Hadoop's LineRecordReader drops a UTF-8 BOM at a file's start
-            # and reads a file that holds nothing else as no line at all;
-            # mrjob's readers give that file one line, the bare BOM (a
-            # split that starts at 0 is a file's start). Hadoop Streaming
-            # ends every line it hands over with LF, so there this never
-            # matches.
-            at_file_start = jobconf_from_env("mapreduce.map.input.start", "0") == "0"
-            for line in self._read_input():
-                if at_file_start and line == R.BOM:
-                    continue
-                at_file_start = False
+            # mrjob's readers give a file that holds only a BOM one line, the
+            # bare mark, where Hadoop's reads none (R.file_pieces; a split
+            # that starts at 0 is a file's start). Hadoop Streaming ends
+            # every line it hands over with LF, so there it never matches.
+            lines = self._read_input()
+            if jobconf_from_env("mapreduce.map.input.start", "0") == "0":
+                lines = R.file_pieces(lines)
+            for line in lines:
                 yield None, line[:-1] if line.endswith(b"\n") else line
 
         return read_lf_pieces, write_line
